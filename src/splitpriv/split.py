@@ -1,0 +1,301 @@
+"""The exact split of a sequence-classification model into a customer-held bottom and a vendor-held top.
+
+``bottom`` = embeddings + the first ``k`` blocks; ``top`` = the remaining blocks + the classification head, so that
+``top(bottom(x))`` is the unsplit model's forward pass. Both parts keep every submodule under its name in the original
+model, so their state dicts are slices of the original one: the bottom file, the disclosure report and a ``peft``
+adapter trained on the top all speak in the model's own weight names (an adapter trained on the top loads onto the
+full model with ``PeftModel.from_pretrained``).
+
+Threat model of the split alone: the customer receives the bottom's weights (the vendor discloses that share of its
+model, reported by :meth:`SplitModel.disclosure`); the vendor receives the bottom's outputs. Without a privacy
+mechanism those outputs are close to invertible (see ``splitpriv.attacks``); the split only sets where noise is added.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from splitpriv.models import FAMILIES, Family, family_of, num_blocks
+
+BOTTOM_WEIGHTS = "bottom.safetensors"
+BOTTOM_CONFIG = "bottom.json"
+FORMAT_VERSION = 1
+
+
+def _graft(root: nn.Module, model: nn.Module, path: str) -> None:
+    """Register ``model``'s submodule at ``path`` under the same dotted path in ``root`` (shared, not copied)."""
+    *parents, leaf = path.split(".")
+    node = root
+    for name in parents:
+        if name not in node._modules:
+            node.add_module(name, nn.Module())
+        node = node._modules[name]
+    node.add_module(leaf, model.get_submodule(path))
+
+
+def block_attention_mask(
+    family: Family, attn_implementation: str, attention_mask: torch.Tensor | None, dtype: torch.dtype, length: int
+) -> torch.Tensor | None:
+    """The mask in the form the family's blocks take it, as the unsplit model would build it."""
+    if attention_mask is None:
+        return None
+    if family.eager_mask_2d:
+        if attn_implementation == "sdpa":
+            from transformers.modeling_attn_mask_utils import _prepare_4d_attention_mask_for_sdpa
+
+            return _prepare_4d_attention_mask_for_sdpa(attention_mask, dtype, tgt_len=length)
+        return attention_mask
+    return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+
+
+def check_mask(hidden: torch.Tensor, attention_mask: torch.Tensor | None, d_model: int | None = None) -> None:
+    """Reject representations and masks whose shapes disagree, naming the shapes."""
+    if hidden.dim() != 3:
+        raise ValueError(f"token representations must be [batch, tokens, d], got shape {tuple(hidden.shape)}")
+    if d_model is not None and hidden.shape[-1] != d_model:
+        raise ValueError(f"token representations have width {hidden.shape[-1]}, this model expects d = {d_model}")
+    if attention_mask is not None and tuple(attention_mask.shape) != tuple(hidden.shape[:2]):
+        raise ValueError(
+            f"attention_mask shape {tuple(attention_mask.shape)} does not match representations "
+            f"[batch, tokens] = {tuple(hidden.shape[:2])}"
+        )
+
+
+class _Part(nn.Module):
+    """Submodules of one model, under their original names, plus what is needed to run them."""
+
+    def __init__(self, model: nn.Module, paths: list[str], family: Family, attn_implementation: str):
+        super().__init__()
+        for path in paths:
+            _graft(self, model, path)
+        self.family = family
+        self.attn_implementation = attn_implementation
+        self.d_model = int(getattr(model.config, "hidden_size", 0) or getattr(model.config, "dim"))
+
+    def _run_blocks(self, paths: list[str], hidden: torch.Tensor, attention_mask: torch.Tensor | None):
+        mask = block_attention_mask(
+            self.family, self.attn_implementation, attention_mask, hidden.dtype, hidden.shape[1]
+        )
+        for path in paths:
+            hidden = self.family.run_block(self.get_submodule(path), hidden, mask)
+        return hidden
+
+
+class Bottom(_Part):
+    """Embeddings + the first ``k`` blocks: ``bottom(input_ids, attention_mask) -> [B, T, d]`` token representations."""
+
+    def __init__(self, model: nn.Module, n_layers: int, attn_implementation: str):
+        family = family_of(model)
+        self.block_paths = family.block_paths(n_layers)
+        super().__init__(model, [family.embeddings, *self.block_paths], family, attn_implementation)
+        self.n_layers = n_layers
+        self.hf_config = model.config.to_dict()
+
+    def embed(
+        self,
+        input_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Embedding-layer output; ``inputs_embeds`` replaces the word-embedding lookup (soft tokens)."""
+        embeddings = self.get_submodule(self.family.embeddings)
+        if self.family.uses_token_type_ids:
+            return embeddings(input_ids=input_ids, token_type_ids=token_type_ids, inputs_embeds=inputs_embeds)
+        return embeddings(input_ids, inputs_embeds)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if input_ids is None and inputs_embeds is None:
+            raise ValueError("bottom needs input_ids or inputs_embeds")
+        hidden = self.embed(input_ids, token_type_ids, inputs_embeds)
+        check_mask(hidden, attention_mask)
+        return self._run_blocks(self.block_paths, hidden, attention_mask)
+
+
+class Top(_Part):
+    """The remaining blocks + the head: ``top(hidden, attention_mask) -> [B, num_labels]`` logits.
+
+    ``encode`` stops after the last block (the vendor's output when the customer holds the head) and ``classify``
+    applies the head alone.
+    """
+
+    def __init__(self, model: nn.Module, n_bottom_layers: int, attn_implementation: str):
+        family = family_of(model)
+        self.block_paths = family.block_paths(num_blocks(model))[n_bottom_layers:]
+        super().__init__(model, [*self.block_paths, *family.head], family, attn_implementation)
+        self.num_labels = int(model.config.num_labels)
+
+    def encode(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        check_mask(hidden, attention_mask, self.d_model)
+        return self._run_blocks(self.block_paths, hidden, attention_mask)
+
+    def classify(self, last_hidden: torch.Tensor) -> torch.Tensor:
+        return self.family.run_head(self, last_hidden)
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.classify(self.encode(hidden, attention_mask))
+
+
+def _unique_parameters(module: nn.Module) -> dict[str, nn.Parameter]:
+    seen: set[int] = set()
+    out = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        if id(p) not in seen:
+            seen.add(id(p))
+            out[name] = p
+    return out
+
+
+@dataclass(frozen=True)
+class Disclosure:
+    """What the vendor ships to the customer (the bottom) against what it keeps (the top)."""
+
+    model_type: str
+    n_bottom_layers: int
+    n_layers: int
+    shipped_parameters: int
+    kept_parameters: int
+    shipped_names: list[str] = field(repr=False)
+
+    @property
+    def total_parameters(self) -> int:
+        return self.shipped_parameters + self.kept_parameters
+
+    @property
+    def shipped_share(self) -> float:
+        return self.shipped_parameters / self.total_parameters
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "total_parameters": self.total_parameters, "shipped_share": self.shipped_share}
+
+    def __str__(self) -> str:
+        return (
+            f"{self.model_type}: bottom = embeddings + {self.n_bottom_layers}/{self.n_layers} blocks; "
+            f"shipped {self.shipped_parameters:,} of {self.total_parameters:,} parameters "
+            f"({100 * self.shipped_share:.1f}%), kept {self.kept_parameters:,}"
+        )
+
+
+@dataclass
+class SplitModel:
+    """A model cut after ``n_bottom_layers`` blocks; ``top(bottom(x))`` equals the unsplit forward pass."""
+
+    bottom: Bottom
+    top: Top
+    n_bottom_layers: int
+    n_layers: int
+    config: object  # the Hugging Face config of the full model
+
+    @property
+    def family(self) -> Family:
+        return self.bottom.family
+
+    def disclosure(self) -> Disclosure:
+        shipped = _unique_parameters(self.bottom)
+        kept = _unique_parameters(self.top)
+        return Disclosure(
+            model_type=self.family.model_type,
+            n_bottom_layers=self.n_bottom_layers,
+            n_layers=self.n_layers,
+            shipped_parameters=sum(p.numel() for p in shipped.values()),
+            kept_parameters=sum(p.numel() for p in kept.values()),
+            shipped_names=sorted(shipped),
+        )
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        hidden = self.bottom(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        return self.top(hidden, attention_mask=attention_mask)
+
+    __call__ = forward
+
+
+def split_model(model: nn.Module, n_bottom_layers: int) -> SplitModel:
+    """Cut ``model`` after ``n_bottom_layers`` blocks (0 = embeddings only, up to the number of blocks).
+
+    The parts share the model's parameter tensors (no copy): training the top trains the model.
+    """
+    family = family_of(model)
+    n_layers = num_blocks(model)
+    if isinstance(n_bottom_layers, bool) or not isinstance(n_bottom_layers, int):
+        raise ValueError(f"n_bottom_layers must be an integer, got {n_bottom_layers!r}")
+    if not 0 <= n_bottom_layers <= n_layers:
+        raise ValueError(
+            f"n_bottom_layers={n_bottom_layers} is out of range: this {family.model_type} model has "
+            f"{n_layers} blocks, so k must be in 0..{n_layers}"
+        )
+    attn = getattr(model.config, "_attn_implementation", None) or "eager"
+    return SplitModel(
+        bottom=Bottom(model, n_bottom_layers, attn),
+        top=Top(model, n_bottom_layers, attn),
+        n_bottom_layers=n_bottom_layers,
+        n_layers=n_layers,
+        config=model.config,
+    )
+
+
+def save_bottom(bottom: Bottom, directory: str | Path, tokenizer=None, extra: dict | None = None) -> Path:
+    """Write the bottom as ``bottom.safetensors`` + ``bottom.json`` (and the tokenizer files if given).
+
+    The file holds exactly the bottom's weights, under their names in the full model; nothing of the top.
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {name: p.detach().contiguous().cpu() for name, p in _unique_parameters(bottom).items()}
+    save_file(state, str(directory / BOTTOM_WEIGHTS), metadata={"format": "splitpriv-bottom"})
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "model_type": bottom.family.model_type,
+        "n_bottom_layers": bottom.n_layers,
+        "attn_implementation": bottom.attn_implementation,
+        "hf_config": bottom.hf_config,
+        **(extra or {}),
+    }
+    (directory / BOTTOM_CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(directory))
+    return directory
+
+
+def load_bottom(directory: str | Path) -> Bottom:
+    """Rebuild a bottom from :func:`save_bottom` output alone (the machine never has the top's weights)."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    directory = Path(directory)
+    meta_path, weights_path = directory / BOTTOM_CONFIG, directory / BOTTOM_WEIGHTS
+    for path in (meta_path, weights_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"not a saved bottom: {path} is missing")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("model_type") not in FAMILIES:
+        raise ValueError(f"{meta_path}: unsupported model_type {meta.get('model_type')!r}")
+    k = int(meta["n_bottom_layers"])
+    hf = dict(meta["hf_config"])
+    model_type = hf.pop("model_type", meta["model_type"])
+    config = AutoConfig.for_model(model_type, **hf)
+    # a skeleton with exactly k blocks: every weight it has is overwritten by the file (strict load below)
+    config.num_hidden_layers = k
+    if model_type == "distilbert":
+        config.n_layers = k
+    config._attn_implementation = meta.get("attn_implementation", "eager")
+    skeleton = AutoModelForSequenceClassification.from_config(config)
+    bottom = Bottom(skeleton, k, config._attn_implementation)
+    bottom.hf_config = meta["hf_config"]
+    missing, unexpected = bottom.load_state_dict(load_file(str(weights_path)), strict=False)
+    missing = [m for m in missing if m in _unique_parameters(bottom)]
+    if missing or unexpected:
+        raise ValueError(f"{weights_path} does not match its config: missing {missing}, unexpected {unexpected}")
+    bottom.eval()
+    return bottom
