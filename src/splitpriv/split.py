@@ -24,6 +24,7 @@ from splitpriv.models import FAMILIES, Family, family_of, num_blocks
 
 BOTTOM_WEIGHTS = "bottom.safetensors"
 BOTTOM_CONFIG = "bottom.json"
+HEAD_WEIGHTS = "head.safetensors"
 FORMAT_VERSION = 1
 
 
@@ -144,6 +145,17 @@ class Top(_Part):
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.classify(self.encode(hidden, attention_mask))
+
+
+class Head(_Part):
+    """The classification head alone, for a customer that keeps it: ``head(last_hidden) -> logits``."""
+
+    def __init__(self, model: nn.Module, attn_implementation: str = "eager"):
+        family = family_of(model)
+        super().__init__(model, list(family.head), family, attn_implementation)
+
+    def forward(self, last_hidden: torch.Tensor) -> torch.Tensor:
+        return self.family.run_head(self, last_hidden)
 
 
 def _unique_parameters(module: nn.Module) -> dict[str, nn.Parameter]:
@@ -271,7 +283,6 @@ def save_bottom(bottom: Bottom, directory: str | Path, tokenizer=None, extra: di
 def load_bottom(directory: str | Path) -> Bottom:
     """Rebuild a bottom from :func:`save_bottom` output alone (the machine never has the top's weights)."""
     from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     directory = Path(directory)
     meta_path, weights_path = directory / BOTTOM_CONFIG, directory / BOTTOM_WEIGHTS
@@ -279,23 +290,47 @@ def load_bottom(directory: str | Path) -> Bottom:
         if not path.is_file():
             raise FileNotFoundError(f"not a saved bottom: {path} is missing")
     meta = json.loads(meta_path.read_text())
+    k = int(meta["n_bottom_layers"])
+    bottom = Bottom(_skeleton(meta, meta_path, k), k, meta.get("attn_implementation", "eager"))
+    bottom.hf_config = meta["hf_config"]
+    _load_exact(bottom, load_file(str(weights_path)), weights_path)
+    bottom.eval()
+    return bottom
+
+
+def load_head(directory: str | Path) -> Head:
+    """The head shipped beside a bottom (``head.safetensors``) when the customer holds it."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    weights_path = directory / HEAD_WEIGHTS
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"no head in {directory}: {weights_path.name} is missing")
+    meta = json.loads((directory / BOTTOM_CONFIG).read_text())
+    head = Head(_skeleton(meta, directory / BOTTOM_CONFIG, 0))
+    _load_exact(head, load_file(str(weights_path)), weights_path)
+    return head
+
+
+def _skeleton(meta: dict, meta_path: Path, n_layers: int) -> nn.Module:
+    """A randomly initialised model with ``n_layers`` blocks, whose relevant weights the caller overwrites."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
     if meta.get("model_type") not in FAMILIES:
         raise ValueError(f"{meta_path}: unsupported model_type {meta.get('model_type')!r}")
-    k = int(meta["n_bottom_layers"])
     hf = dict(meta["hf_config"])
     model_type = hf.pop("model_type", meta["model_type"])
     config = AutoConfig.for_model(model_type, **hf)
-    # a skeleton with exactly k blocks: every weight it has is overwritten by the file (strict load below)
-    config.num_hidden_layers = k
+    config.num_hidden_layers = n_layers
     if model_type == "distilbert":
-        config.n_layers = k
+        config.n_layers = n_layers
     config._attn_implementation = meta.get("attn_implementation", "eager")
-    skeleton = AutoModelForSequenceClassification.from_config(config)
-    bottom = Bottom(skeleton, k, config._attn_implementation)
-    bottom.hf_config = meta["hf_config"]
-    missing, unexpected = bottom.load_state_dict(load_file(str(weights_path)), strict=False)
-    missing = [m for m in missing if m in _unique_parameters(bottom)]
+    return AutoModelForSequenceClassification.from_config(config).eval()
+
+
+def _load_exact(part: nn.Module, state: dict, path: Path) -> None:
+    own = _unique_parameters(part)
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if missing or unexpected:
-        raise ValueError(f"{weights_path} does not match its config: missing {missing}, unexpected {unexpected}")
-    bottom.eval()
-    return bottom
+        raise ValueError(f"{path} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    part.load_state_dict(state, strict=False)

@@ -501,3 +501,21 @@ def build_mechanism(config: dict | str | None, **params) -> Mechanism:
         return cls(**kwargs)
     except TypeError as err:
         raise ValueError(f"bad parameters {sorted(kwargs)} for mechanism {key!r}: {err}") from err
+
+
+def privatize(
+    mechanism: Mechanism,
+    hidden: Tensor,
+    attention_mask: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    noise_scale: Tensor | None = None,
+) -> Tensor:
+    """What a customer sends: ``mechanism(hidden)`` on real tokens and **zeros at padding**.
+
+    Padding is zeroed because at k ≥ 1 a padding position's hidden state attends to the real tokens and so carries
+    un-noised information about them; the top never reads padding positions (they are masked as keys and the head
+    reads real positions only), so zeroing them changes no output.
+    """
+    z = mechanism(hidden, attention_mask, generator=generator, noise_scale=noise_scale)
+    return z * attention_mask.unsqueeze(-1).to(z.dtype)

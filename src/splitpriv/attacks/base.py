@@ -1,0 +1,185 @@
+"""The common interface of the attacks and their metrics.
+
+An inversion attack maps what the vendor receives (privatized representations and their mask) to token ids; the
+evaluator, which alone knows the true ids, scores the guess. Empirical privacy of a setting is
+``1 − max(success)`` over the applicable attacks: a figure counts only against the strongest attack we have.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+import torch
+
+from splitpriv.split import Bottom
+
+# Function words excluded from "content token" recovery (plus punctuation and subword pieces shorter than 2
+# characters). Sentiment and topic live in the remaining tokens, which is what a privacy figure must cover.
+STOPWORDS = frozenset(
+    """a about above after again against all am an and any are as at be because been before being below between
+    both but by can could did do does doing down during each few for from further had has have having he her here
+    hers herself him himself his how i if in into is it its itself just me more most my myself no nor not now of
+    off on once only or other our ours ourselves out over own same she should so some such than that the their
+    theirs them themselves then there these they this those through to too under until up very was we were what
+    when where which while who whom why will with would you your yours yourself yourselves 's 're 've 'd 'll n't
+    s t d ll re ve m""".split()
+)
+
+
+@dataclass
+class AttackerKnowledge:
+    """What the honest-but-curious vendor knows besides the wire: its own bottom weights (as shipped), the
+    tokenizer, the mechanism and its parameters, and public text. Never the customer's text, labels, CTI token
+    set, noise seed or updated bottom."""
+
+    bottom: Bottom
+    tokenizer: object
+    mechanism: object
+    public_texts: list[str] = field(default_factory=list)
+    cti_multiplier: float | None = None
+    max_length: int = 64
+
+    @property
+    def n_bottom_layers(self) -> int:
+        return self.bottom.n_layers
+
+
+@dataclass
+class AttackResult:
+    """``success`` in [0, 1] is the attack's headline figure; ``metrics`` holds the rest."""
+
+    attack: str
+    success: float
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def empirical_privacy(self) -> float:
+        return 1.0 - self.success
+
+    def to_dict(self) -> dict:
+        return {"attack": self.attack, "success": self.success, "empirical_privacy": self.empirical_privacy,
+                **self.metrics}
+
+
+class InversionAttack(abc.ABC):
+    """Recovers token ids from privatized token representations."""
+
+    name: str = ""
+
+    def fit(self, knowledge: AttackerKnowledge) -> "InversionAttack":
+        """Prepare with the attacker's knowledge (candidates, a trained inverter, ...); returns self."""
+        self.knowledge = knowledge
+        return self
+
+    @abc.abstractmethod
+    def invert(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Token ids [N, T] guessed from representations [N, T, d] (padding positions are ignored)."""
+
+
+def real_token_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer) -> torch.Tensor:
+    """Real tokens: inside the attention mask and not special tokens ([CLS], [SEP], <s>, ...)."""
+    special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=input_ids.dtype)
+    return attention_mask.bool() & ~torch.isin(input_ids, special)
+
+
+def content_token_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer) -> torch.Tensor:
+    """Real tokens that carry content: not stopwords, not punctuation, not single characters."""
+    real = real_token_mask(input_ids, attention_mask, tokenizer)
+    vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    is_content = torch.tensor([_is_content(t) for t in vocab], dtype=torch.bool)
+    return real & is_content[input_ids.clamp(0, len(vocab) - 1)]
+
+
+def _is_content(token: str) -> bool:
+    word = token.lstrip("Ġ▁").removeprefix("##").lower()
+    return len(word) >= 2 and any(c.isalpha() for c in word) and word not in STOPWORDS
+
+
+def recovery_metrics(predicted: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer,
+                     extra_masks: dict[str, torch.Tensor] | None = None) -> dict:
+    """Token recovery over real tokens, over content tokens (and any ``extra_masks``), and exact sentences."""
+    hit = predicted.to(input_ids.device) == input_ids
+    real = real_token_mask(input_ids, attention_mask, tokenizer)
+    content = content_token_mask(input_ids, attention_mask, tokenizer)
+
+    def rate(mask: torch.Tensor) -> float:
+        n = int(mask.sum())
+        return float((hit & mask).sum()) / n if n else float("nan")
+
+    exact = ((hit | ~real).all(dim=1) & real.any(dim=1)).float()
+    out = {
+        "token_recovery": rate(real),
+        "content_recovery": rate(content),
+        "sentence_exact": float(exact.sum() / real.any(dim=1).sum().clamp(min=1)),
+        "n_tokens": int(real.sum()),
+        "n_content_tokens": int(content.sum()),
+    }
+    for name, mask in (extra_masks or {}).items():
+        out[f"{name}_recovery"] = rate(real & mask)
+        out[f"n_{name}_tokens"] = int((real & mask).sum())
+    return out
+
+
+def empirical_privacy(results: list[AttackResult]) -> dict:
+    """1 − the strongest attack's success, and which attack that was."""
+    best = max(results, key=lambda r: r.success)
+    return {"empirical_privacy": 1.0 - best.success, "strongest_attack": best.attack, "success": best.success}
+
+
+# --- helpers shared by the inversion attacks (public knowledge: the tokenizer's template and the mask) ---------
+
+
+def special_ids(tokenizer) -> torch.Tensor:
+    """The tokenizer's special token ids ([CLS], [SEP], [PAD], [UNK], [MASK], <s>, ...), sorted."""
+    return torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
+
+
+def template_tokens(tokenizer) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer puts before and after every single text (BERT: ``[CLS]`` / ``[SEP]``)."""
+    sentinel = -7
+    ids = list(tokenizer.build_inputs_with_special_tokens([sentinel]))
+    i = ids.index(sentinel)
+    return ids[:i], ids[i + 1:]
+
+
+def fixed_positions(tokenizer, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions whose token the attacker knows from the tokenizer's template and the mask alone.
+
+    The first real positions hold the template's prefix ([CLS]) and the last real ones its suffix ([SEP]): the
+    mask is sent in the clear, so every attack may fix them. Returns ``(fixed [N, T] bool, ids [N, T] long)``;
+    ``ids`` is meaningful where ``fixed``.
+    """
+    prefix, suffix = template_tokens(tokenizer)
+    mask = attention_mask.bool()
+    rank = mask.long().cumsum(1) - 1  # index of each real position among the real positions of its row
+    length = mask.sum(1, keepdim=True)
+    fixed = torch.zeros_like(mask)
+    ids = torch.zeros(mask.shape, dtype=torch.long)
+    for i, tok in enumerate(prefix):
+        hit = mask & (rank == i)
+        fixed |= hit
+        ids[hit] = tok
+    for j, tok in enumerate(suffix):
+        hit = mask & (rank == length - len(suffix) + j)
+        fixed |= hit
+        ids[hit] = tok
+    return fixed, ids
+
+
+def apply_template(predicted: torch.Tensor, tokenizer, attention_mask: torch.Tensor) -> torch.Tensor:
+    """``predicted`` with the template's fixed positions set to their known ids and padding set to [PAD]."""
+    fixed, ids = fixed_positions(tokenizer, attention_mask)
+    out = torch.where(fixed, ids, predicted.cpu())
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return torch.where(attention_mask.bool().cpu(), out, torch.full_like(out, pad))
+
+
+def most_frequent_rate(input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer) -> float:
+    """Chance level of token recovery: the share of the most frequent real token (an attacker that ignores the
+    representations and always guesses the single most common token cannot beat it)."""
+    real = real_token_mask(input_ids, attention_mask, tokenizer)
+    ids = input_ids[real]
+    if ids.numel() == 0:
+        return float("nan")
+    return float(torch.bincount(ids).max()) / ids.numel()

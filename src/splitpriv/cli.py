@@ -1,0 +1,188 @@
+"""``splitpriv`` command line: train, predict, serve, attack, experiment."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Split-and-Privatize fine-tuning of language models as a service.")
+
+
+class Mechanism(str, Enum):
+    none = "none"
+    dchi = "dchi"
+    gaussian = "gaussian"
+    laplace = "laplace"
+
+
+class Method(str, Enum):
+    lora = "lora"
+    bitfit = "bitfit"
+    adapter = "adapter"
+    full = "full"
+
+
+class BottomMode(str, Enum):
+    frozen = "frozen"
+    trained = "trained"
+
+
+class NoiseMode(str, Enum):
+    per_step = "per-step"
+    once = "once"
+
+
+class Head(str, Enum):
+    vendor = "vendor"
+    customer = "customer"
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def clean_errors(fn):
+    """Bad input gets one line naming the problem and exit code 2, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from splitpriv.data import DatasetNotFoundError
+        from splitpriv.protocol import ProtocolError
+
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, DatasetNotFoundError, ProtocolError, FileNotFoundError, PermissionError, LookupError) as exc:
+            _fail(str(exc))
+        except ConnectionError as exc:
+            _fail(f"cannot reach the vendor: {exc}")
+
+    return wrapper
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+
+
+@app.command()
+@clean_errors
+def train(
+    dataset: str = typer.Option("sst2-sample", help="sst2, sst2-sample (embedded), financial_phrasebank, blog_authorship"),
+    method: Method = typer.Option(Method.lora, help="tuning method on the vendor's top"),
+    bottom_layers: int = typer.Option(0, "--bottom-layers", "-k", help="blocks in the customer's bottom"),
+    mechanism: Mechanism = typer.Option(Mechanism.none, help="privacy mechanism on token representations"),
+    eta: Optional[float] = typer.Option(None, help="d_chi privacy parameter (noise density ∝ exp(-eta·|n|))"),
+    sigma: Optional[float] = typer.Option(None, help="Gaussian noise standard deviation"),
+    scale: Optional[float] = typer.Option(None, help="Laplace noise scale"),
+    cti: bool = typer.Option(False, "--cti", help="Contributing Token Identification: less noise on task tokens"),
+    cti_fraction: float = typer.Option(0.005, help="share of seen token ids selected by CTI"),
+    cti_multiplier: float = typer.Option(2.0, help="eta multiplier for contributing tokens"),
+    bottom: BottomMode = typer.Option(BottomMode.frozen, help="freeze the bottom or train it from returned gradients"),
+    noise: NoiseMode = typer.Option(NoiseMode.per_step, help="fresh noise every step, or once per sample"),
+    head: Head = typer.Option(Head.vendor, help="who holds pooler + classifier (customer keeps labels' gradients home)"),
+    label_dp_epsilon: Optional[float] = typer.Option(None, help="label DP by randomized response"),
+    train_limit: Optional[int] = typer.Option(None, help="train on a seeded random subset of this size"),
+    eval_limit: Optional[int] = typer.Option(None, help="evaluate on a seeded random subset of this size"),
+    epochs: int = typer.Option(1),
+    batch_size: int = typer.Option(32),
+    max_length: int = typer.Option(64),
+    lr: float = typer.Option(1e-3, help="learning rate of the vendor's top (and a customer-held head)"),
+    bottom_lr: float = typer.Option(5e-5, help="learning rate of a trained bottom"),
+    lora_r: int = typer.Option(8, help="LoRA rank"),
+    seed: int = typer.Option(0, help="data order, initialisation and dropout"),
+    noise_seed: Optional[int] = typer.Option(None, help="fixes the noise (experiments only: keep it secret in real use)"),
+    model: Optional[str] = typer.Option(None, help="Hugging Face id or folder (default: all-MiniLM-L6-v2, offline)"),
+    out: Optional[Path] = typer.Option(None, help="run folder: metrics.json, vendor adapter, customer bottom"),
+    centralized: bool = typer.Option(False, "--centralized", help="train the non-private unsplit baseline only"),
+    baseline: bool = typer.Option(False, "--baseline", help="also train the centralized baseline and compare"),
+    vendor: Optional[str] = typer.Option(None, help="vendor service URL (default: vendor in this process)"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    as_json: bool = typer.Option(False, "--json", help="print metrics as JSON"),
+):
+    """Fine-tune the vendor's model on private labelled text: split, privatize, train over the wire, evaluate."""
+    from splitpriv.config import PrivacyConfig, TrainConfig
+    from splitpriv.run import RunConfig, run
+
+    _quiet_libraries()
+    method_params = {"r": lora_r} if method == Method.lora else {}
+    config = RunConfig(
+        dataset=dataset, train_limit=train_limit, eval_limit=eval_limit, model=model, method=method.value,
+        method_params=method_params, bottom_layers=bottom_layers, head=head.value, lr=lr, centralized=centralized,
+        baseline=baseline, vendor_url=vendor,
+        privacy=PrivacyConfig(mechanism=mechanism.value, eta=eta, sigma=sigma, scale=scale, cti=cti,
+                              cti_fraction=cti_fraction, cti_multiplier=cti_multiplier, noise=noise.value,
+                              label_dp_epsilon=label_dp_epsilon),
+        train=TrainConfig(epochs=epochs, batch_size=batch_size, max_length=max_length, bottom=bottom.value,
+                          bottom_lr=bottom_lr, seed=seed, noise_seed=noise_seed),
+    )
+    metrics = run(config, out, progress=progress)
+    if as_json:
+        typer.echo(json.dumps({k: v for k, v in metrics.items() if k != "losses"}, default=str))
+    else:
+        _print_summary(metrics, out)
+
+
+def _print_summary(metrics: dict, out: Path | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    cfg = metrics["config"]
+    priv = cfg["privacy"]
+    setting = f"{metrics['mode']}, k={cfg['bottom_layers']}, {cfg['method']}, bottom {cfg['train']['bottom']}"
+    if metrics["mode"] == "split":
+        noise = priv["mechanism"] + (f" eta={priv['eta']}" if priv["eta"] else "") + (" +CTI" if priv["cti"] else "")
+        setting += f", {noise}, noise {priv['noise']}, head {cfg['head']}"
+    table = Table(title=f"splitpriv: {metrics['dataset']} ({metrics['n_train']} train / {metrics['n_eval']} eval)")
+    table.add_column("run")
+    table.add_column("accuracy", justify="right")
+    table.add_column("macro-F1", justify="right")
+    table.add_column("train samples/s", justify="right")
+    table.add_row(setting, f"{metrics['accuracy']:.4f}", f"{metrics['macro_f1']:.4f}", f"{metrics['train_samples_per_s']:.1f}")
+    if "baseline_accuracy" in metrics:
+        table.add_row("centralized baseline (same config, no split, no noise)", f"{metrics['baseline_accuracy']:.4f}",
+                      f"{metrics['baseline_macro_f1']:.4f}", f"{metrics['baseline_samples_per_s']:.1f}")
+    console = Console()
+    console.print(table)
+    if "disclosure" in metrics:
+        d = metrics["disclosure"]
+        console.print(f"bottom shipped to the customer: {d['shipped_parameters']:,} of {d['total_parameters']:,} "
+                      f"parameters ({100 * d['shipped_share']:.1f}%)")
+    if "accuracy_loss" in metrics:
+        console.print(f"accuracy loss against the baseline: {100 * metrics['accuracy_loss']:+.2f} points")
+    console.print(f"wall time {metrics['wall_time_s']:.1f} s" + (f"; run folder {out}" if out else ""))
+
+
+@app.command()
+@clean_errors
+def serve(
+    model: Optional[str] = typer.Option(None, help="Hugging Face id or folder (default: all-MiniLM-L6-v2)"),
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(8000),
+    state_dir: Optional[Path] = typer.Option(None, help="persist sessions here (a restarted service finds them)"),
+    max_body_mb: float = typer.Option(64.0, help="request size cap in MiB"),
+):
+    """Run the vendor service (FastAPI + uvicorn); OpenAPI docs at /docs."""
+    from splitpriv.service.app import serve as run_service
+
+    _quiet_libraries()
+    run_service(model=model, host=host, port=port, state_dir=str(state_dir) if state_dir else None,
+                max_body_bytes=int(max_body_mb * 2**20))
+
+
+def main() -> None:  # pragma: no cover
+    app(prog_name="splitpriv")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

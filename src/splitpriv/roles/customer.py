@@ -1,0 +1,232 @@
+"""The customer: holds its text, labels, the bottom it downloaded, and the privacy mechanism.
+
+A training step: bottom forward → privatize → send (representations, mask) → receive the top's outputs → compute
+the loss locally → send ∂L/∂outputs → (trained bottom) receive ∂L/∂representations and back-propagate through the
+bottom with its own optimizer. Inference runs the same bottom and mechanism; the vendor returns outputs.
+
+What leaves the machine (the threat model's view): privatized representations with padding positions zeroed (at
+k ≥ 1 a padding position's hidden state mixes in the sentence's tokens, and the top never reads it), the
+attention mask, and the gradient of the loss w.r.t. the vendor's outputs. With the vendor-held head that gradient
+is softmax(logits) − onehot(label) and reveals the label exactly; ``head="customer"`` closes that channel.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from splitpriv.batching import collate, encode_texts, eval_batches, num_steps, training_order
+from splitpriv.config import PrivacyConfig, TrainConfig
+from splitpriv.metrics import classification_metrics
+from splitpriv.protocol import BackwardRequest, ForwardRequest, PredictRequest, SessionConfig, unpack_files
+from splitpriv.seeding import derive_seed, generator, step_rng
+from splitpriv.split import HEAD_WEIGHTS, load_bottom, load_head
+
+
+class Customer:
+    """The customer's state: bottom (+ optimizer when trained), tokenizer, mechanism, CTI, noise generator,
+    and the noise-once cache. Talks to the vendor only through ``transport``."""
+
+    def __init__(self, transport, session: SessionConfig, privacy: PrivacyConfig, train: TrainConfig):
+        self.transport = transport
+        self.session = session.validate()
+        self.privacy = privacy.validate()
+        self.train_config = train.validate(privacy)
+        if (train.bottom == "trained") != session.train_bottom:
+            raise ValueError("the session's train_bottom must match the customer's bottom mode")
+        self.mechanism = privacy.build_mechanism()
+        self.noise = generator(train.noise_seed)
+        self.cti = None
+        self._cache: dict[int, torch.Tensor] = {}
+        self._load_package(transport.bottom_package())
+        self.bottom_optimizer = self.bottom_scheduler = None
+        self.head_optimizer = self.head_scheduler = None
+        if train.bottom == "trained":
+            self.bottom.requires_grad_(True)
+            self.bottom_optimizer, self.bottom_scheduler = self._optimizer(self.bottom.parameters(), train.bottom_lr)
+        else:
+            self.bottom.requires_grad_(False)
+        if self.head is not None:
+            self.head.requires_grad_(True)
+            self.head_optimizer, self.head_scheduler = self._optimizer(self.head.parameters(), session.lr)
+
+    @classmethod
+    def open(cls, transport, session: SessionConfig, privacy: PrivacyConfig, train: TrainConfig) -> "Customer":
+        """Open a session with the vendor behind ``transport`` and download its bottom."""
+        train.validate(privacy)
+        privacy.validate()
+        transport.open_session(session)
+        return cls(transport, session, privacy, train)
+
+    def _load_package(self, package: bytes) -> None:
+        from transformers import AutoTokenizer
+
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, content in unpack_files(package).items():
+                (Path(tmp) / name).write_bytes(content)
+            self.bottom = load_bottom(tmp)
+            self.tokenizer = AutoTokenizer.from_pretrained(tmp)
+            self.head = load_head(tmp) if (Path(tmp) / HEAD_WEIGHTS).exists() else None
+
+    def _optimizer(self, params, lr: float):
+        from transformers import get_linear_schedule_with_warmup
+
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=self.session.weight_decay)
+        total = self.session.total_steps
+        return opt, get_linear_schedule_with_warmup(opt, int(self.session.warmup_ratio * total), total)
+
+    # -- privatization ------------------------------------------------------------------------------------------
+
+    def fit_cti(self, encodings: list[list[int]], labels: list[int]) -> None:
+        """Select contributing tokens on the customer's own training data (the per-token η depends on the token
+        id only, never on the label of the sample being sent)."""
+        from splitpriv.privacy import ContributingTokens, CTIConfig
+
+        config = CTIConfig(fraction=self.privacy.cti_fraction, eta_multiplier=self.privacy.cti_multiplier)
+        self.cti = ContributingTokens.fit(encodings, labels, config=config, special_ids=self.tokenizer.all_special_ids)
+
+    def privatize(self, hidden: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """z = h + n on real tokens (n from the mechanism, scaled per token by CTI), zeros at padding."""
+        from splitpriv.privacy import privatize
+
+        scale = self.cti.noise_scale(input_ids) if self.cti is not None else None
+        return privatize(self.mechanism, hidden, mask, generator=self.noise, noise_scale=scale)
+
+    def _representations(self, step: int, index: torch.Tensor | None, ids, mask, train: bool):
+        """Privatized representations to send, and the bottom's output when it is being trained."""
+        if index is not None and self.privacy.noise == "once" and all(int(i) in self._cache for i in index):
+            z = torch.zeros(ids.shape[0], ids.shape[1], self.bottom.d_model)
+            for row, i in enumerate(index.tolist()):
+                cached = self._cache[i]
+                z[row, : cached.shape[0]] = cached
+            return z, None
+        trained = train and self.train_config.bottom == "trained"
+        self.bottom.train(trained and self.session.dropout)
+        with torch.set_grad_enabled(trained), step_rng(self.train_config.seed, "customer", step):
+            hidden = self.bottom(input_ids=ids, attention_mask=mask)
+        z = self.privatize(hidden.detach(), ids, mask)
+        if index is not None and self.privacy.noise == "once":
+            for row, i in enumerate(index.tolist()):
+                self._cache[i] = z[row, : int(mask[row].sum())].clone()
+        return z, (hidden if trained else None)
+
+    def randomize_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """RR_ε on the labels used for the loss, drawn once per sample (label DP; see privacy.label_dp)."""
+        from splitpriv.privacy.label_dp import randomized_response
+
+        seed = self.train_config.noise_seed
+        g = generator(None if seed is None else derive_seed(seed, "label-dp"))
+        return randomized_response(labels, self.session.num_labels, float(self.privacy.label_dp_epsilon), generator=g)
+
+    # -- training -----------------------------------------------------------------------------------------------
+
+    def train_step(self, step: int, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
+                   index: torch.Tensor | None = None) -> float:
+        z, hidden = self._representations(step, index, ids, mask, train=True)
+        sid = self.transport.session.session_id
+        outputs = self.transport.forward(ForwardRequest(session_id=sid, step=step, hidden=z, attention_mask=mask))
+        received = outputs.outputs.detach().requires_grad_(True)
+        if self.head is not None:
+            self.head.train(self.session.dropout)
+            with step_rng(self.train_config.seed, "customer-head", step):
+                logits = self.head(received)
+        else:
+            logits = received
+        loss = F.cross_entropy(logits, labels)
+        loss.backward()
+        result = self.transport.backward(BackwardRequest(session_id=sid, step=step, grad_outputs=received.grad))
+        if self.head_optimizer is not None:
+            _step(self.head_optimizer, self.head_scheduler)
+        if hidden is not None:
+            if result.grad_hidden is None:
+                raise RuntimeError("the vendor returned no gradient for the bottom; was the session opened frozen?")
+            hidden.backward(result.grad_hidden * mask.unsqueeze(-1).to(hidden.dtype))
+            _step(self.bottom_optimizer, self.bottom_scheduler)
+        return float(loss.detach())
+
+    def fit(self, texts: list[str], labels: list[int], *, progress: bool = True, on_step=None) -> dict:
+        """Train for ``epochs`` over ``(texts, labels)``; returns losses and throughput."""
+        cfg = self.train_config
+        encodings = encode_texts(self.tokenizer, texts, cfg.max_length)
+        label_tensor = torch.tensor(labels, dtype=torch.long)
+        if self.privacy.cti and self.cti is None:
+            self.fit_cti(encodings, labels)
+        if self.privacy.label_dp_epsilon is not None:
+            label_tensor = self.randomize_labels(label_tensor)
+        total = num_steps(len(encodings), cfg.batch_size, cfg.epochs)
+        if total > self.session.total_steps:
+            raise ValueError(f"{total} steps planned but the session was opened for {self.session.total_steps}")
+        losses: list[float] = []
+        start = time.perf_counter()
+        bar = _progress(total, "train", progress)
+        for step, _, index in training_order(len(encodings), cfg.batch_size, cfg.epochs, cfg.seed):
+            ids, mask = collate(encodings, index, self.tokenizer.pad_token_id)
+            losses.append(self.train_step(step, ids, mask, label_tensor[index], index))
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            if on_step:
+                on_step(step, losses[-1])
+        bar.close()
+        seconds = time.perf_counter() - start
+        return {"losses": losses, "train_seconds": seconds, "train_samples_per_s": len(encodings) * cfg.epochs / seconds}
+
+    # -- private inference --------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def predict_logits(self, texts: list[str], *, progress: bool = False) -> torch.Tensor:
+        """Logits for ``texts`` through bottom → mechanism (fresh noise) → vendor; no label anywhere."""
+        encodings = encode_texts(self.tokenizer, texts, self.train_config.max_length)
+        sid = self.transport.session.session_id
+        out = []
+        bar = _progress(len(encodings), "predict", progress)
+        for index in eval_batches(len(encodings), self.train_config.eval_batch_size):
+            ids, mask = collate(encodings, index, self.tokenizer.pad_token_id)
+            z, _ = self._representations(0, None, ids, mask, train=False)
+            outputs = self.transport.predict(PredictRequest(session_id=sid, hidden=z, attention_mask=mask)).outputs
+            if self.head is not None:
+                self.head.eval()
+                outputs = self.head(outputs)
+            out.append(outputs)
+            bar.update(len(index))
+        bar.close()
+        return torch.cat(out) if out else torch.zeros(0, self.session.num_labels)
+
+    def predict(self, texts: list[str]) -> list[int]:
+        return self.predict_logits(texts).argmax(-1).tolist()
+
+    def evaluate(self, texts: list[str], labels: list[int], *, progress: bool = True) -> dict:
+        start = time.perf_counter()
+        logits = self.predict_logits(texts, progress=progress)
+        seconds = time.perf_counter() - start
+        return {**classification_metrics(labels, logits), "eval_seconds": seconds,
+                "eval_samples_per_s": len(texts) / seconds if seconds else float("nan")}
+
+    def save(self, directory: str | Path) -> Path:
+        """The customer's side of a run: bottom (as trained), tokenizer, head, CTI selection."""
+        from safetensors.torch import save_file
+
+        from splitpriv.split import save_bottom
+
+        directory = Path(directory)
+        save_bottom(self.bottom, directory, self.tokenizer)
+        if self.head is not None:
+            save_file({n: p.detach().contiguous() for n, p in self.head.named_parameters()}, str(directory / HEAD_WEIGHTS))
+        if self.cti is not None:
+            self.cti.save(directory / "cti.json")
+        return directory
+
+
+def _step(optimizer, scheduler) -> None:
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)

@@ -1,0 +1,196 @@
+"""One training run end to end: data → (split, privatized) fine-tuning → private evaluation → metrics.json.
+
+Used by ``splitpriv train`` and by the experiment grid; the roles and transports underneath are the same ones a
+real deployment uses.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from splitpriv.batching import num_steps
+from splitpriv.config import PrivacyConfig, TrainConfig
+from splitpriv.protocol import SessionConfig
+
+RUN_FILE = "run.json"
+METRICS_FILE = "metrics.json"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    dataset: str = "sst2-sample"
+    eval_split: str = "dev"
+    train_limit: int | None = None
+    eval_limit: int | None = None
+    model: str | None = None
+    method: str = "lora"
+    method_params: dict = field(default_factory=dict)
+    bottom_layers: int = 0
+    head: str = "vendor"
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    dropout: bool = True
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    centralized: bool = False
+    baseline: bool = False
+    vendor_url: str | None = None
+
+    def validate(self) -> "RunConfig":
+        from splitpriv.tuning import tuning_config
+
+        tuning_config(self.method, **self.method_params)
+        self.privacy.validate()
+        self.train.validate(self.privacy)
+        for name in ("train_limit", "eval_limit"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.centralized and self.vendor_url:
+            raise ValueError("--centralized trains locally without a vendor; drop --vendor")
+        return self
+
+    def session_config(self, num_labels: int, n_train: int) -> SessionConfig:
+        return SessionConfig(
+            n_bottom_layers=self.bottom_layers,
+            num_labels=num_labels,
+            tuning={"method": self.method, **self.method_params},
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            warmup_ratio=self.warmup_ratio,
+            total_steps=num_steps(n_train, self.train.batch_size, self.train.epochs),
+            seed=self.train.seed,
+            head=self.head,
+            train_bottom=self.train.bottom == "trained",
+            dropout=self.dropout,
+        ).validate()
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunConfig":
+        data = dict(data)
+        privacy = PrivacyConfig(**data.pop("privacy", {}))
+        train = TrainConfig(**data.pop("train", {}))
+        return cls(privacy=privacy, train=train, **data)
+
+
+def versions() -> dict:
+    import peft
+    import torch
+    import transformers
+
+    import splitpriv
+
+    return {"splitpriv": splitpriv.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "python": platform.python_version()}
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def load_data(config: RunConfig):
+    from splitpriv.data import load_dataset
+
+    train = load_dataset(config.dataset, "train", limit=config.train_limit, seed=config.train.seed)
+    evaluation = load_dataset(config.dataset, config.eval_split, limit=config.eval_limit, seed=config.train.seed)
+    if train.labels is None:
+        raise ValueError(f"dataset {config.dataset!r} has no task label to fine-tune on")
+    return train, evaluation
+
+
+def make_transport(config: RunConfig, tap=None):
+    if config.vendor_url:
+        from splitpriv.transport.http_client import HttpTransport
+
+        return HttpTransport(config.vendor_url)
+    from splitpriv.roles.vendor import Vendor
+    from splitpriv.transport import InProcessTransport
+
+    return InProcessTransport(Vendor(config.model), tap=tap)
+
+
+def train_split(config: RunConfig, train, evaluation, *, progress: bool = True, transport=None, out_dir=None) -> dict:
+    """Split, privatized fine-tuning through ``transport`` (in process by default), then private evaluation."""
+    from splitpriv.roles.customer import Customer
+
+    session = config.session_config(train.num_labels, len(train))
+    transport = transport or make_transport(config)
+    customer = Customer.open(transport, session, config.privacy, config.train)
+    history = customer.fit(train.texts, train.labels, progress=progress)
+    result = {**history, **customer.evaluate(evaluation.texts, evaluation.labels, progress=progress)}
+    steps = len(history["losses"])
+    result["bytes_sent_per_step"] = getattr(transport, "bytes_sent", 0) / max(steps, 1)
+    result["disclosure"] = transport.session.disclosure
+    if config.privacy.cti and customer.cti is not None:
+        result["cti_tokens"] = customer.tokenizer.convert_ids_to_tokens(customer.cti.token_ids[:20].tolist())
+    if out_dir is not None:
+        customer.save(Path(out_dir) / "customer")
+        result["vendor_export"] = transport.export(str(Path(out_dir) / "vendor") if not config.vendor_url else None)
+        (Path(out_dir) / "session.json").write_text(json.dumps(asdict(transport.session), indent=2))
+    result["_customer"] = customer
+    return result
+
+
+def train_centralized(config: RunConfig, train, evaluation, *, progress: bool = True) -> dict:
+    from splitpriv.centralized import CentralizedTrainer
+
+    trainer = CentralizedTrainer(config.session_config(train.num_labels, len(train)), config.train, config.model)
+    history = trainer.fit(train.texts, train.labels, progress=progress)
+    return {**history, **trainer.evaluate(evaluation.texts, evaluation.labels)}
+
+
+def run(config: RunConfig, out_dir: str | Path | None = None, *, progress: bool = True, transport=None) -> dict:
+    """Train and evaluate as configured; write ``metrics.json`` (and artifacts) to ``out_dir`` when given."""
+    config = config.validate()
+    started = time.perf_counter()
+    train, evaluation = load_data(config)
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / RUN_FILE).write_text(json.dumps(config.to_dict(), indent=2))
+    if config.centralized:
+        result = train_centralized(config, train, evaluation, progress=progress)
+    else:
+        result = train_split(config, train, evaluation, progress=progress, transport=transport, out_dir=out_dir)
+    result.pop("_customer", None)
+    losses = result.pop("losses")
+    metrics = {
+        "accuracy": result.pop("accuracy"),
+        "macro_f1": result.pop("macro_f1"),
+        "mode": "centralized" if config.centralized else "split",
+        "dataset": config.dataset,
+        "n_train": len(train),
+        "n_eval": len(evaluation),
+        "train_source": train.source,
+        "seed": config.train.seed,
+        "final_loss": sum(losses[-10:]) / len(losses[-10:]),
+        "steps": len(losses),
+        **result,
+        "losses": losses,
+        "config": config.to_dict(),
+        "versions": versions(),
+        "git_commit": git_commit(),
+    }
+    if config.baseline and not config.centralized:
+        base = train_centralized(replace(config, centralized=True), train, evaluation, progress=progress)
+        metrics["baseline_accuracy"] = base["accuracy"]
+        metrics["baseline_macro_f1"] = base["macro_f1"]
+        metrics["baseline_samples_per_s"] = base["train_samples_per_s"]
+        metrics["accuracy_loss"] = base["accuracy"] - metrics["accuracy"]
+    metrics["wall_time_s"] = time.perf_counter() - started
+    if out_dir is not None:
+        (Path(out_dir) / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=str))
+    return metrics

@@ -1,0 +1,4 @@
+from splitpriv.transport.base import Transport
+from splitpriv.transport.inprocess import InProcessTransport
+
+__all__ = ["InProcessTransport", "Transport"]

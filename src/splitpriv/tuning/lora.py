@@ -1,0 +1,52 @@
+"""LoRA on the vendor's top through ``peft`` (Hu et al. 2021): W + (α/r)·B·A on the family's attention projections
+of the top's blocks only; the head is trained in full (``modules_to_save``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from splitpriv.split import Top
+from splitpriv.tuning.base import TunedTop, TuningConfig, head_modules, share_frozen_copy
+
+
+@dataclass(frozen=True)
+class LoRA(TuningConfig):
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] | None = None  # None: the family's default (query/value projections)
+
+    method = "lora"
+
+    def validate(self) -> None:
+        if not isinstance(self.r, int) or self.r < 1:
+            raise ValueError(f"LoRA rank r must be a positive integer, got {self.r!r}")
+        if not self.alpha > 0:
+            raise ValueError(f"LoRA alpha must be > 0, got {self.alpha!r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout!r}")
+
+
+def apply_lora(top: Top, config: LoRA) -> TunedTop:
+    from peft import LoraConfig, get_peft_model
+
+    layer_ids = [int(p.rsplit(".", 1)[1]) for p in top.block_paths]
+    heads = head_modules(top)
+    if not layer_ids:  # k = all blocks: the top is the head alone, trained in full
+        prefixes = tuple(f"{h}." for h in heads)
+        module = share_frozen_copy(top, clone={n for n, _ in top.named_parameters() if n.startswith(prefixes)})
+        for name, p in module.named_parameters():
+            p.requires_grad_(name.startswith(prefixes))
+        return TunedTop(module, config)
+    module = share_frozen_copy(top)
+    peft_config = LoraConfig(
+        r=config.r,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        target_modules=list(config.target_modules or top.family.lora_targets),
+        layers_to_transform=layer_ids,
+        layers_pattern=top.family.blocks.rsplit(".", 1)[1],
+        modules_to_save=[h.rsplit(".", 1)[-1] for h in heads],
+    )
+    peft_model = get_peft_model(module, peft_config)
+    return TunedTop(module, config, peft_model=peft_model)
