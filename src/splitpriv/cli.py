@@ -180,6 +180,94 @@ def serve(
                 max_body_bytes=int(max_body_mb * 2**20))
 
 
+class Attack(str, Enum):
+    nn = "nn"
+    map = "map"
+    opt = "opt"
+    learned = "learned"
+    average = "average"
+    cti = "cti"
+    aia = "aia"
+    label = "label"
+    all = "all"
+
+
+@app.command()
+@clean_errors
+def attack(
+    attack: Attack = typer.Option(Attack.all, help="which attack (all: every applicable inversion attack)"),
+    dataset: str = typer.Option("sst2", help="the customer's data (aia defaults to blog_authorship)"),
+    split: str = typer.Option("dev"),
+    bottom_layers: int = typer.Option(0, "--bottom-layers", "-k"),
+    mechanism: Mechanism = typer.Option(Mechanism.none),
+    eta: Optional[float] = typer.Option(None),
+    sigma: Optional[float] = typer.Option(None),
+    scale: Optional[float] = typer.Option(None),
+    cti: bool = typer.Option(False, "--cti"),
+    cti_multiplier: float = typer.Option(2.0),
+    noise: NoiseMode = typer.Option(NoiseMode.per_step, help="for the averaging attack: per-step or once"),
+    epochs: int = typer.Option(3, help="for the averaging attack: how many looks the vendor gets"),
+    head: Head = typer.Option(Head.vendor, help="for the label attack: who holds the head"),
+    label_dp_epsilon: Optional[float] = typer.Option(None, help="for the label attack: label DP of the customer"),
+    attribute: str = typer.Option("gender", help="for aia: gender or age_group"),
+    limit: int = typer.Option(200, help="customer samples attacked"),
+    seed: int = typer.Option(0),
+    model: Optional[str] = typer.Option(None),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+):
+    """Attack what the vendor observes; empirical privacy = 1 − the strongest attack's success."""
+    from splitpriv.attacks.runner import run_attack
+
+    _quiet_libraries()
+    kwargs = dict(dataset=dataset, split=split, n_bottom_layers=bottom_layers, mechanism=mechanism.value, eta=eta,
+                  sigma=sigma, scale=scale, cti=cti, cti_multiplier=cti_multiplier, limit=limit, seed=seed,
+                  model=model, progress=progress and not as_json, noise=noise.value, epochs=epochs)
+    if attack == Attack.label:
+        kwargs.update(head=head.value, label_dp_epsilon=label_dp_epsilon)
+    if attack == Attack.aia:
+        kwargs.update(attribute=attribute)
+    if mechanism != Mechanism.none:
+        from splitpriv.config import PrivacyConfig
+
+        PrivacyConfig(mechanism=mechanism.value, eta=eta, sigma=sigma, scale=scale).validate()
+    result = run_attack(attack.value, **kwargs)
+    if as_json:
+        typer.echo(json.dumps(result, default=str))
+        return
+    for name, res in (result.get("results") or {result["attack"]: result}).items():
+        typer.echo(f"{name:>10}: success {100 * res['success']:.1f}%  "
+                   + "  ".join(f"{k}={v:.3f}" for k, v in res.items() if isinstance(v, float) and k != "success"))
+    typer.echo(f"empirical privacy = {100 * result['empirical_privacy']:.1f}%"
+               + (f" (strongest: {result['strongest_attack']})" if result.get("strongest_attack") else ""))
+
+
+@app.command()
+@clean_errors
+def experiment(
+    configs: list[Path] = typer.Argument(None, help="experiment configs (default: every experiments/configs/*.json)"),
+    quick: bool = typer.Option(False, "--quick", help="the small variant of each grid (minutes, not hours)"),
+    results: Path = typer.Option(Path("results"), help="where run records, figures and REPORT.md go"),
+    report_only: bool = typer.Option(False, "--report-only", help="only aggregate existing records"),
+    force: bool = typer.Option(False, "--force", help="re-run points whose record exists"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+):
+    """Run experiment grids (resumable: finished points are skipped), then write plots and REPORT.md."""
+    from splitpriv.experiments.grid import run_experiment
+    from splitpriv.experiments.report import write_report
+
+    _quiet_libraries()
+    if not configs:
+        configs = sorted(Path("experiments/configs").glob("*.json"))
+        if not configs:
+            raise FileNotFoundError("no configs given and none found in experiments/configs/")
+    if not report_only:
+        for path in configs:
+            run_experiment(path, results_dir=results, quick=quick, progress=progress, force=force, log=typer.echo)
+    commentary = Path("experiments/commentary.md")
+    typer.echo(f"report: {write_report(results, quick=quick, commentary=commentary)}")
+
+
 def main() -> None:  # pragma: no cover
     app(prog_name="splitpriv")
 

@@ -26,12 +26,15 @@ from splitpriv.protocol import BackwardRequest, ForwardRequest, PredictRequest, 
 from splitpriv.seeding import derive_seed, generator, step_rng
 from splitpriv.split import HEAD_WEIGHTS, load_bottom, load_head
 
+CTI_FILE = "cti.json"
+
 
 class Customer:
     """The customer's state: bottom (+ optimizer when trained), tokenizer, mechanism, CTI, noise generator,
     and the noise-once cache. Talks to the vendor only through ``transport``."""
 
-    def __init__(self, transport, session: SessionConfig, privacy: PrivacyConfig, train: TrainConfig):
+    def __init__(self, transport, session: SessionConfig, privacy: PrivacyConfig, train: TrainConfig,
+                 files: dict[str, bytes] | None = None):
         self.transport = transport
         self.session = session.validate()
         self.privacy = privacy.validate()
@@ -42,7 +45,7 @@ class Customer:
         self.noise = generator(train.noise_seed)
         self.cti = None
         self._cache: dict[int, torch.Tensor] = {}
-        self._load_package(transport.bottom_package())
+        self._load_files(files if files is not None else unpack_files(transport.bottom_package()))
         self.bottom_optimizer = self.bottom_scheduler = None
         self.head_optimizer = self.head_scheduler = None
         if train.bottom == "trained":
@@ -62,11 +65,26 @@ class Customer:
         transport.open_session(session)
         return cls(transport, session, privacy, train)
 
-    def _load_package(self, package: bytes) -> None:
+    @classmethod
+    def restore(cls, transport, directory: str | Path, privacy: PrivacyConfig, train: TrainConfig) -> "Customer":
+        """The customer of a finished run (``Customer.save`` output) on a session ``transport`` is attached to."""
+        from splitpriv.privacy import ContributingTokens
+
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"no customer state at {directory}")
+        session = SessionConfig.from_dict(transport.status()["config"])
+        files = {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()}
+        customer = cls(transport, session, privacy, train, files=files)
+        if (directory / CTI_FILE).is_file():
+            customer.cti = ContributingTokens.load(directory / CTI_FILE)
+        return customer
+
+    def _load_files(self, files: dict[str, bytes]) -> None:
         from transformers import AutoTokenizer
 
         with tempfile.TemporaryDirectory() as tmp:
-            for name, content in unpack_files(package).items():
+            for name, content in files.items():
                 (Path(tmp) / name).write_bytes(content)
             self.bottom = load_bottom(tmp)
             self.tokenizer = AutoTokenizer.from_pretrained(tmp)
@@ -216,7 +234,7 @@ class Customer:
         if self.head is not None:
             save_file({n: p.detach().contiguous() for n, p in self.head.named_parameters()}, str(directory / HEAD_WEIGHTS))
         if self.cti is not None:
-            self.cti.save(directory / "cti.json")
+            self.cti.save(directory / CTI_FILE)
         return directory
 
 
