@@ -165,6 +165,37 @@ def _print_summary(metrics: dict, out: Path | None) -> None:
 
 @app.command()
 @clean_errors
+def predict(
+    run_dir: Path = typer.Option(..., "--run", help="folder of a finished `splitpriv train --out` run"),
+    input: Optional[Path] = typer.Option(None, "--input", "-i", help="texts, one per line (default: stdin)"),
+    vendor: Optional[str] = typer.Option(None, help="vendor service URL (default: the run's vendor)"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object per text with class probabilities"),
+):
+    """Private inference: texts → bottom → the run's privacy mechanism → vendor top → prediction at home."""
+    from splitpriv.run import open_run
+
+    _quiet_libraries()
+    if input is not None and not input.is_file():
+        raise FileNotFoundError(f"input file {input} does not exist")
+    lines = (input.read_text(encoding="utf-8") if input else sys.stdin.read()).splitlines()
+    texts = [t.strip() for t in lines if t.strip()]
+    if not texts:
+        raise ValueError("no texts to predict: the input is empty")
+    customer = open_run(run_dir, vendor)
+    probs = customer.predict_logits(texts).softmax(-1)
+    labels_file = run_dir / "labels.json"
+    names = json.loads(labels_file.read_text()) if labels_file.is_file() else None
+    for text, p in zip(texts, probs.tolist()):
+        label = max(range(len(p)), key=p.__getitem__)
+        name = names[label] if names else str(label)
+        if as_json:
+            typer.echo(json.dumps({"text": text, "label": name, "probabilities": p}))
+        else:
+            typer.echo(f"{name}\t{max(p):.3f}\t{text}")
+
+
+@app.command()
+@clean_errors
 def serve(
     model: Optional[str] = typer.Option(None, help="Hugging Face id or folder (default: all-MiniLM-L6-v2)"),
     host: str = typer.Option("127.0.0.1"),

@@ -18,6 +18,8 @@ from splitpriv.config import PrivacyConfig, TrainConfig
 from splitpriv.protocol import SessionConfig
 
 RUN_FILE = "run.json"
+SESSION_FILE = "session.json"
+LABELS_FILE = "labels.json"
 METRICS_FILE = "metrics.json"
 
 
@@ -112,7 +114,11 @@ def load_data(config: RunConfig):
     return train, evaluation
 
 
-def make_transport(config: RunConfig, tap=None):
+VENDOR_STATE = "vendor-state"
+
+
+def make_transport(config: RunConfig, *, out_dir=None, tap=None):
+    """HTTP to ``vendor_url``, or a vendor in this process (persisting its sessions under the run folder)."""
     if config.vendor_url:
         from splitpriv.transport.http_client import HttpTransport
 
@@ -120,7 +126,8 @@ def make_transport(config: RunConfig, tap=None):
     from splitpriv.roles.vendor import Vendor
     from splitpriv.transport import InProcessTransport
 
-    return InProcessTransport(Vendor(config.model), tap=tap)
+    state_dir = Path(out_dir) / VENDOR_STATE if out_dir is not None else None
+    return InProcessTransport(Vendor(config.model, state_dir=state_dir, checkpoint_every=None), tap=tap)
 
 
 def train_split(config: RunConfig, train, evaluation, *, progress: bool = True, transport=None, out_dir=None) -> dict:
@@ -128,7 +135,7 @@ def train_split(config: RunConfig, train, evaluation, *, progress: bool = True, 
     from splitpriv.roles.customer import Customer
 
     session = config.session_config(train.num_labels, len(train))
-    transport = transport or make_transport(config)
+    transport = transport or make_transport(config, out_dir=out_dir)
     customer = Customer.open(transport, session, config.privacy, config.train)
     history = customer.fit(train.texts, train.labels, progress=progress)
     result = {**history, **customer.evaluate(evaluation.texts, evaluation.labels, progress=progress)}
@@ -139,8 +146,11 @@ def train_split(config: RunConfig, train, evaluation, *, progress: bool = True, 
         result["cti_tokens"] = customer.tokenizer.convert_ids_to_tokens(customer.cti.token_ids[:20].tolist())
     if out_dir is not None:
         customer.save(Path(out_dir) / "customer")
-        result["vendor_export"] = transport.export(str(Path(out_dir) / "vendor") if not config.vendor_url else None)
-        (Path(out_dir) / "session.json").write_text(json.dumps(asdict(transport.session), indent=2))
+        result["vendor_checkpoint"] = transport.export(None)
+        if not config.vendor_url:
+            result["vendor_export"] = transport.export(str(Path(out_dir) / "vendor"))
+        # the session's bearer token is the customer's secret: the run folder is the customer's
+        (Path(out_dir) / SESSION_FILE).write_text(json.dumps(asdict(transport.session), indent=2))
     result["_customer"] = customer
     return result
 
@@ -161,6 +171,7 @@ def run(config: RunConfig, out_dir: str | Path | None = None, *, progress: bool 
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / RUN_FILE).write_text(json.dumps(config.to_dict(), indent=2))
+        (Path(out_dir) / LABELS_FILE).write_text(json.dumps(list(train.label_names)))
     if config.centralized:
         result = train_centralized(config, train, evaluation, progress=progress)
     else:
@@ -194,3 +205,22 @@ def run(config: RunConfig, out_dir: str | Path | None = None, *, progress: bool 
     if out_dir is not None:
         (Path(out_dir) / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=str))
     return metrics
+
+
+def open_run(run_dir: str | Path, vendor_url: str | None = None):
+    """The customer of a finished run, attached to its vendor session (in process from the run folder's vendor
+    state, or over HTTP), ready for private inference."""
+    from splitpriv.protocol import SessionInfo
+    from splitpriv.roles.customer import Customer
+
+    run_dir = Path(run_dir)
+    for name in (RUN_FILE, SESSION_FILE):
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(f"{run_dir} is not a finished split run: {name} is missing")
+    config = RunConfig.from_dict(json.loads((run_dir / RUN_FILE).read_text()))
+    if config.centralized:
+        raise ValueError(f"{run_dir} is a centralized baseline run: nothing to serve privately")
+    config = replace(config, vendor_url=vendor_url or config.vendor_url)
+    transport = make_transport(config, out_dir=run_dir)
+    transport.attach(SessionInfo(**json.loads((run_dir / SESSION_FILE).read_text())))
+    return Customer.restore(transport, run_dir / "customer", config.privacy, config.train)

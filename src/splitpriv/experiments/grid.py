@@ -1,0 +1,221 @@
+"""The experiment grid: a JSON config expands into runs; each run trains (utility) and attacks (privacy) and
+writes one JSON record. Records are keyed by a hash of everything that determines them, so an interrupted grid
+resumes where it stopped and a changed config re-runs only what changed.
+
+Config (``experiments/configs/*.json``)::
+
+    {"name": "eta_sweep", "description": "...",
+     "base":   {RunConfig fields; "privacy": {...}, "train": {...}},
+     "grid":   {"privacy.eta": [5, 10, null], "dataset": ["sst2", "financial_phrasebank"]},
+     "seeds":  [0, 1, 2],
+     "attacks": ["nn", "map", "learned"]  or  [{"attack": "aia", "attribute": "gender"}],
+     "attack_limit": 200,
+     "quick":  {"base": {...overrides}, "grid": {...}, "seeds": [0], "attack_limit": 50}}
+
+A ``null`` η (or sigma/scale) means no noise. Utility is measured against the centralized non-private baseline of
+the same method, trainable weights, data and seed (cached under ``runs/baselines``); privacy is 1 − the success
+of the strongest attack run on the setting.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from splitpriv.config import PrivacyConfig, TrainConfig
+from splitpriv.run import RunConfig, git_commit, versions
+
+RESULTS_DIR = Path("results")
+
+
+@dataclass
+class Experiment:
+    name: str
+    description: str
+    base: dict
+    grid: dict[str, list]
+    seeds: list[int]
+    attacks: list
+    attack_limit: int = 200
+    path: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+    def runs(self) -> list[dict]:
+        """Every (config dict, attacks) of the grid, seeds included."""
+        keys = list(self.grid)
+        out = []
+        for values in itertools.product(*(self.grid[k] for k in keys)):
+            for seed in self.seeds:
+                config = copy.deepcopy(self.base)
+                for key, value in zip(keys, values):
+                    _set(config, key, value)
+                _set(config, "train.seed", seed)
+                out.append({"config": config, "grid": dict(zip(keys, values)), "seed": seed})
+        return out
+
+
+def _set(config: dict, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    node = config
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[leaf] = value
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def load_experiment(path: str | Path, *, quick: bool = False) -> Experiment:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"experiment config {path} does not exist")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON: {exc}") from None
+    missing = [k for k in ("name", "base", "grid") if k not in raw]
+    if missing:
+        raise ValueError(f"{path}: missing keys {missing}")
+    if quick and "quick" in raw:
+        q = raw["quick"]
+        raw = {**raw, "base": _merge(raw["base"], q.get("base", {})), "grid": {**raw["grid"], **q.get("grid", {})},
+               "seeds": q.get("seeds", raw.get("seeds", [0])), "attack_limit": q.get("attack_limit", raw.get("attack_limit", 200))}
+    exp = Experiment(name=raw["name"], description=raw.get("description", ""), base=raw["base"], grid=raw["grid"],
+                     seeds=raw.get("seeds", [0]), attacks=raw.get("attacks", []),
+                     attack_limit=raw.get("attack_limit", 200), path=path,
+                     extra={k: v for k, v in raw.items() if k not in {"name", "description", "base", "grid", "seeds",
+                                                                       "attacks", "attack_limit", "quick"}})
+    for run in exp.runs():  # validate the whole grid before spending any compute
+        run_config(run["config"])
+    return exp
+
+
+def run_config(config: dict) -> RunConfig:
+    """A validated RunConfig from a grid point; a null noise parameter means no mechanism."""
+    config = copy.deepcopy(config)
+    privacy = config.pop("privacy", {})
+    param = {"dchi": "eta", "gaussian": "sigma", "laplace": "scale"}.get(privacy.get("mechanism", "none"))
+    if param and privacy.get(param) is None:
+        privacy = {**privacy, "mechanism": "none", "cti": False}
+    return RunConfig(privacy=PrivacyConfig(**privacy), train=TrainConfig(**config.pop("train", {})), **config).validate()
+
+
+def _key(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _attack_specs(attacks: list, config: RunConfig) -> list[dict]:
+    specs = []
+    for a in attacks:
+        spec = {"attack": a} if isinstance(a, str) else dict(a)
+        if spec["attack"] in {"nn", "map"} and config.bottom_layers != 0:
+            continue
+        if spec["attack"] == "cti" and not config.privacy.cti:
+            continue
+        specs.append(spec)
+    return specs
+
+
+def measure_privacy(config: RunConfig, specs: list[dict], limit: int, *, victim_bottom=None, progress=False) -> dict:
+    """Run the attacks on the setting's eval data; empirical privacy = 1 − the strongest inversion attack."""
+    from splitpriv.attacks.runner import run_attack
+
+    p = config.privacy
+    common = dict(dataset=config.dataset if config.dataset != "sst2-sample" else "sst2",
+                  split=config.eval_split, n_bottom_layers=config.bottom_layers, mechanism=p.mechanism, eta=p.eta,
+                  sigma=p.sigma, scale=p.scale, cti=p.cti, cti_multiplier=p.cti_multiplier, limit=limit,
+                  seed=config.train.seed, model=config.model, progress=progress, noise=p.noise,
+                  epochs=config.train.epochs)
+    if victim_bottom is not None:
+        common["victim_bottom"] = victim_bottom
+    results = {}
+    for spec in specs:
+        kw = {**common, **{k: v for k, v in spec.items() if k != "attack"}}
+        name = spec["attack"] + "".join(f"-{v}" for k, v in spec.items() if k != "attack")
+        results[name] = run_attack(spec["attack"], **kw)
+    inversion = {k: v for k, v in results.items() if k.split("-")[0] in {"nn", "map", "opt", "learned", "average", "cti"}}
+    out = {"attacks": results}
+    if inversion:
+        best = max(inversion, key=lambda k: inversion[k]["success"])
+        out.update(strongest_attack=best, max_success=inversion[best]["success"],
+                   empirical_privacy=1.0 - inversion[best]["success"])
+    return out
+
+
+def _baseline(config: RunConfig, runs_dir: Path, progress: bool) -> dict:
+    from splitpriv.run import run
+
+    base = replace(config, centralized=True, baseline=False, vendor_url=None, privacy=PrivacyConfig())
+    path = runs_dir / "baselines" / f"{_key(base.to_dict())}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    metrics = run(base, progress=progress)
+    record = {k: metrics[k] for k in ("accuracy", "macro_f1", "train_samples_per_s", "wall_time_s", "n_train", "n_eval")}
+    record["config"] = base.to_dict()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2))
+    return record
+
+
+def run_one(exp: Experiment, point: dict, runs_dir: Path, *, quick: bool, progress: bool, force: bool = False) -> dict:
+    from splitpriv.run import load_data, train_split
+
+    config = run_config(point["config"])
+    specs = _attack_specs(exp.attacks, config)
+    key = _key({"config": config.to_dict(), "attacks": specs, "attack_limit": exp.attack_limit})
+    path = runs_dir / exp.name / f"{key}.json"
+    if path.is_file() and not force:
+        return json.loads(path.read_text())
+    started = time.perf_counter()
+    record = {"experiment": exp.name, "run_id": key, "quick": quick, "grid": point["grid"], "seed": point["seed"],
+              "config": config.to_dict(), "versions": versions(), "git_commit": git_commit()}
+    victim_bottom = None
+    if exp.extra.get("utility", True):
+        baseline = _baseline(config, runs_dir, progress)
+        train, evaluation = load_data(config)
+        result = train_split(config, train, evaluation, progress=progress)
+        customer = result.pop("_customer")
+        if config.train.bottom == "trained":
+            victim_bottom = customer.bottom
+        record["utility"] = {
+            "accuracy": result["accuracy"], "macro_f1": result["macro_f1"],
+            "baseline_accuracy": baseline["accuracy"], "baseline_macro_f1": baseline["macro_f1"],
+            "accuracy_loss": baseline["accuracy"] - result["accuracy"],
+            "train_samples_per_s": result["train_samples_per_s"], "n_train": len(train), "n_eval": len(evaluation),
+            "final_loss": sum(result["losses"][-10:]) / len(result["losses"][-10:]),
+        }
+    if specs:
+        record["privacy"] = measure_privacy(config, specs, exp.attack_limit, victim_bottom=victim_bottom,
+                                            progress=progress)
+    record["wall_time_s"] = time.perf_counter() - started
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=str))
+    tmp.replace(path)
+    return record
+
+
+def run_experiment(path: str | Path, *, results_dir: str | Path = RESULTS_DIR, quick: bool = False,
+                   progress: bool = True, force: bool = False, log=print) -> list[dict]:
+    exp = load_experiment(path, quick=quick)
+    runs_dir = Path(results_dir) / ("runs-quick" if quick else "runs")
+    points = exp.runs()
+    records = []
+    for i, point in enumerate(points, 1):
+        t = time.perf_counter()
+        record = run_one(exp, point, runs_dir, quick=quick, progress=progress, force=force)
+        records.append(record)
+        u, p = record.get("utility", {}), record.get("privacy", {})
+        log(f"[{exp.name} {i}/{len(points)}] {point['grid']} seed={point['seed']}: "
+            f"acc={u.get('accuracy', float('nan')):.4f} loss={u.get('accuracy_loss', float('nan')):+.4f} "
+            f"privacy={p.get('empirical_privacy', float('nan')):.3f} ({time.perf_counter() - t:.0f}s)")
+    return records

@@ -1,0 +1,62 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from splitpriv.experiments.grid import load_experiment, run_config, run_experiment
+from splitpriv.experiments.report import aggregate, frontier_point, load_records, write_report
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "experiments" / "configs").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_checked_in_configs_expand_and_validate(path):
+    for quick in (False, True):
+        exp = load_experiment(path, quick=quick)
+        runs = exp.runs()
+        assert runs and all(run_config(r["config"]) for r in runs)
+    assert len(load_experiment(path, quick=True).runs()) <= len(load_experiment(path).runs())
+
+
+def test_null_eta_means_no_noise():
+    config = run_config({"privacy": {"mechanism": "dchi", "eta": None, "cti": True}})
+    assert config.privacy.mechanism == "none" and not config.privacy.cti
+
+
+def test_bad_config_is_named(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"name": "x", "base": {"method": "prefix"}, "grid": {}}))
+    with pytest.raises(ValueError, match="unknown tuning method 'prefix'"):
+        load_experiment(bad)
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_experiment(tmp_path / "broken.json")
+
+
+def test_tiny_grid_end_to_end_resumes_and_reports(tmp_path, data_dir):
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({
+        "name": "tiny", "base": {"dataset": "sst2", "train_limit": 32, "eval_limit": 16, "bottom_layers": 0,
+                                 "privacy": {"mechanism": "dchi"}, "train": {"batch_size": 16, "noise_seed": 0}},
+        "grid": {"privacy.eta": [None, 10]}, "seeds": [0], "attacks": ["nn"], "attack_limit": 8}))
+    logs = []
+    records = run_experiment(config, results_dir=tmp_path / "results", progress=False, log=logs.append)
+    assert len(records) == 2 and len(logs) == 2
+    clean, noisy = sorted(records, key=lambda r: r["grid"]["privacy.eta"] is not None)
+    for r in records:
+        assert {"accuracy", "baseline_accuracy", "accuracy_loss"} <= set(r["utility"])
+        assert r["privacy"]["empirical_privacy"] == pytest.approx(1 - r["privacy"]["max_success"])
+        assert r["versions"]["torch"] and "git_commit" in r
+    # without noise the nearest-neighbour attack inverts k = 0 exactly: no privacy
+    assert clean["privacy"]["empirical_privacy"] < 0.02
+    assert noisy["privacy"]["empirical_privacy"] > clean["privacy"]["empirical_privacy"]
+
+    again = run_experiment(config, results_dir=tmp_path / "results", progress=False, log=logs.append)
+    assert [r["wall_time_s"] for r in again] == [r["wall_time_s"] for r in records], "finished points are reused"
+
+    report = write_report(tmp_path / "results")
+    text = report.read_text()
+    assert "## tiny" in text and "Best frontier point" in text
+    assert (tmp_path / "results" / "figures" / "frontier.png").stat().st_size > 1000
+    rows = aggregate(load_records(tmp_path / "results" / "runs"))["tiny"]
+    assert frontier_point(rows) is not None
