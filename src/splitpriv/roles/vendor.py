@@ -11,7 +11,7 @@ Persistence (``Vendor(model, state_dir=DIR)``): each session is written to ``DIR
 :meth:`Vendor.checkpoint`, after every ``checkpoint_every`` completed steps, and for every open session by
 :meth:`Vendor.checkpoint_all` (the service calls it on shutdown). A new ``Vendor`` with the same ``state_dir`` loads
 them again: the same token is accepted and training continues at ``completed_step + 1`` with the results an
-uninterrupted run would give. One checkpoint is a directory ``ckpt-<step>/`` holding
+uninterrupted run would give. One checkpoint is a directory ``ckpt-<step>-<random>/`` holding
 
 * ``top/``: the tuned top as :meth:`TunedTop.save` writes it (``peft`` format for LoRA),
 * ``optimizer.safetensors``: every tensor of ``optimizer.state_dict()`` (AdamW moments and step counts),
@@ -84,7 +84,7 @@ def token_hash(token: str) -> str:
 
 
 class SessionLimit(ProtocolError):
-    """The vendor holds as many sessions as it allows (or a requested resource is above its limit)."""
+    """The vendor already holds as many sessions as it allows."""
 
 
 def check_representations(hidden: torch.Tensor, attention_mask: torch.Tensor, d_model: int, max_tokens: int):
@@ -459,15 +459,13 @@ class Vendor:
                 return session.checkpoint_path
             root = self._session_dir(session.session_id)
             root.mkdir(parents=True, exist_ok=True)
-            name = f"ckpt-{session.completed_step:08d}"
-            tmp = root / f".tmp-{name}-{secrets.token_hex(4)}"
+            name = f"ckpt-{session.completed_step:08d}-{secrets.token_hex(4)}"
+            tmp = root / f".tmp-{name}"
             tmp.mkdir()
             try:
                 session.write_state(tmp, self.model_name)
                 _fsync_tree(tmp)
                 final = root / name
-                if final.exists():  # a stale directory of the same step that never became CURRENT
-                    shutil.rmtree(final)
                 os.replace(tmp, final)
                 pointer = root / f".tmp-{CURRENT}-{secrets.token_hex(4)}"
                 pointer.write_text(name)

@@ -1,0 +1,375 @@
+"""The vendor as an HTTP service: the same :class:`~splitpriv.roles.vendor.Vendor` the in-process transport calls,
+behind versioned routes (as Flower runs one client both in simulation and over gRPC).
+
+Routes (all under ``/v1``; interactive docs at ``/docs``):
+
+=======  ==================================  ==============================================================
+POST     ``/v1/sessions``                    JSON :class:`SessionConfig` → JSON :class:`SessionInfo` (token)
+GET      ``/v1/sessions/{id}/bottom``        the bottom package (zip: weights, config, tokenizer)
+POST     ``/v1/sessions/{id}/forward``       ``ForwardRequest`` bytes → ``Outputs`` bytes
+POST     ``/v1/sessions/{id}/backward``      ``BackwardRequest`` bytes → ``BackwardResult`` bytes
+POST     ``/v1/sessions/{id}/predict``       ``PredictRequest`` bytes → ``Outputs`` bytes
+POST     ``/v1/sessions/{id}/checkpoint``    write the session to the state dir now → ``{"path", ...}``
+GET      ``/v1/sessions/{id}/status``        JSON status (completed step, lr, trainable parameters, ...)
+DELETE   ``/v1/sessions/{id}``               close the session (and delete its saved state)
+GET      ``/v1/health``                      liveness, model, number of sessions, body size limit
+=======  ==================================  ==============================================================
+
+Message bodies are the protocol's own encoding (``application/octet-stream``: safetensors with JSON metadata,
+see :mod:`splitpriv.protocol`), the same bytes the in-process transport passes. Every session route needs
+``Authorization: Bearer <token>`` (missing → 401, wrong → 403); the session id in the path must equal the
+message's ``session_id`` (else 400). Errors are JSON ``{"error": "<what is wrong>"}``: unknown or closed session
+404, protocol violation 400, bad session config 422 (naming the field), step out of order 409, body above the
+size cap 413 (``Content-Length`` and the bytes actually streamed are both checked), session limit 429. A 500
+(JSON, no traceback; the traceback goes to the server log) means a bug in splitpriv, never bad input.
+
+Concurrency: the endpoints read their bodies asynchronously and run the torch work (decode, forward, backward)
+in Starlette's threadpool; each session's lock serialises its own steps, sessions run side by side, and the
+forward passes (which reseed torch's global RNG for dropout) take one process-wide lock.
+
+Memory per tenant: one frozen base model is loaded once (per label count) and shared by every session; a
+session holds only its trainable deltas, their gradients and two AdamW moments. For all-MiniLM-L6-v2 at k = 0 with
+LoRA r = 8 on the query/value projections (plus the trained pooler and classifier) that is about 0.2M parameters,
+≈ 3.5 MB in fp32 including gradients and optimizer state. Full fine-tuning (``tuning={"method": "full"}``, see
+:mod:`splitpriv.tuning.full`) gives every session a private copy of the whole top: ≈ 10.8M parameters at k = 0,
+so ≈ 43 MB of weights + 43 MB of gradients + 86 MB of AdamW moments ≈ 170 MB per session, against ≈ 91 MB for the
+shared base model itself: a vendor serving full fine-tuning pays about two base models per tenant.
+
+Deployment: the service speaks plain HTTP; bearer tokens and representations must not cross an untrusted
+network that way. Bind to loopback (the default) behind a TLS-terminating proxy, or pass ``ssl_certfile`` /
+``ssl_keyfile`` to :func:`serve`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from typing import Callable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+
+from splitpriv.errors import Forbidden, OutOfOrder, PayloadTooLarge, ProtocolError, UnknownSession
+from splitpriv.protocol import (
+    BackwardRequest,
+    ForwardRequest,
+    Message,
+    PredictRequest,
+    SessionConfig,
+    decode,
+)
+from splitpriv.roles.vendor import SessionLimit, Vendor
+
+log = logging.getLogger("splitpriv.service")
+
+API = "/v1"
+DEFAULT_MAX_BODY_BYTES = 64 * 2**20
+OCTET = "application/octet-stream"
+
+
+class ServiceError(Exception):
+    """An error the service answers with ``status`` and ``{"error": message}``."""
+
+    def __init__(self, status: int, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers
+
+
+class ErrorBody(BaseModel):
+    error: str
+
+
+# splitpriv errors → HTTP status; looked up along the exception's MRO, so subclasses map first.
+STATUS: dict[type[BaseException], int] = {
+    UnknownSession: 404,
+    Forbidden: 403,
+    PayloadTooLarge: 413,
+    OutOfOrder: 409,
+    SessionLimit: 429,
+    ProtocolError: 400,
+}
+
+
+def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _message_body(kind: str) -> dict:
+    return {
+        "requestBody": {
+            "required": True,
+            "description": f"a {kind!r} message: safetensors bytes with the message type and fields in the header",
+            "content": {OCTET: {"schema": {"type": "string", "format": "binary"}}},
+        }
+    }
+
+
+_ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413)}
+_BINARY = {"content": {OCTET: {"schema": {"type": "string", "format": "binary"}}}}
+
+
+def create_app(vendor: Vendor, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+    """The vendor service for ``vendor``; request bodies above ``max_body_bytes`` are refused with 413."""
+    from pydantic import TypeAdapter
+
+    from splitpriv import __version__
+    from splitpriv.protocol import SessionInfo
+
+    if not isinstance(max_body_bytes, int) or max_body_bytes < 1:
+        raise ValueError(f"max_body_bytes must be a positive integer, got {max_body_bytes!r}")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        yield
+        if vendor.state_dir is not None:
+            written = await run_in_threadpool(vendor.checkpoint_all)
+            log.info("checkpointed %d open session(s) on shutdown", written)
+
+    app = FastAPI(
+        title="splitpriv vendor",
+        version=__version__,
+        description="Split-and-Privatize: the vendor keeps the top of its model, customers send privatized "
+        "token representations. Message bodies are splitpriv protocol messages (safetensors).",
+        lifespan=lifespan,
+    )
+    app.state.vendor = vendor
+    app.state.max_body_bytes = max_body_bytes
+
+    # -- errors ---------------------------------------------------------------------------------------------------
+
+    async def on_service_error(_request, exc: ServiceError):
+        return _error(exc.status, exc.message, exc.headers)
+
+    async def on_splitpriv_error(_request, exc: Exception):
+        status = next(STATUS[c] for c in type(exc).__mro__ if c in STATUS)
+        return _error(status, str(exc) or type(exc).__name__)
+
+    async def on_http_error(_request, exc: StarletteHTTPException):
+        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    async def on_validation_error(_request, exc: RequestValidationError):
+        problems = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in exc.errors())
+        return _error(422, f"invalid request: {problems}")
+
+    async def on_bug(request: Request, exc: Exception):
+        log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+        return _error(500, f"internal error in the vendor service ({type(exc).__name__}); see the server log")
+
+    app.add_exception_handler(ServiceError, on_service_error)
+    for cls in STATUS:
+        app.add_exception_handler(cls, on_splitpriv_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(Exception, on_bug)
+
+    # -- helpers --------------------------------------------------------------------------------------------------
+
+    def bearer(request: Request) -> str:
+        header = request.headers.get("authorization")
+        challenge = {"WWW-Authenticate": "Bearer"}
+        if not header:
+            raise ServiceError(401, "missing bearer token: send 'Authorization: Bearer <session token>'", challenge)
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ServiceError(401, "malformed Authorization header: expected 'Bearer <session token>'", challenge)
+        return token.strip()
+
+    async def authorize(request: Request, session_id: str) -> str:
+        """The request's token once it is known to open ``session_id`` (401 / 404 / 403 before any body is read;
+        in the threadpool, as the registry lock can be held while a new session's model loads)."""
+        token = bearer(request)
+        await run_in_threadpool(vendor.session, session_id, token)
+        return token
+
+    async def read_body(request: Request) -> bytes:
+        length = request.headers.get("content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                raise ServiceError(400, f"Content-Length {length!r} is not an integer") from None
+            if declared > max_body_bytes:
+                raise PayloadTooLarge(
+                    f"request body of {declared} bytes is above this vendor's limit of {max_body_bytes} bytes"
+                )
+        chunks, size = [], 0
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > max_body_bytes:
+                    raise PayloadTooLarge(
+                        f"request body is above this vendor's limit of {max_body_bytes} bytes "
+                        f"(stopped reading after {size} bytes)"
+                    )
+                chunks.append(chunk)
+        except ClientDisconnect:
+            # Nobody is left to answer; a 400 (not a 500) keeps a truncated upload out of the bug log.
+            raise ServiceError(400, f"the client disconnected after {size} of {length or 'unknown'} body bytes") from None
+        return b"".join(chunks)
+
+    def parse(body: bytes, cls: type[Message], session_id: str) -> Message:
+        try:
+            msg = decode(body, expect=cls)
+        except ProtocolError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever decode trips on, it is the sender's bytes
+            raise ProtocolError(f"malformed {cls.kind} message: {type(exc).__name__}: {exc}") from None
+        sid = msg.session_id
+        if not isinstance(sid, str) or sid != session_id:
+            raise ProtocolError(f"the message's session_id {sid!r} does not match the session in the path {session_id!r}")
+        if hasattr(msg, "step"):
+            step = msg.step
+            if isinstance(step, bool) or not isinstance(step, int):
+                raise ProtocolError(f"step must be an integer, got {step!r}")
+        return msg
+
+    def exchange(call: Callable, cls: type[Message], session_id: str, body: bytes, token: str) -> bytes:
+        return call(parse(body, cls, session_id), token).to_bytes()
+
+    async def message_route(request: Request, session_id: str, call: Callable, cls: type[Message]) -> Response:
+        token = await authorize(request, session_id)
+        body = await read_body(request)
+        reply = await run_in_threadpool(exchange, call, cls, session_id, body, token)
+        return Response(reply, media_type=OCTET)
+
+    # -- routes ---------------------------------------------------------------------------------------------------
+
+    config_schema = TypeAdapter(SessionConfig).json_schema()
+
+    @app.post(
+        f"{API}/sessions",
+        status_code=201,
+        response_model=None,
+        summary="Open a session",
+        responses={201: {"content": {"application/json": {"schema": TypeAdapter(SessionInfo).json_schema()}}},
+                   422: {"model": ErrorBody}, 429: {"model": ErrorBody}},
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": config_schema}}}},
+    )
+    async def open_session(request: Request):
+        """Open a tuning session. The answer holds the session's bearer token: the only time it is sent."""
+        body = await read_body(request)
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ServiceError(422, f"the session config is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ServiceError(422, f"the session config must be a JSON object, got {type(data).__name__}")
+        tuning = data.get("tuning", {"method": "lora"})
+        if not isinstance(tuning, (dict, str)):
+            raise ServiceError(422, f'tuning must be an object such as {{"method": "lora"}}, got {tuning!r}')
+
+        def open_() -> dict:
+            try:
+                config = SessionConfig.from_dict(data)
+                info = vendor.open_session(config)
+            except ProtocolError:
+                raise
+            except (ValueError, TypeError, KeyError) as exc:
+                raise ServiceError(422, f"bad session config: {exc}") from None
+            return {"session_id": info.session_id, "token": info.token, "d_model": info.d_model,
+                    "n_layers": info.n_layers, "disclosure": info.disclosure}
+
+        return JSONResponse(await run_in_threadpool(open_), status_code=201)
+
+    @app.get(f"{API}/sessions/{{session_id}}/bottom", response_class=Response, summary="Download the bottom",
+             responses={200: {"content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}}},
+                        **_ERRORS})
+    async def bottom(session_id: str, request: Request):
+        """The bottom package: its weights, config and tokenizer (and the head's weights when the customer holds it)."""
+        token = await authorize(request, session_id)
+        return Response(await run_in_threadpool(vendor.bottom_package, session_id, token), media_type="application/zip")
+
+    @app.post(f"{API}/sessions/{{session_id}}/forward", response_class=Response, summary="Training forward",
+              responses={200: _BINARY, **_ERRORS}, openapi_extra=_message_body("forward"))
+    async def forward(session_id: str, request: Request):
+        """Run the top on privatized representations for step ``s``; a repeated step returns the stored answer."""
+        return await message_route(request, session_id, vendor.forward, ForwardRequest)
+
+    @app.post(f"{API}/sessions/{{session_id}}/backward", response_class=Response, summary="Training backward",
+              responses={200: _BINARY, **_ERRORS}, openapi_extra=_message_body("backward"))
+    async def backward(session_id: str, request: Request):
+        """Back-propagate ∂L/∂outputs of step ``s`` and step the optimizer once (a repeat does not step again)."""
+        return await message_route(request, session_id, vendor.backward, BackwardRequest)
+
+    @app.post(f"{API}/sessions/{{session_id}}/predict", response_class=Response, summary="Private inference",
+              responses={200: _BINARY, **_ERRORS}, openapi_extra=_message_body("predict"))
+    async def predict(session_id: str, request: Request):
+        """Outputs of the tuned top for privatized representations; no state changes."""
+        return await message_route(request, session_id, vendor.predict, PredictRequest)
+
+    @app.post(f"{API}/sessions/{{session_id}}/checkpoint", summary="Checkpoint the session", responses=_ERRORS)
+    async def checkpoint(session_id: str, request: Request) -> dict:
+        """Write the session (tuned top, optimizer, schedule, step) to the vendor's state dir now; the answer
+        names the vendor-side directory (the top's weights never leave the vendor)."""
+        token = await authorize(request, session_id)
+        return await run_in_threadpool(vendor.checkpoint, session_id, token)
+
+    @app.get(f"{API}/sessions/{{session_id}}/status", summary="Session status", responses=_ERRORS)
+    async def status(session_id: str, request: Request) -> dict:
+        token = await authorize(request, session_id)
+        return await run_in_threadpool(vendor.status, session_id, token)
+
+    @app.delete(f"{API}/sessions/{{session_id}}", summary="Close the session", responses=_ERRORS)
+    async def close(session_id: str, request: Request) -> dict:
+        """Close the session: it can no longer be used, and its saved state is deleted."""
+        token = await authorize(request, session_id)
+        await run_in_threadpool(vendor.close, session_id, token)
+        return {"session_id": session_id, "closed": True}
+
+    @app.get(f"{API}/health", summary="Health")
+    async def health() -> dict:
+        return {
+            "status": "ok",
+            "version": __version__,
+            "model": vendor.model_name or "all-MiniLM-L6-v2",
+            "sessions": vendor.open_sessions,
+            "max_body_bytes": max_body_bytes,
+            "persistent": vendor.state_dir is not None,
+        }
+
+    return app
+
+
+def serve(
+    model: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    state_dir: str | os.PathLike | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    log_level: str = "info",
+    *,
+    checkpoint_every: int | None = 50,
+    ssl_certfile: str | None = None,
+    ssl_keyfile: str | None = None,
+) -> None:
+    """Run the vendor service with uvicorn until interrupted (open sessions are checkpointed on shutdown when
+    ``state_dir`` is set, and reloaded from it at start)."""
+    import uvicorn
+
+    _configure_logging(log_level)
+    if host not in ("127.0.0.1", "localhost", "::1") and not ssl_certfile:
+        log.warning("serving plain HTTP on %s: bearer tokens and representations cross the network unencrypted; "
+                    "put a TLS proxy in front or pass ssl_certfile/ssl_keyfile", host)
+    vendor = Vendor(model, state_dir=state_dir, checkpoint_every=checkpoint_every)
+    if vendor.load_errors:
+        log.error("%d saved session(s) could not be restored: %s", len(vendor.load_errors), vendor.load_errors)
+    app = create_app(vendor, max_body_bytes=max_body_bytes)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
+
+
+def _configure_logging(level: str) -> None:
+    logger = logging.getLogger("splitpriv")
+    logger.setLevel(level.upper())
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+        logger.addHandler(handler)
