@@ -34,7 +34,7 @@ class RunConfig:
     method_params: dict = field(default_factory=dict)
     bottom_layers: int = 0
     head: str = "vendor"
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
     dropout: bool = True
