@@ -1,0 +1,247 @@
+r"""Learned inversion (any split depth k): an inverter trained on public text passed through the known bottom.
+
+The vendor knows the bottom's initial weights and the mechanism with its parameters, so it can make as many
+(representation, token) pairs as it likes: public sentences (WikiText-2) → tokenizer → bottom →
+``privatize(mechanism, ·, generator=attacker's own)`` → inverter → cross-entropy against the real tokens. Noise is
+drawn afresh for every batch (every epoch sees new draws), exactly as the customer would draw it.
+
+Inverter. ``u = z + g(z)``: a correction ``g`` added to the received vector, where ``g`` is (``arch="transformer"``)
+input LayerNorm + linear to ``width`` + learned position embeddings + a ``layers``-layer pre-norm Transformer
+encoder over the positions of the sentence (context lets it denoise, like a masked LM learned on public text) +
+a linear map back to ``d`` whose weights start at zero; ``arch="mlp"`` is the same per token, without attention.
+Output: for position ``p``, ``logit_t = −s·‖u − e_{t,p}‖ + b_t`` where ``e_{t,p}`` is token ``t``'s *embedding-layer*
+output at ``p`` (exact distances from :class:`~splitpriv.attacks.nearest.CandidateSpace`, no table per position),
+``s`` and the per-token bias ``b`` are learned, ``b`` starts at the public log prior and ``s`` at the value that best
+explains the public training pairs. So before any training the inverter *is* the MAP attack (for d_chi at k = 0,
+``s = η`` exactly) or, at k ≥ 1, nearest neighbour against layer-0 candidates, which MiniLM's residual stream makes
+strong; training only has to learn what the blocks and the noise changed. Every token of the vocabulary — also
+those absent from the public text — keeps a region where it wins.
+
+Cost. Scoring every position against all V tokens dominates (one ``[positions, d] × [d, V]`` product plus a
+dozen ``[positions, V]`` element-wise passes, forward and backward), so training uses a sampled softmax over
+``n_sampled`` tokens per batch — the batch's targets, the most frequent public tokens (the usual confusers under
+noise) and uniformly drawn others — with the product in bfloat16 (``train_dtype``). Inversion scores all V tokens
+in float32.
+
+Options used by the other attacks: ``n_average`` trains on the mean of that many noise draws (the noise left after
+averaging linked observations), ``cti_mix`` gives that share of training tokens the CTI multiplier's reduced noise
+(the vendor knows the multiplier, not which tokens get it).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+
+import torch
+from torch import nn
+
+from splitpriv.attacks.base import AttackerKnowledge, InversionAttack, apply_template, fixed_positions, torch_threads
+from splitpriv.attacks.nearest import CandidateSpace, _interior_penalty, _shared_space, token_log_prior
+from splitpriv.attacks.observe import clean_hidden, tokenize
+from splitpriv.privacy.mechanisms import privatize
+
+
+class Inverter(nn.Module):
+    """Representations [B, T, d] (+ mask) → logits over the vocabulary at each position (see module docstring)."""
+
+    def __init__(self, space: CandidateSpace, log_prior: torch.Tensor, *, arch: str = "transformer",
+                 width: int = 384, layers: int = 2, heads: int = 6, max_positions: int = 512, dropout: float = 0.1):
+        super().__init__()
+        d = space.d
+        self.space = space
+        self.arch = arch
+        self.inp = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, width))
+        if arch == "transformer":
+            self.pos = nn.Embedding(max_positions, width)
+            nn.init.normal_(self.pos.weight, std=0.02)
+            layer = nn.TransformerEncoderLayer(width, heads, 2 * width, dropout, batch_first=True, norm_first=True,
+                                               activation="gelu")
+            self.body = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        elif arch == "mlp":
+            self.body = nn.ModuleList(
+                nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
+                for _ in range(layers)
+            )
+        else:
+            raise ValueError(f"arch must be 'transformer' or 'mlp', got {arch!r}")
+        self.out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, d))
+        nn.init.zeros_(self.out[1].weight)
+        nn.init.zeros_(self.out[1].bias)
+        self.log_scale = nn.Parameter(torch.tensor(0.0))
+        self.bias = nn.Parameter(log_prior.detach().float().clone())
+
+    def features(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``u`` [B, T, d]: the received vector moved to where the inverter believes the token's layer-0 output is."""
+        x = self.inp(z)
+        if self.arch == "transformer":
+            x = x + self.pos(torch.arange(x.shape[1], device=x.device))
+            x = self.body(x, src_key_padding_mask=~mask.bool())
+        else:
+            for block in self.body:
+                x = x + block(x)
+        return z + self.out(x)
+
+    def logits(self, u: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype = torch.float32,
+               token_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """[n, V] logits for features ``u`` [n, d] at ``positions`` [n] (or [n, len(token_ids)])."""
+        dist = (self.space.sqdist_autograd(u, positions, dtype, token_ids) + 1e-6).sqrt()
+        bias = self.bias if token_ids is None else self.bias[token_ids]
+        return bias - self.log_scale.exp() * dist
+
+    @torch.no_grad()
+    def calibrate_scale(self, z: torch.Tensor, positions: torch.Tensor, targets: torch.Tensor) -> float:
+        """Set ``s`` to the value (on a log grid) that maximises the likelihood of ``targets`` given ``u = z``."""
+        dist = (self.space.sqdist(z, positions) + 1e-6).sqrt()
+        cache: dict[float, float] = {}
+
+        def nll(log_s: float) -> float:
+            if log_s not in cache:
+                cache[log_s] = nn.functional.cross_entropy(self.bias - math.exp(log_s) * dist, targets).item()
+            return cache[log_s]
+
+        best = min(range(-3, 7), key=nll)  # coarse grid, then refine around the best
+        best = min((best + 0.25 * i for i in range(-4, 5)), key=nll)
+        self.log_scale.fill_(best)
+        return math.exp(best)
+
+
+class LearnedInversion(InversionAttack):
+    """Train an :class:`Inverter` on public text through the known bottom and mechanism; invert with it."""
+
+    name = "learned"
+
+    def __init__(self, n_public: int = 2000, epochs: int = 2, arch: str = "transformer", width: int = 384,
+                 layers: int = 2, lr: float = 1e-3, batch_size: int = 32, n_average: int = 1,
+                 cti_mix: float = 0.0, train_dtype: torch.dtype = torch.bfloat16, n_sampled: int | None = 4096,
+                 seed: int = 0, progress: bool = True, threads: int | None = 1):
+        self.n_public, self.epochs, self.arch, self.width, self.layers = n_public, epochs, arch, width, layers
+        self.lr, self.batch_size, self.n_average, self.cti_mix = lr, batch_size, n_average, cti_mix
+        self.train_dtype, self.seed, self.progress, self.threads = train_dtype, seed, progress, threads
+        self.n_sampled = n_sampled
+        self.history: list[float] = []
+
+    # ---------------------------------------------------------------------------------------------- training
+    def fit(self, knowledge: AttackerKnowledge) -> "LearnedInversion":
+        super().fit(knowledge)
+        with torch_threads(self.threads):
+            self._train(knowledge)
+        return self
+
+    def _train(self, knowledge: AttackerKnowledge) -> None:
+        tok, bottom = knowledge.tokenizer, knowledge.bottom
+        if not knowledge.public_texts:
+            raise ValueError("the learned inversion needs public texts (AttackerKnowledge.public_texts)")
+        t0 = time.perf_counter()
+        texts = list(knowledge.public_texts)
+        if self.n_public and len(texts) > self.n_public:
+            texts = random.Random(self.seed).sample(texts, self.n_public)
+        ids, mask, tt = tokenize(tok, texts, knowledge.max_length)
+        h = clean_hidden(bottom, ids, mask, tt, batch_size=64)
+        space = _shared_space(knowledge)
+        prior = getattr(knowledge, "_token_log_prior", None)
+        if prior is None:
+            prior = token_log_prior(tok, knowledge.public_texts, space.vocab_size)
+            knowledge._token_log_prior = prior
+        self.penalty = _interior_penalty(tok, space.vocab_size)
+        torch.manual_seed(self.seed)  # inverter init (the attacker's own randomness)
+        self.model = Inverter(space, prior - self.penalty.clamp(max=1e4), arch=self.arch, width=self.width,
+                              layers=self.layers, max_positions=max(knowledge.max_length, ids.shape[1]))
+        gen = torch.Generator().manual_seed(self.seed + 1)  # the attacker's noise, independent of the customer's
+        fixed, _ = fixed_positions(tok, mask)
+        target_mask = mask.bool() & ~fixed & torch.isfinite(self.penalty)[ids]  # no [UNK] targets
+        allowed = torch.isfinite(self.penalty).nonzero(as_tuple=True)[0]
+        frequent = allowed[prior[allowed].argsort(descending=True)]
+        positions = torch.arange(ids.shape[1]).expand_as(ids)
+        with torch.no_grad():  # start where the MAP / nearest-neighbour attack is
+            sub = slice(0, min(len(texts), 32))
+            z0 = self._noisy(h[sub], mask[sub], gen)
+            self.initial_scale = self.model.calibrate_scale(z0[target_mask[sub]], positions[sub][target_mask[sub]],
+                                                            ids[sub][target_mask[sub]])
+        decay = [p for n, p in self.model.named_parameters() if n not in ("bias", "log_scale")]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
+                                 {"params": [self.model.bias, self.model.log_scale], "weight_decay": 0.0}], lr=self.lr)
+        total = self.epochs * math.ceil(len(texts) / self.batch_size)
+        warm = max(1, total // 10)  # linear warm-up, then linear decay to 0
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda i: min((i + 1) / warm, max(0.0, (total - i) / max(total - warm, 1))))
+        bar = None
+        if self.progress and total:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total, desc=f"learned inverter k={knowledge.n_bottom_layers}", leave=False)
+        self.model.train()
+        for _ in range(self.epochs):
+            perm = torch.randperm(len(texts), generator=gen)
+            for s in range(0, len(texts), self.batch_size):
+                idx = perm[s:s + self.batch_size]
+                t = int(mask[idx].sum(1).max())
+                m, sel = mask[idx, :t], target_mask[idx, :t]
+                u = self.model.features(self._noisy(h[idx, :t], m, gen), m)
+                target = ids[idx, :t][sel]
+                cand = None
+                if self.n_sampled and self.n_sampled < len(allowed):
+                    cand, target = self._sample_candidates(target, frequent, allowed, gen)
+                logits = self.model.logits(u[sel], positions[idx, :t][sel], self.train_dtype, cand)
+                loss = nn.functional.cross_entropy(logits, target)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                self.history.append(loss.item())
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{self.history[-1]:.3f}")
+        if bar is not None:
+            bar.close()
+        self.model.eval()
+        self.train_seconds = time.perf_counter() - t0
+        self.n_train_tokens = int(target_mask.sum()) * self.epochs
+
+    def _sample_candidates(self, target, frequent, allowed, gen):
+        """Sampled softmax: this batch's targets + the most frequent public tokens (the usual confusers under
+        noise) + uniformly drawn others, ``n_sampled`` in all; returns (sorted ids, targets' indices in them)."""
+        half = self.n_sampled // 2
+        rand = allowed[torch.randint(len(allowed), (self.n_sampled - half,), generator=gen)]
+        cand = torch.unique(torch.cat([target, frequent[:half], rand]))
+        return cand, torch.searchsorted(cand, target)
+
+    def _noisy(self, h: torch.Tensor, mask: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """What the vendor would receive for clean ``h``: privatize (mean of ``n_average`` draws; CTI mix)."""
+        mech = self.knowledge.mechanism
+        scale = None
+        if self.cti_mix > 0 and self.knowledge.cti_multiplier:
+            hit = torch.rand(mask.shape, generator=gen) < self.cti_mix
+            scale = torch.where(hit, 1.0 / float(self.knowledge.cti_multiplier), 1.0)
+        if self.n_average <= 1:
+            return privatize(mech, h, mask, generator=gen, noise_scale=scale)
+        acc = torch.zeros_like(h)
+        for _ in range(self.n_average):
+            acc += privatize(mech, h, mask, generator=gen, noise_scale=scale)
+        return acc / self.n_average
+
+    # --------------------------------------------------------------------------------------------- inversion
+    @torch.no_grad()
+    def log_probs(self, hidden: torch.Tensor, attention_mask: torch.Tensor, rows, cols) -> torch.Tensor:
+        """Log-probabilities [n, V] of the tokens at (rows, cols) (given in row-major order)."""
+        out = []
+        for s in range(0, hidden.shape[0], 32):
+            sel = (rows >= s) & (rows < s + 32)
+            if not sel.any():
+                continue
+            t = int(attention_mask[s:s + 32].sum(1).max())
+            u = self.model.features(hidden[s:s + 32, :t].float(), attention_mask[s:s + 32, :t])
+            out.append(torch.log_softmax(self.model.logits(u[rows[sel] - s, cols[sel]], cols[sel]), dim=1))
+        return torch.cat(out) if out else torch.empty(0, self.penalty.numel())
+
+    @torch.no_grad()
+    def invert(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        tok = self.knowledge.tokenizer
+        fixed, _ = fixed_positions(tok, attention_mask)
+        rows, cols = (attention_mask.bool() & ~fixed).nonzero(as_tuple=True)  # row-major: batches stay in order
+        pred = torch.zeros(attention_mask.shape, dtype=torch.long)
+        if rows.numel():
+            pred[rows, cols] = self.log_probs(hidden, attention_mask, rows, cols).argmax(1)
+        return apply_template(pred, tok, attention_mask)
