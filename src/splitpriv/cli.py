@@ -40,6 +40,12 @@ class NoiseMode(str, Enum):
     once = "once"
 
 
+class WireDtype(str, Enum):
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+
+
 class Head(str, Enum):
     vendor = "vendor"
     customer = "customer"
@@ -97,7 +103,9 @@ def train(
     epochs: int = typer.Option(1),
     batch_size: int = typer.Option(32),
     max_length: int = typer.Option(64),
-    lr: float = typer.Option(1e-3, help="learning rate of the vendor's top (and a customer-held head)"),
+    wire_dtype: WireDtype = typer.Option(WireDtype.float32, help="dtype of the representations on the wire "
+                                         "(float16/bfloat16 halve the bytes; the vendor computes in float32)"),
+    lr: float = typer.Option(2e-3, help="learning rate of the vendor's top (and a customer-held head)"),
     bottom_lr: float = typer.Option(5e-5, help="learning rate of a trained bottom"),
     lora_r: int = typer.Option(8, help="LoRA rank"),
     seed: int = typer.Option(0, help="data order, initialisation and dropout"),
@@ -124,7 +132,7 @@ def train(
                               cti_fraction=cti_fraction, cti_multiplier=cti_multiplier, noise=noise.value,
                               label_dp_epsilon=label_dp_epsilon),
         train=TrainConfig(epochs=epochs, batch_size=batch_size, max_length=max_length, bottom=bottom.value,
-                          bottom_lr=bottom_lr, seed=seed, noise_seed=noise_seed),
+                          bottom_lr=bottom_lr, seed=seed, noise_seed=noise_seed, wire_dtype=wire_dtype.value),
     )
     metrics = run(config, out, progress=progress)
     if as_json:
@@ -253,7 +261,9 @@ def attack(
     _quiet_libraries()
     kwargs = dict(dataset=dataset, split=split, n_bottom_layers=bottom_layers, mechanism=mechanism.value, eta=eta,
                   sigma=sigma, scale=scale, cti=cti, cti_multiplier=cti_multiplier, limit=limit, seed=seed,
-                  model=model, progress=progress and not as_json, noise=noise.value, epochs=epochs)
+                  model=model, progress=progress and not as_json)
+    if attack in (Attack.average, Attack.all):
+        kwargs.update(noise="once" if noise == NoiseMode.once else "fresh", epochs=epochs)
     if attack == Attack.label:
         kwargs.update(head=head.value, label_dp_epsilon=label_dp_epsilon)
     if attack == Attack.aia:

@@ -71,7 +71,9 @@ class PrivacyConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     """The customer's training loop. ``seed`` fixes data order and dropout; ``noise_seed`` fixes the noise and
-    must stay secret in real use (a vendor that knows it can subtract the noise): None draws it from the OS."""
+    must stay secret in real use (a vendor that knows it can subtract the noise): None draws it from the OS.
+    ``wire_dtype`` is the dtype the privatized representations are sent in (one of ``protocol.WIRE_DTYPES``):
+    float16 or bfloat16 halve the bytes on the wire; the vendor computes in float32 whatever arrives."""
 
     epochs: int = 1
     batch_size: int = 32
@@ -81,6 +83,7 @@ class TrainConfig:
     seed: int = 0
     noise_seed: int | None = None
     eval_batch_size: int = 128
+    wire_dtype: str = "float32"
 
     def validate(self, privacy: PrivacyConfig | None = None) -> "TrainConfig":
         for name in ("epochs", "batch_size", "max_length", "eval_batch_size"):
@@ -90,6 +93,10 @@ class TrainConfig:
         if self.bottom not in BOTTOM_MODES:
             raise ValueError(f"bottom must be one of {BOTTOM_MODES}, got {self.bottom!r}")
         _positive("bottom_lr", self.bottom_lr)
+        from splitpriv.protocol import WIRE_DTYPES
+
+        if self.wire_dtype not in WIRE_DTYPES:
+            raise ValueError(f"wire_dtype must be one of {tuple(WIRE_DTYPES)}, got {self.wire_dtype!r}")
         if privacy is not None and privacy.noise == "once" and self.bottom == "trained":
             raise ValueError(
                 "noise 'once' needs a frozen bottom: a trained bottom changes every representation at every step, "

@@ -4,6 +4,20 @@ carries the message type and its small JSON fields. The same bytes cross the in-
 What crosses, and so what a vendor can observe: privatized token representations and their attention mask (which
 reveals each sequence's length), the gradient of the loss w.r.t. the vendor's outputs, and step numbers. Never
 token ids, text or labels: no message type has a field for them.
+
+Representations travel packed (``ForwardRequest`` and ``PredictRequest``): the customer zeroes every padding
+position, so only the real tokens' rows are sent, ``hidden`` as ``[N_real, d]`` (the rows where the mask is 1, in
+row-major order: any padding side works) beside the mask as ``uint8`` ``[B, T]``; :func:`decode` rebuilds the
+``[B, T, d]`` tensor with zeros at padding, so both roles see exactly the message that was sent (the mask comes
+back as int64). The bytes are then about ``N_real × d × itemsize``: nothing is paid for padding. The dtype of the
+representations is the sender's choice among :data:`WIRE_DTYPES` (``TrainConfig.wire_dtype``; the vendor computes
+in float32 whatever arrives).
+
+The encoder never drops data: packing a well-formed message whose ``hidden`` is non-zero at a padding position
+raises ``ValueError`` (the customer always zeroes padding). A message that is malformed anyway (shapes that do not
+match, a float or non-0/1 mask, a sequence with no real token, a dtype outside :data:`WIRE_DTYPES`) is sent as it
+is, padded, so that the receiver names what is wrong. :func:`decode` accepts that padded layout too (a 3-d
+``hidden``) and passes it on unchanged; a 2-d ``hidden`` is the packed layout, checked before it is rebuilt.
 """
 
 from __future__ import annotations
@@ -22,6 +36,10 @@ from safetensors.torch import save as st_save
 
 HEADS = ("vendor", "customer")
 WIRE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# The largest [B, T, d] a packed message may rebuild to: the element count of the largest float16 padded hidden a
+# body under the service's default 64 MiB cap could carry. Packing sends no padding, so a small body could otherwise
+# claim a huge mask of padding and make the receiver allocate B·T·d zeros (1 mask byte → d floats).
+MAX_UNPACKED_ELEMENTS = 2**25
 
 
 class ProtocolError(ValueError):
@@ -93,6 +111,7 @@ class Message:
 
     kind: ClassVar[str]
     tensor_fields: ClassVar[tuple[str, ...]]
+    packed: ClassVar[bool] = False  # hidden + attention_mask travel as real tokens only (see the module docstring)
 
     def to_bytes(self) -> bytes:
         tensors, meta = {}, {}
@@ -100,9 +119,14 @@ class Message:
             value = getattr(self, f.name)
             if f.name in self.tensor_fields:
                 if value is not None:
-                    tensors[f.name] = value.detach().contiguous().cpu()
+                    tensors[f.name] = value.detach().cpu()
             else:
                 meta[f.name] = value
+        if self.packed:
+            packed = pack_hidden(tensors.get("hidden"), tensors.get("attention_mask"))
+            if packed is not None:
+                tensors["hidden"], tensors["attention_mask"] = packed
+        tensors = {name: t.contiguous() for name, t in tensors.items()}
         return st_save(tensors, metadata={"kind": self.kind, "fields": json.dumps(meta)})
 
     @classmethod
@@ -120,6 +144,7 @@ class ForwardRequest(Message):
     attention_mask: torch.Tensor
     kind: ClassVar[str] = "forward"
     tensor_fields: ClassVar[tuple[str, ...]] = ("hidden", "attention_mask")
+    packed: ClassVar[bool] = True
 
 
 @dataclass(frozen=True)
@@ -131,6 +156,7 @@ class PredictRequest(Message):
     attention_mask: torch.Tensor
     kind: ClassVar[str] = "predict"
     tensor_fields: ClassVar[tuple[str, ...]] = ("hidden", "attention_mask")
+    packed: ClassVar[bool] = True
 
 
 @dataclass(frozen=True)
@@ -182,7 +208,7 @@ def decode(data: bytes, expect: type[Message] | None = None) -> Message:
     except (SafetensorError, ValueError, UnicodeDecodeError, OverflowError, TypeError, AttributeError) as exc:
         raise ProtocolError(f"malformed or truncated safetensors payload: {exc}") from None
     if not isinstance(scalars, dict):
-        raise ProtocolError("message metadata 'fields' must be a JSON object")
+        raise ProtocolError("malformed message: metadata 'fields' must be a JSON object")
     kind = meta.get("kind")
     cls = MESSAGES.get(kind)
     if cls is None:
@@ -194,7 +220,78 @@ def decode(data: bytes, expect: type[Message] | None = None) -> Message:
     missing = sorted(n for n in names if n not in scalars and n not in tensors and not _optional(cls, n))
     if extra or missing:
         raise ProtocolError(f"{kind} message: missing fields {missing}, unexpected fields {extra}")
+    if cls.packed and tensors["hidden"].dim() == 2:
+        tensors["hidden"], tensors["attention_mask"] = unpack_hidden(tensors["hidden"], tensors["attention_mask"])
     return cls(**{**scalars, **tensors})
+
+
+def pack_hidden(hidden, mask) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(hidden[mask == 1] as [N_real, d], mask as uint8)`` for a well-formed ``hidden [B, T, d]`` (a dtype of
+    :data:`WIRE_DTYPES`) and ``mask [B, T]`` (integers 0/1, at least one real token per sequence), or None when the
+    pair is malformed (it is then sent padded, for the receiver to reject by name).
+
+    Raises ``ValueError`` when ``hidden`` is non-zero (or NaN) at a padding position: packing would drop it. The
+    customer zeroes padding before sending (:func:`splitpriv.privacy.privatize`), so only a hand-made message can.
+    """
+    if not (isinstance(hidden, torch.Tensor) and isinstance(mask, torch.Tensor)):
+        return None
+    if hidden.dim() != 3 or hidden.dtype not in WIRE_DTYPES.values() or 0 in hidden.shape:
+        return None
+    if mask.dim() != 2 or tuple(mask.shape) != tuple(hidden.shape[:2]):
+        return None
+    if mask.dtype.is_floating_point or mask.dtype.is_complex:
+        return None
+    if not bool(((mask == 0) | (mask == 1)).all()) or not bool((mask != 0).any(dim=1).all()):
+        return None
+    real = mask.bool()
+    if not bool(real.all()):
+        padding = hidden[~real]
+        if bool((padding != 0).any()):
+            rows = sorted({int(b) for b in (~real).nonzero()[:, 0][(padding != 0).any(dim=1)].tolist()})
+            raise ValueError(
+                f"hidden is non-zero at padding positions (sequences {rows[:10]}): the packed wire encoding sends "
+                "real tokens only and would drop them; zero the padding first (the customer always does)"
+            )
+        packed = hidden[real]
+    else:
+        packed = hidden.reshape(-1, hidden.shape[-1])
+    return packed, real.to(torch.uint8)
+
+
+def unpack_hidden(packed: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[B, T, d]`` with the packed rows at the mask's 1 positions and zeros elsewhere, and the mask as int64;
+    :class:`ProtocolError` naming the problem for a malformed pair."""
+    if packed.dtype not in WIRE_DTYPES.values():
+        raise ProtocolError(f"hidden must be a float tensor ({', '.join(WIRE_DTYPES)}), got {packed.dtype}")
+    if mask.dim() != 2:
+        raise ProtocolError(
+            f"packed hidden [real tokens, d] needs an attention_mask of shape [batch, tokens], got shape {list(mask.shape)}"
+        )
+    if mask.dtype.is_floating_point or mask.dtype.is_complex:
+        raise ProtocolError(f"attention_mask must hold integers 0/1, got dtype {mask.dtype}")
+    if mask.numel() and not bool(((mask == 0) | (mask == 1)).all()):
+        raise ProtocolError("attention_mask must hold only 0 and 1")
+    real = mask.bool()
+    n_real = int(real.sum())
+    if packed.shape[0] != n_real:
+        raise ProtocolError(
+            f"packed hidden shape {list(packed.shape)} has {packed.shape[0]} rows but the attention_mask of shape "
+            f"{list(mask.shape)} marks {n_real} real tokens: they must be equal"
+        )
+    if packed.shape[1] < 1:
+        raise ProtocolError(f"packed hidden has width d = 0: shape {list(packed.shape)}")
+    batch, tokens = mask.shape
+    if batch * tokens * packed.shape[1] > MAX_UNPACKED_ELEMENTS:
+        raise ProtocolError(
+            f"packed hidden would unpack to [{batch}, {tokens}, {packed.shape[1]}], above the limit of "
+            f"{MAX_UNPACKED_ELEMENTS} elements per message: send smaller batches"
+        )
+    if n_real == batch * tokens:
+        hidden = packed.reshape(batch, tokens, packed.shape[1])
+    else:
+        hidden = packed.new_zeros(batch, tokens, packed.shape[1])
+        hidden[real] = packed
+    return hidden, mask.long()
 
 
 def _optional(cls, name: str) -> bool:
@@ -239,6 +336,6 @@ def message_summary(msg: Message) -> dict:
 
 __all__ = [
     "BackwardRequest", "BackwardResult", "ForwardRequest", "HEADS", "MESSAGES", "Message", "Outputs",
-    "PredictRequest", "ProtocolError", "SessionConfig", "SessionInfo", "WIRE_DTYPES", "asdict", "decode",
-    "message_summary", "pack_files", "unpack_files",
+    "MAX_UNPACKED_ELEMENTS", "PredictRequest", "ProtocolError", "SessionConfig", "SessionInfo", "WIRE_DTYPES",
+    "asdict", "decode", "message_summary", "pack_files", "pack_hidden", "unpack_files", "unpack_hidden",
 ]

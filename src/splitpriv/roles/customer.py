@@ -22,7 +22,14 @@ import torch.nn.functional as F
 from splitpriv.batching import collate, encode_texts, eval_batches, num_steps, training_order
 from splitpriv.config import PrivacyConfig, TrainConfig
 from splitpriv.metrics import classification_metrics
-from splitpriv.protocol import BackwardRequest, ForwardRequest, PredictRequest, SessionConfig, unpack_files
+from splitpriv.protocol import (
+    WIRE_DTYPES,
+    BackwardRequest,
+    ForwardRequest,
+    PredictRequest,
+    SessionConfig,
+    unpack_files,
+)
 from splitpriv.seeding import derive_seed, generator, step_rng
 from splitpriv.split import HEAD_WEIGHTS, load_bottom, load_head
 
@@ -42,6 +49,7 @@ class Customer:
         if (train.bottom == "trained") != session.train_bottom:
             raise ValueError("the session's train_bottom must match the customer's bottom mode")
         self.mechanism = privacy.build_mechanism()
+        self.wire_dtype = WIRE_DTYPES[train.wire_dtype]
         self.noise = generator(train.noise_seed)
         self.cti = None
         self._cache: dict[int, torch.Tensor] = {}
@@ -146,7 +154,9 @@ class Customer:
                    index: torch.Tensor | None = None) -> float:
         z, hidden = self._representations(step, index, ids, mask, train=True)
         sid = self.transport.session.session_id
-        outputs = self.transport.forward(ForwardRequest(session_id=sid, step=step, hidden=z, attention_mask=mask))
+        outputs = self.transport.forward(
+            ForwardRequest(session_id=sid, step=step, hidden=z.to(self.wire_dtype), attention_mask=mask)
+        )
         received = outputs.outputs.detach().requires_grad_(True)
         if self.head is not None:
             self.head.train(self.session.dropout)
@@ -162,7 +172,7 @@ class Customer:
         if hidden is not None:
             if result.grad_hidden is None:
                 raise RuntimeError("the vendor returned no gradient for the bottom; was the session opened frozen?")
-            hidden.backward(result.grad_hidden * mask.unsqueeze(-1).to(hidden.dtype))
+            hidden.backward(result.grad_hidden.to(hidden.dtype) * mask.unsqueeze(-1).to(hidden.dtype))
             _step(self.bottom_optimizer, self.bottom_scheduler)
         return float(loss.detach())
 
@@ -204,7 +214,8 @@ class Customer:
         for index in eval_batches(len(encodings), self.train_config.eval_batch_size):
             ids, mask = collate(encodings, index, self.tokenizer.pad_token_id)
             z, _ = self._representations(0, None, ids, mask, train=False)
-            outputs = self.transport.predict(PredictRequest(session_id=sid, hidden=z, attention_mask=mask)).outputs
+            request = PredictRequest(session_id=sid, hidden=z.to(self.wire_dtype), attention_mask=mask)
+            outputs = self.transport.predict(request).outputs
             if self.head is not None:
                 self.head.eval()
                 outputs = self.head(outputs)
