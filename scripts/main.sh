@@ -8,5 +8,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bash "$root/scripts/setup.sh"
 cd "$root"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# OpenMP busy-waiting makes small torch ops 10-60x slower on shared cores
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 exec .venv/bin/splitpriv train --dataset sst2-sample --method lora --bottom-layers 2 \
   --mechanism dchi --eta 20 --epochs 2 --baseline --out runs/main "$@"

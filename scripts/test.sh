@@ -8,6 +8,8 @@ if [ -z "${SPLITPRIV_DATA_DIR:-}" ] && [ -d "$root/../shared/data" ]; then
   export SPLITPRIV_DATA_DIR="$root/../shared/data"
 fi
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# OpenMP busy-waiting makes small torch ops 10-60x slower on shared cores
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 set +e
 .venv/bin/python -m pytest "$@"
 rc=$?

@@ -9,6 +9,7 @@ if "SPLITPRIV_DATA_DIR" not in os.environ and _SHARED.is_dir():
     os.environ["SPLITPRIV_DATA_DIR"] = str(_SHARED)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # busy-waiting OpenMP threads slow small ops on shared cores
 
 
 @pytest.fixture(scope="session")
