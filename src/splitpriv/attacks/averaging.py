@@ -42,7 +42,7 @@ def noise_variance_per_coordinate(mechanism: Mechanism, d: int) -> float:
         return 2 * mechanism.scale ** 2
     if isinstance(mechanism, Identity):
         return 0.0
-    raise NotImplementedError(f"noise variance of {type(mechanism).__name__}")
+    raise ValueError(f"noise variance of {type(mechanism).__name__}")
 
 
 def averaged_mechanism(mechanism: Mechanism, d: int, n_average: int) -> Mechanism:

@@ -51,7 +51,7 @@ class CTIAwareInversion(InversionAttack):
             raise ValueError("the CTI-aware attack needs the CTI eta multiplier (AttackerKnowledge.cti_multiplier)")
         self.noisy = not isinstance(mech, Identity)
         if self.noisy and (not isinstance(mech, DChi) or torch.is_tensor(mech.eta)):
-            raise NotImplementedError("the CTI-aware attack models d_chi noise with a scalar eta")
+            raise ValueError("the CTI-aware attack models d_chi noise with a scalar eta")
         self.k = knowledge.n_bottom_layers
         if self.k == 0:
             self.nn = NearestNeighbour().fit(knowledge)

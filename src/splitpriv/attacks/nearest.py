@@ -49,7 +49,7 @@ class CandidateSpace:
         emb = bottom.get_submodule(family.embeddings)
         for part in ("word_embeddings", "position_embeddings", "LayerNorm"):
             if not hasattr(emb, part):
-                raise NotImplementedError(f"{type(emb).__name__} has no {part}: candidate tables need a BERT-like "
+                raise ValueError(f"{type(emb).__name__} has no {part}: candidate tables need a BERT-like "
                                           "embedding layer (word + position [+ type] -> LayerNorm)")
         with torch.no_grad():
             w = emb.word_embeddings.weight.detach().float()
@@ -119,15 +119,15 @@ class CandidateSpace:
             for p in (0, 5, 11):
                 direct = self.candidates(p, ids[0, p:p + 1])[0]
                 if not torch.allclose(direct, ref[p], atol=1e-4, rtol=1e-4):
-                    raise NotImplementedError(
+                    raise ValueError(
                         f"{bottom.family.model_type}: the embedding layer is not LayerNorm(word + position + type) "
                         f"as candidate tables assume (max error {float((direct - ref[p]).abs().max()):.2e})")
             d2 = self.sqdist(ref, torch.arange(12))
             exact = (ref[:, None] - torch.stack([self.candidates(p, ids[0]) for p in range(12)])).pow(2).sum(-1)
             if not torch.allclose(d2.gather(1, ids[0][:, None]).squeeze(1), torch.zeros(12), atol=1e-3):
-                raise NotImplementedError("decomposed candidate distances do not vanish at the true token")
+                raise ValueError("decomposed candidate distances do not vanish at the true token")
             if not torch.allclose(d2[:, ids[0]], exact, atol=1e-2, rtol=1e-4):
-                raise NotImplementedError("decomposed candidate distances disagree with direct distances")
+                raise ValueError("decomposed candidate distances disagree with direct distances")
 
     # ------------------------------------------------------------------------------------------- distances
     @torch.no_grad()
@@ -385,7 +385,7 @@ def loglik_from_sqdist(mechanism: Mechanism, d2: torch.Tensor, noise_scale: torc
         return d2.sqrt_().mul_(-(mechanism.eta / scale)[:, None])
     if isinstance(mechanism, Gaussian):
         return d2.mul_(-1.0 / (2 * (mechanism.sigma * scale) ** 2)[:, None])
-    raise NotImplementedError(f"no L2 log-likelihood for {type(mechanism).__name__}")
+    raise ValueError(f"no L2 log-likelihood for {type(mechanism).__name__}")
 
 
 class MAPInversion(InversionAttack):
@@ -436,7 +436,7 @@ class MAPInversion(InversionAttack):
 
     def _generic_loglik(self, mech, z, positions, noise_scale):
         if noise_scale is not None:
-            raise NotImplementedError(f"per-token noise_scale with {type(mech).__name__} in MAP")
+            raise ValueError(f"per-token noise_scale with {type(mech).__name__} in MAP")
         out = torch.empty(z.shape[0], self.space.vocab_size)
         for p in positions.unique().tolist():
             sel = (positions == p).nonzero(as_tuple=True)[0]
