@@ -98,14 +98,14 @@ def rss_bytes(pid: int | None = None) -> int:
 
 
 @contextmanager
-def vendor_service(extra: str = ""):
+def vendor_service(extra: str = "", env: dict | None = None):
     """A vendor service (``splitpriv.service.serve``) in a separate process on a free loopback port; yields
-    ``(url, process)`` and stops it afterwards. ``extra`` is Python run before serving (e.g. thread settings)."""
+    ``(url, process)`` and stops it afterwards. ``extra`` is Python run before serving, ``env`` extra environment."""
     import httpx
 
     port = free_port()
     code = f"{extra}\nfrom splitpriv.service import serve; serve(port={port}, log_level='warning', checkpoint_every=None)"
-    proc = subprocess.Popen([sys.executable, "-c", code])
+    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180

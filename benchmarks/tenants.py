@@ -10,7 +10,17 @@ forward + backward round trip of each step, p50 and p99.
 Steps use synthetic privatized representations shaped like an SST-2 batch (batch 32, 64 positions of which the
 first 40% are real tokens, float16 on the wire), k = 0, LoRA r = 8.
 
-    python benchmarks/tenants.py [--quick] [--sessions 1,10,50] [--customers 8] [--steps 10]
+Allocator variants of the vendor process. A LoRA session's own tensors are ~3.5 MB, but as shipped glibc's malloc
+keeps the freed activations of every session's steps (its dynamic mmap threshold moves large tensors onto the heap,
+where long-lived small allocations pin them), so RSS grows by ~60 MB per session. Measured side by side:
+
+* ``shipped``: the service as it is;
+* ``malloc_trim``: the same service with ``malloc_trim(0)`` called after every backward (patched in by this
+  benchmark, the fix proposed for ``Vendor.backward``);
+* ``mmap_threshold``: ``MALLOC_MMAP_THRESHOLD_=131072`` in the service's environment (a deployment setting: large
+  tensors always mmapped and returned on free, at the price of page faults on every step).
+
+    python benchmarks/tenants.py [--quick] [--sessions 1,10,50] [--customers 8] [--steps 10] [--variants ...]
 """
 
 from __future__ import annotations
@@ -24,6 +34,24 @@ import common  # noqa: F401  (environment first)
 from common import machine, percentile, print_table, quiet, rss_bytes, vendor_service, write_result
 
 GIB = 2**30
+
+TRIM_AFTER_BACKWARD = """
+import ctypes
+from splitpriv.roles import vendor as _vendor
+_libc = ctypes.CDLL("libc.so.6")
+_backward = _vendor.Vendor.backward
+def _trimmed_backward(self, req, token):
+    try:
+        return _backward(self, req, token)
+    finally:
+        _libc.malloc_trim(0)
+_vendor.Vendor.backward = _trimmed_backward
+"""
+VARIANTS = {
+    "shipped": {},
+    "malloc_trim": {"extra": TRIM_AFTER_BACKWARD},
+    "mmap_threshold": {"env": {"MALLOC_MMAP_THRESHOLD_": "131072"}},
+}
 
 
 def batch(seed: int, size: int = 32, length: int = 64, d: int = 384):
@@ -142,41 +170,66 @@ def latency(url: str, customers: int, steps: int, pid: int) -> dict:
 
 def main() -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="3 steps per customer in the latency test")
+    parser.add_argument("--quick", action="store_true", help="2 steps per customer; memory of shipped and malloc_trim, "
+                        "latency of shipped only")
     parser.add_argument("--sessions", default="1,10,50")
     parser.add_argument("--customers", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=None, help="steps per customer (default 10; quick 3)")
+    parser.add_argument("--steps", type=int, default=None, help="steps per customer (default 10; quick 2)")
+    parser.add_argument("--variants", default=None, help="allocator variants for memory (default: all; quick: "
+                        "shipped,malloc_trim)")
+    parser.add_argument("--latency-variants", default=None, help="default shipped,malloc_trim; quick: shipped")
     args = parser.parse_args()
-    steps = args.steps or (3 if args.quick else 10)
+    steps = args.steps or (2 if args.quick else 10)
+    variants = (args.variants or ("shipped,malloc_trim" if args.quick else ",".join(VARIANTS))).split(",")
+    lat_variants = (args.latency_variants or ("shipped" if args.quick else "shipped,malloc_trim")).split(",")
     quiet()
     m = machine()
     levels = [int(x) for x in args.sessions.split(",")]
-    with vendor_service() as (url, proc):
-        mem = memory(url, proc.pid, levels)
-        lat = latency(url, args.customers, steps, proc.pid)
     top = max(levels)
-    ratios = {
-        f"tenants.rss_added_{top}_sessions_gib": mem["levels"][top]["added_gib"],
-        "tenants.rss_per_session_mib": (mem["levels"][top]["rss_gib"] - mem["levels"][levels[0]]["rss_gib"]) * 1024
-        / max(top - levels[0], 1),
-        f"tenants.step_latency_p50_s.{args.customers}_customers": lat["concurrent"]["p50_s"],
-        f"tenants.step_latency_p99_s.{args.customers}_customers": lat["concurrent"]["p99_s"],
-        "tenants.step_latency_p50_s.1_customer": lat["single"]["p50_s"],
-        f"tenants.p50_latency_vs_single_ratio.{args.customers}_customers": lat["concurrent"]["p50_s"] / lat["single"]["p50_s"],
-        f"tenants.throughput_vs_single_ratio.{args.customers}_customers": lat["concurrent"]["steps_per_s"]
-        / lat["single"]["steps_per_s"],
-    }
+    mem, lat = {}, {}
+    for variant in variants:
+        print(f"vendor service: {variant}", flush=True)
+        with vendor_service(**VARIANTS[variant]) as (url, proc):
+            mem[variant] = memory(url, proc.pid, levels)
+            if variant in lat_variants:
+                lat[variant] = latency(url, args.customers, steps, proc.pid)
+    ratios = {}
+    for variant in variants:
+        suffix = "" if variant == "shipped" else f".{variant}"
+        levels_ = mem[variant]["levels"]
+        ratios[f"tenants.rss_added_{top}_sessions_gib{suffix}"] = levels_[top]["added_gib"]
+        ratios[f"tenants.rss_per_session_mib{suffix}"] = ((levels_[top]["rss_gib"] - levels_[levels[0]]["rss_gib"]) * 1024
+                                                          / max(top - levels[0], 1))
+        ratios[f"tenants.rss_base_gib{suffix}"] = mem[variant]["rss_base_gib"]
+    n = args.customers
+    for variant, l in lat.items():
+        suffix = "" if variant == "shipped" else f".{variant}"
+        ratios.update({
+            f"tenants.step_latency_p50_s.{n}_customers{suffix}": l["concurrent"]["p50_s"],
+            f"tenants.step_latency_p99_s.{n}_customers{suffix}": l["concurrent"]["p99_s"],
+            f"tenants.step_latency_p50_s.1_customer{suffix}": l["single"]["p50_s"],
+            f"tenants.p50_latency_vs_single_ratio.{n}_customers{suffix}": l["concurrent"]["p50_s"] / l["single"]["p50_s"],
+            f"tenants.throughput_vs_single_ratio.{n}_customers{suffix}": l["concurrent"]["steps_per_s"]
+            / l["single"]["steps_per_s"],
+            f"tenants.rss_peak_gib.{n}_customers{suffix}": l["rss_peak_gib"],
+        })
+    print("\nvendor RSS over the base (base model loaded, one step run), sessions open with one step each:")
+    rows = [[v, mem[v]["rss_base_gib"]] + [mem[v]["levels"][lv]["added_gib"] * 1024 for lv in levels] for v in variants]
+    print_table(rows, ["allocator", "base GiB"] + [f"+MiB @{lv}" for lv in levels])
     print(f"\nstep latency (forward + backward over HTTP; batch 32 x 64 positions, 40% real, float16 wire, k=0, LoRA):")
-    rows = [["1 customer", lat["single"]["p50_s"], lat["single"]["p99_s"], lat["single"]["steps_per_s"]],
-            [f"{args.customers} customers at once", lat["concurrent"]["p50_s"], lat["concurrent"]["p99_s"],
-             lat["concurrent"]["steps_per_s"]]]
-    print_table(rows, ["", "p50 s", "p99 s", "steps/s (vendor total)"])
-    print(f"  vendor RSS peak under {args.customers} customers: {lat['rss_peak_gib']:.3f} GiB")
+    rows = []
+    for variant, l in lat.items():
+        rows.append([variant, "1 customer", l["single"]["p50_s"], l["single"]["p99_s"], l["single"]["steps_per_s"], "-"])
+        rows.append([variant, f"{n} at once", l["concurrent"]["p50_s"], l["concurrent"]["p99_s"],
+                     l["concurrent"]["steps_per_s"], f"{l['rss_peak_gib']:.2f}"])
+    print_table(rows, ["allocator", "customers", "p50 s", "p99 s", "steps/s (vendor total)", "RSS peak GiB"])
     for name, value in ratios.items():
         print(f"  {name} = {value:.4f}")
     out = {"machine": m, "quick": args.quick, "memory": mem, "latency": lat, "ratios": ratios,
            "setting": {"k": 0, "tuning": "lora r=8", "batch": 32, "positions": 64, "real_share": 0.4,
-                       "wire_dtype": "float16", "transport": "HTTP loopback, vendor in a separate process"}}
+                       "wire_dtype": "float16", "transport": "HTTP loopback, vendor in a separate process",
+                       "variants": {k: {kk: (vv if kk == "env" else "malloc_trim(0) after Vendor.backward")
+                                        for kk, vv in VARIANTS[k].items()} for k in variants}}}
     write_result("tenants", out)
     return out
 

@@ -235,3 +235,18 @@ def test_float16_wire_trains_in_process_and_sends_half_the_bytes(vendor):
     torch.testing.assert_close(torch.tensor(losses["float16"]), torch.tensor(losses["float32"]), atol=5e-3, rtol=0)
     ratio = sent["float16"] / sent["float32"]
     assert 0.49 < ratio < 0.52, (ratio, sent)
+
+
+def test_float16_overflow_is_refused_at_the_customer(vendor):
+    """Noise so large that float16 cannot carry it (η tiny) is a clear error before anything is sent."""
+    from splitpriv.roles.customer import Customer
+    from splitpriv.transport import InProcessTransport
+
+    transport = InProcessTransport(vendor)
+    customer = Customer.open(transport, SessionConfig(n_bottom_layers=0, total_steps=2),
+                             PrivacyConfig(mechanism="dchi", eta=1e-4), TrainConfig(noise_seed=0, wire_dtype="float16"))
+    sent = transport.bytes_sent
+    with pytest.raises(ValueError, match="overflow float16.*bfloat16"):
+        customer.predict(["a fine film"])
+    assert transport.bytes_sent == sent
+    transport.close()

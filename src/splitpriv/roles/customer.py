@@ -140,6 +140,17 @@ class Customer:
                 self._cache[i] = z[row, : int(mask[row].sum())].clone()
         return z, (hidden if trained else None)
 
+    def _to_wire(self, z: torch.Tensor) -> torch.Tensor:
+        """``z`` in the wire dtype (``TrainConfig.wire_dtype``); float16 tops out at 65504, so very large noise
+        (a tiny η) is refused here rather than sent as Inf."""
+        if z.dtype == self.wire_dtype:
+            return z
+        wire = z.to(self.wire_dtype)
+        if not bool(torch.isfinite(wire).all()) and bool(torch.isfinite(z).all()):
+            raise ValueError(f"representations overflow {self.train_config.wire_dtype} on the wire (largest magnitude "
+                             f"{float(z.abs().max()):.3g}); use wire_dtype 'bfloat16' or 'float32'")
+        return wire
+
     def randomize_labels(self, labels: torch.Tensor) -> torch.Tensor:
         """RR_ε on the labels used for the loss, drawn once per sample (label DP; see privacy.label_dp)."""
         from splitpriv.privacy.label_dp import randomized_response
@@ -155,7 +166,7 @@ class Customer:
         z, hidden = self._representations(step, index, ids, mask, train=True)
         sid = self.transport.session.session_id
         outputs = self.transport.forward(
-            ForwardRequest(session_id=sid, step=step, hidden=z.to(self.wire_dtype), attention_mask=mask)
+            ForwardRequest(session_id=sid, step=step, hidden=self._to_wire(z), attention_mask=mask)
         )
         received = outputs.outputs.detach().requires_grad_(True)
         if self.head is not None:
@@ -214,7 +225,7 @@ class Customer:
         for index in eval_batches(len(encodings), self.train_config.eval_batch_size):
             ids, mask = collate(encodings, index, self.tokenizer.pad_token_id)
             z, _ = self._representations(0, None, ids, mask, train=False)
-            request = PredictRequest(session_id=sid, hidden=z.to(self.wire_dtype), attention_mask=mask)
+            request = PredictRequest(session_id=sid, hidden=self._to_wire(z), attention_mask=mask)
             outputs = self.transport.predict(request).outputs
             if self.head is not None:
                 self.head.eval()
