@@ -21,9 +21,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # torch's OpenMP threads spin while they wait for each other (libgomp's default). On a machine whose cores are shared
 # with other work that is ruinous: a spinning thread burns the time slice its descheduled partner needs, and every
-# parallel op then waits a scheduler quantum (one training step measured 7.9 s instead of 0.9 s here, see
-# scaling.py). PASSIVE makes waiting threads sleep. Set before torch is imported; the vendor service started by
-# vendor_service() inherits it. Override by exporting OMP_WAIT_POLICY yourself.
+# parallel op then waits a scheduler quantum (a step took 5.4 s instead of 0.56 s with the cores busy; on the idle
+# machine the default is ~10% faster: see scaling.py and README.md). PASSIVE makes waiting threads sleep. Set
+# before torch is imported; the vendor service started by vendor_service() inherits it. Export OMP_WAIT_POLICY
+# yourself to override.
 if os.environ.get("SPLITPRIV_BENCH_OMP_DEFAULT") != "1":  # set by scaling.py to measure libgomp's default
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 if "SPLITPRIV_DATA_DIR" not in os.environ and (ROOT.parent / "shared" / "data").is_dir():

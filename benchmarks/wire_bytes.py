@@ -168,7 +168,8 @@ def main() -> dict:
                        "tuning": "lora r=8", "mechanism": args.mechanism,
                        "eta": args.eta if args.mechanism == "dchi" else None, "seed": 0, "d": D},
            "encodings": enc, "runs": runs, "accuracy": accuracy, "ratios": ratios}
-    write_result("wire_bytes", out)
+    # the default (no noise) run feeds summary.json; a noisy run is kept beside it
+    write_result("wire_bytes" if args.mechanism == "none" else f"wire_bytes_{args.mechanism}_eta{args.eta:g}", out)
     return out
 
 

@@ -138,9 +138,10 @@ def train_split(config: RunConfig, train, evaluation, *, progress: bool = True, 
     transport = transport or make_transport(config, out_dir=out_dir)
     customer = Customer.open(transport, session, config.privacy, config.train)
     history = customer.fit(train.texts, train.labels, progress=progress)
+    # training traffic only: read before private evaluation adds its predict requests
+    bytes_per_step = getattr(transport, "bytes_sent", 0) / max(len(history["losses"]), 1)
     result = {**history, **customer.evaluate(evaluation.texts, evaluation.labels, progress=progress)}
-    steps = len(history["losses"])
-    result["bytes_sent_per_step"] = getattr(transport, "bytes_sent", 0) / max(steps, 1)
+    result["bytes_sent_per_step"] = bytes_per_step
     result["disclosure"] = transport.session.disclosure
     if config.privacy.cti and customer.cti is not None:
         result["cti_tokens"] = customer.tokenizer.convert_ids_to_tokens(customer.cti.token_ids[:20].tolist())
