@@ -178,6 +178,15 @@ class CandidateSpace:
         return cache
 
 
+def shared_log_prior(knowledge: AttackerKnowledge, vocab_size: int) -> torch.Tensor:
+    """The public-text token log-prior, computed once per knowledge and shared by the attacks using it."""
+    prior = getattr(knowledge, "_token_log_prior", None)
+    if prior is None:
+        prior = token_log_prior(knowledge.tokenizer, knowledge.public_texts, vocab_size)
+        knowledge._token_log_prior = prior
+    return prior
+
+
 def _shared_space(knowledge: AttackerKnowledge) -> CandidateSpace:
     """One :class:`CandidateSpace` per bottom, cached on the knowledge object."""
     space = getattr(knowledge, "_candidate_space", None)
@@ -407,10 +416,7 @@ class MAPInversion(InversionAttack):
         super().fit(knowledge)
         self.space = _shared_space(knowledge)
         self.penalty = _interior_penalty(knowledge.tokenizer, self.space.vocab_size)
-        prior = getattr(knowledge, "_token_log_prior", None)
-        if prior is None:
-            prior = token_log_prior(knowledge.tokenizer, knowledge.public_texts, self.space.vocab_size)
-            knowledge._token_log_prior = prior
+        prior = shared_log_prior(knowledge, self.space.vocab_size)
         self.log_prior = prior
         return self
 

@@ -28,7 +28,7 @@ import math
 import torch
 
 from splitpriv.attacks.base import AttackerKnowledge, InversionAttack, apply_template, fixed_positions, torch_threads
-from splitpriv.attacks.nearest import _interior_penalty, _shared_space, token_log_prior
+from splitpriv.attacks.nearest import _interior_penalty, _shared_space, shared_log_prior
 from splitpriv.attacks.observe import eval_mode
 from splitpriv.privacy.mechanisms import DChi, Gaussian, Identity, Laplace, Mechanism
 
@@ -68,10 +68,7 @@ class OptimizationInversion(InversionAttack):
         super().fit(knowledge)
         self.space = _shared_space(knowledge)
         self.penalty = _interior_penalty(knowledge.tokenizer, self.space.vocab_size)
-        prior = getattr(knowledge, "_token_log_prior", None)
-        if prior is None:
-            prior = token_log_prior(knowledge.tokenizer, knowledge.public_texts, self.space.vocab_size)
-            knowledge._token_log_prior = prior
+        prior = shared_log_prior(knowledge, self.space.vocab_size)
         self.frequent = (prior - self.penalty).topk(self.n_prior).indices if self.n_prior else None
         self.log_prior = prior
         noisy = knowledge.mechanism is not None and not isinstance(knowledge.mechanism, Identity)
