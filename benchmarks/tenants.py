@@ -10,15 +10,16 @@ forward + backward round trip of each step, p50 and p99.
 Steps use synthetic privatized representations shaped like an SST-2 batch (batch 32, 64 positions of which the
 first 40% are real tokens, float16 on the wire), k = 0, LoRA r = 8.
 
-Allocator variants of the vendor process. A LoRA session's own tensors are ~3.5 MB, but as shipped glibc's malloc
-keeps the freed activations of every session's steps (its dynamic mmap threshold moves large tensors onto the heap,
-where long-lived small allocations pin them), so RSS grows by ~60 MB per session. Measured side by side:
+Allocator variants of the vendor process. A LoRA session's own tensors are ~3.5 MB, but glibc's malloc keeps the
+freed activations of every session's steps (its dynamic mmap threshold moves large tensors onto the heap, where
+long-lived small allocations pin them), so without care RSS grows by ~60 MB per session. The vendor therefore calls
+``malloc_trim(0)`` after every backward (``splitpriv.roles.vendor.return_freed_memory``). Measured side by side:
 
-* ``shipped``: the service as it is;
-* ``malloc_trim``: the same service with ``malloc_trim(0)`` called after every backward (patched in by this
-  benchmark, the fix proposed for ``Vendor.backward``);
-* ``mmap_threshold``: ``MALLOC_MMAP_THRESHOLD_=131072`` in the service's environment (a deployment setting: large
-  tensors always mmapped and returned on free, at the price of page faults on every step).
+* ``shipped``: the service as it is (with the trim);
+* ``no_trim``: the same service with the trim disabled (patched out by this benchmark: the baseline the fix is
+  measured against);
+* ``mmap_threshold``: no trim, ``MALLOC_MMAP_THRESHOLD_=131072`` in the service's environment instead (a deployment
+  setting: large tensors always mmapped and returned on free, at the price of page faults on every step).
 
     python benchmarks/tenants.py [--quick] [--sessions 1,10,50] [--customers 8] [--steps 10] [--variants ...]
 """
@@ -35,22 +36,14 @@ from common import machine, percentile, print_table, quiet, rss_bytes, vendor_se
 
 GIB = 2**30
 
-TRIM_AFTER_BACKWARD = """
-import ctypes
+NO_TRIM = """
 from splitpriv.roles import vendor as _vendor
-_libc = ctypes.CDLL("libc.so.6")
-_backward = _vendor.Vendor.backward
-def _trimmed_backward(self, req, token):
-    try:
-        return _backward(self, req, token)
-    finally:
-        _libc.malloc_trim(0)
-_vendor.Vendor.backward = _trimmed_backward
+_vendor.return_freed_memory = lambda: None
 """
 VARIANTS = {
     "shipped": {},
-    "malloc_trim": {"extra": TRIM_AFTER_BACKWARD},
-    "mmap_threshold": {"env": {"MALLOC_MMAP_THRESHOLD_": "131072"}},
+    "no_trim": {"extra": NO_TRIM},
+    "mmap_threshold": {"extra": NO_TRIM, "env": {"MALLOC_MMAP_THRESHOLD_": "131072"}},
 }
 
 
@@ -170,18 +163,18 @@ def latency(url: str, customers: int, steps: int, pid: int) -> dict:
 
 def main() -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2 steps per customer; memory of shipped and malloc_trim, "
+    parser.add_argument("--quick", action="store_true", help="2 steps per customer; memory of shipped and no_trim, "
                         "latency of shipped only")
     parser.add_argument("--sessions", default="1,10,50")
     parser.add_argument("--customers", type=int, default=8)
     parser.add_argument("--steps", type=int, default=None, help="steps per customer (default 10; quick 2)")
     parser.add_argument("--variants", default=None, help="allocator variants for memory (default: all; quick: "
-                        "shipped,malloc_trim)")
-    parser.add_argument("--latency-variants", default=None, help="default shipped,malloc_trim; quick: shipped")
+                        "shipped,no_trim)")
+    parser.add_argument("--latency-variants", default=None, help="default shipped,no_trim; quick: shipped")
     args = parser.parse_args()
     steps = args.steps or (2 if args.quick else 10)
-    variants = (args.variants or ("shipped,malloc_trim" if args.quick else ",".join(VARIANTS))).split(",")
-    lat_variants = (args.latency_variants or ("shipped" if args.quick else "shipped,malloc_trim")).split(",")
+    variants = (args.variants or ("shipped,no_trim" if args.quick else ",".join(VARIANTS))).split(",")
+    lat_variants = (args.latency_variants or ("shipped" if args.quick else "shipped,no_trim")).split(",")
     quiet()
     m = machine()
     levels = [int(x) for x in args.sessions.split(",")]
@@ -228,7 +221,7 @@ def main() -> dict:
     out = {"machine": m, "quick": args.quick, "memory": mem, "latency": lat, "ratios": ratios,
            "setting": {"k": 0, "tuning": "lora r=8", "batch": 32, "positions": 64, "real_share": 0.4,
                        "wire_dtype": "float16", "transport": "HTTP loopback, vendor in a separate process",
-                       "variants": {k: {kk: (vv if kk == "env" else "malloc_trim(0) after Vendor.backward")
+                       "variants": {k: {kk: (vv if kk == "env" else "return_freed_memory disabled")
                                         for kk, vv in VARIANTS[k].items()} for k in variants}}}
     write_result("tenants", out)
     return out
