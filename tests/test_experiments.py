@@ -54,9 +54,19 @@ def test_tiny_grid_end_to_end_resumes_and_reports(tmp_path, data_dir):
     again = run_experiment(config, results_dir=tmp_path / "results", progress=False, log=logs.append)
     assert [r["wall_time_s"] for r in again] == [r["wall_time_s"] for r in records], "finished points are reused"
 
+    # another experiment with a point of the same setting reuses its training and attack results
+    cache = tmp_path / "results" / "runs"
+    cached = sorted(p.name for d in ("utility", "attacks", "baselines") for p in (cache / d).glob("*.json"))
+    assert len(cached) == 2 + 2 + 1
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**json.loads(config.read_text()), "name": "other", "grid": {"privacy.eta": [10]}}))
+    (shared,) = run_experiment(other, results_dir=tmp_path / "results", progress=False, log=logs.append)
+    assert shared["utility"] == noisy["utility"] and shared["privacy"] == noisy["privacy"]
+    assert sorted(p.name for d in ("utility", "attacks", "baselines") for p in (cache / d).glob("*.json")) == cached
+
     report = write_report(tmp_path / "results")
     text = report.read_text()
-    assert "## tiny" in text and "Best frontier point" in text
+    assert "## tiny" in text and "## other" in text and "Best frontier point" in text
     assert (tmp_path / "results" / "figures" / "frontier.png").stat().st_size > 1000
     rows = aggregate(load_records(tmp_path / "results" / "runs"))["tiny"]
     assert frontier_point(rows) is not None

@@ -126,27 +126,55 @@ def _attack_specs(attacks: list, config: RunConfig) -> list[dict]:
     return specs
 
 
-def measure_privacy(config: RunConfig, specs: list[dict], limit: int, *, progress=False) -> dict:
+CACHE_DIRS = ("baselines", "utility", "attacks")
+
+
+def _write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.replace(path)
+
+
+def _cached(path: Path | None, compute, force: bool = False):
+    """``compute()``, stored as JSON at ``path``; read back instead when it is there (and not ``force``)."""
+    if path is not None and path.is_file() and not force:
+        return json.loads(path.read_text())
+    value = compute()
+    if path is not None:
+        _write_json(path, value)
+    return value
+
+
+def measure_privacy(config: RunConfig, specs: list[dict], limit: int, *, progress=False,
+                    cache_dir: Path | None = None, force: bool = False) -> dict:
     """Run the attacks on the setting's eval data; empirical privacy = 1 − the strongest inversion attack.
 
     The attacked representations come from the *initial* bottom, which the attacker knows exactly; with a trained
     bottom the customer really sends representations of its updated bottom, unknown to the attacker, so the
-    figure is conservative (privacy is at least this)."""
+    figure is conservative (privacy is at least this). An attack's result depends only on what the vendor observes
+    (data, k, mechanism, CTI, seed) and on the attack's options, so with ``cache_dir`` each one is stored under a
+    hash of exactly those and shared by every grid point with the same view (e.g. frozen and trained bottom, or
+    every tuning method at one η)."""
     from splitpriv.attacks.runner import run_attack
 
     p = config.privacy
     common = dict(dataset=config.dataset if config.dataset != "sst2-sample" else "sst2",
                   split=config.eval_split, n_bottom_layers=config.bottom_layers, mechanism=p.mechanism, eta=p.eta,
                   sigma=p.sigma, scale=p.scale, cti=p.cti, cti_multiplier=p.cti_multiplier, limit=limit,
-                  seed=config.train.seed, model=config.model, progress=progress)
+                  seed=config.train.seed, model=config.model)
     results = {}
     for spec in specs:
         kw = {**common, **{k: v for k, v in spec.items() if k != "attack"}}
+        if spec["attack"] == "label":
+            # the label attack trains its own short split run: same head, label DP and tuning method as the setting
+            kw.update(head=config.head, label_dp_epsilon=p.label_dp_epsilon, method=config.method)
         if spec["attack"] == "average":
             # the vendor gets one look per epoch; noise drawn fresh each step or once per sample, as in training
             kw.update(epochs=max(config.train.epochs, 2), noise="once" if p.noise == "once" else "fresh")
         name = spec["attack"] + "".join(f"-{v}" for k, v in spec.items() if k != "attack")
-        results[name] = run_attack(spec["attack"], **kw)
+        path = cache_dir / f"{_key({'attack': spec['attack'], **kw})}.json" if cache_dir is not None else None
+        results[name] = _cached(path, lambda: run_attack(spec["attack"], progress=progress, **kw), force)
     inversion = {k: v for k, v in results.items() if k.split("-")[0] in {"nn", "map", "opt", "learned", "average", "cti"}}
     out = {"attacks": results}
     if inversion:
@@ -160,20 +188,32 @@ def _baseline(config: RunConfig, runs_dir: Path, progress: bool) -> dict:
     from splitpriv.run import run
 
     base = replace(config, centralized=True, baseline=False, vendor_url=None, privacy=PrivacyConfig())
-    path = runs_dir / "baselines" / f"{_key(base.to_dict())}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    metrics = run(base, progress=progress)
-    record = {k: metrics[k] for k in ("accuracy", "macro_f1", "train_samples_per_s", "wall_time_s", "n_train", "n_eval")}
-    record["config"] = base.to_dict()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2))
-    return record
+
+    def compute():
+        metrics = run(base, progress=progress)
+        record = {k: metrics[k] for k in ("accuracy", "macro_f1", "train_samples_per_s", "wall_time_s", "n_train",
+                                          "n_eval")}
+        return {**record, "config": base.to_dict()}
+
+    return _cached(runs_dir / "baselines" / f"{_key(base.to_dict())}.json", compute)
+
+
+def _utility(config: RunConfig, runs_dir: Path, progress: bool, force: bool) -> dict:
+    """Split training and private evaluation of one config (cached by the config: experiments share it)."""
+    from splitpriv.run import load_data, train_split
+
+    def compute():
+        train, evaluation = load_data(config)
+        result = train_split(config, train, evaluation, progress=progress)
+        result.pop("_customer")
+        return {"accuracy": result["accuracy"], "macro_f1": result["macro_f1"],
+                "train_samples_per_s": result["train_samples_per_s"], "n_train": len(train),
+                "n_eval": len(evaluation), "final_loss": sum(result["losses"][-10:]) / len(result["losses"][-10:])}
+
+    return _cached(runs_dir / "utility" / f"{_key(config.to_dict())}.json", compute, force)
 
 
 def run_one(exp: Experiment, point: dict, runs_dir: Path, *, quick: bool, progress: bool, force: bool = False) -> dict:
-    from splitpriv.run import load_data, train_split
-
     config = run_config(point["config"])
     specs = _attack_specs(exp.attacks, config)
     key = _key({"config": config.to_dict(), "attacks": specs, "attack_limit": exp.attack_limit})
@@ -185,23 +225,15 @@ def run_one(exp: Experiment, point: dict, runs_dir: Path, *, quick: bool, progre
               "config": config.to_dict(), "versions": versions(), "git_commit": git_commit()}
     if exp.extra.get("utility", True):
         baseline = _baseline(config, runs_dir, progress)
-        train, evaluation = load_data(config)
-        result = train_split(config, train, evaluation, progress=progress)
-        result.pop("_customer")
-        record["utility"] = {
-            "accuracy": result["accuracy"], "macro_f1": result["macro_f1"],
-            "baseline_accuracy": baseline["accuracy"], "baseline_macro_f1": baseline["macro_f1"],
-            "accuracy_loss": baseline["accuracy"] - result["accuracy"],
-            "train_samples_per_s": result["train_samples_per_s"], "n_train": len(train), "n_eval": len(evaluation),
-            "final_loss": sum(result["losses"][-10:]) / len(result["losses"][-10:]),
-        }
+        utility = _utility(config, runs_dir, progress, force)
+        record["utility"] = {**utility, "baseline_accuracy": baseline["accuracy"],
+                             "baseline_macro_f1": baseline["macro_f1"],
+                             "accuracy_loss": baseline["accuracy"] - utility["accuracy"]}
     if specs:
-        record["privacy"] = measure_privacy(config, specs, exp.attack_limit, progress=progress)
+        record["privacy"] = measure_privacy(config, specs, exp.attack_limit, progress=progress,
+                                            cache_dir=runs_dir / "attacks", force=force)
     record["wall_time_s"] = time.perf_counter() - started
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str))
-    tmp.replace(path)
+    _write_json(path, record)
     return record
 
 

@@ -20,7 +20,9 @@ GOAL = {"max_accuracy_loss_points": 1.0, "min_privacy_percent": 90.0}
 
 def load_records(runs_dir: str | Path) -> list[dict]:
     runs_dir = Path(runs_dir)
-    return [json.loads(p.read_text()) for p in sorted(runs_dir.glob("*/*.json")) if p.parent.name != "baselines"]
+    from splitpriv.experiments.grid import CACHE_DIRS
+
+    return [json.loads(p.read_text()) for p in sorted(runs_dir.glob("*/*.json")) if p.parent.name not in CACHE_DIRS]
 
 
 def _stats(values: list[float]) -> tuple[float, float]:
