@@ -223,6 +223,33 @@ def _wire_contents(body: bytes) -> tuple[str, dict, dict]:
     return meta["kind"], json.loads(meta["fields"]), load(body)
 
 
+def test_customer_held_head_over_http_matches_in_process_and_keeps_predictions_home(vendor, recorder, url, sst2):
+    """--head customer over HTTP: the same losses and predictions as in process, and every message the vendor
+    answers with carries hidden states [B, T, d], never class scores."""
+    from dataclasses import replace
+
+    train, dev = sst2
+    session = replace(SESSION, head="customer", train_bottom=True)
+    out = {}
+    for name, transport in (("inprocess", InProcessTransport(vendor)), ("http", HttpTransport(url))):
+        start = len(recorder.requests)
+        customer = Customer.open(transport, session, PRIVACY, replace(TRAIN, bottom="trained"))
+        assert customer.head is not None and transport.session.disclosure["head_shipped"]
+        fit = customer.fit(train.texts, train.labels, progress=False)
+        logits = customer.predict_logits(dev.texts[:16])
+        out[name] = {"losses": fit["losses"], "logits": logits, "requests": recorder.requests[start:]}
+    assert out["http"]["losses"] == pytest.approx(out["inprocess"]["losses"], abs=1e-5)
+    torch.testing.assert_close(out["http"]["logits"], out["inprocess"]["logits"], atol=1e-5, rtol=0)
+    assert out["http"]["logits"].shape == (16, 2)
+    kinds = [_wire_contents(bytes(r["body"]))[0] for r in out["http"]["requests"]
+             if r["method"] == "POST" and r["path"].endswith(("/forward", "/backward", "/predict"))]
+    assert {"forward", "backward", "predict"} <= set(kinds)
+    for r in out["http"]["requests"]:
+        if r["path"].endswith("/backward"):
+            _, _, tensors = _wire_contents(bytes(r["body"]))
+            assert tensors["grad_outputs"].shape[-1] == D, "the vendor gets gradients w.r.t. hidden states"
+
+
 def test_wire_carries_only_representations_masks_and_gradients(runs, sst2):
     """Decode every request body the server received during the HTTP run: float [B, T, d] representations,
     0/1 masks, float gradients, step numbers and a session config, and never text, token ids or labels."""

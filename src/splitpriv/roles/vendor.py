@@ -367,6 +367,7 @@ class Vendor:
 
     def disclosure(self, parts: SplitModel, config: SessionConfig) -> dict:
         report = parts.disclosure().to_dict()
+        report["head_shipped"] = config.head == "customer"
         if config.head == "customer":
             head = {n: p for n, p in parts.top.named_parameters() if n.startswith(_head_prefixes(parts))}
             moved = sum(p.numel() for p in head.values())
