@@ -34,6 +34,8 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 GOAL_NN_TOKENS_PER_S = 100_000
+# (clusters, probes) of the inverted-file index compared beside NearestNeighbour's default
+IVF_SETTINGS = [(1024, 8), (256, 4), (256, 8), (128, 2), (128, 4), (64, 2)]
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "attack_cost.json"
 
@@ -72,6 +74,9 @@ def main(argv=None) -> dict:
     from splitpriv.split import split_model
 
     quick = args.quick
+    default = NearestNeighbour(search="ivf")
+    default_ivf = (default.n_clusters, default.n_probe)
+    ivf_settings = [default_ivf] + [s for s in IVF_SETTINGS if s != default_ivf]
     model, tok = load_model()
     dev = load_dataset("sst2", "dev", limit=200 if quick else None, seed=0)
     public = load_public_text("wikitext2", "valid") + load_public_text("wikitext2", "test")
@@ -102,18 +107,23 @@ def main(argv=None) -> dict:
         say(f"nn_exact_{label}_recovery", float((ref == truth).float().mean()))
 
         if label == "clean":
-            index, build = _timed(lambda: IVFIndex(nn_attack.space, nn_attack.penalty, 1024, 8))
-            say("ivf_build_seconds", build)
-            for p in cols.unique().tolist():
-                index.centroids(p)
+            indexes = {}
+            for clusters, probes in ivf_settings:
+                indexes[clusters, probes], build = _timed(
+                    lambda: IVFIndex(nn_attack.space, nn_attack.penalty, clusters, probes))
+                say(f"ivf{clusters}x{probes}_build_seconds", build)
+                for p in cols.unique().tolist():
+                    indexes[clusters, probes].centroids(p)
         reps = 1 if quick else 4  # more vectors per call: the index's per-cluster loop is amortised
         zz_r, cols_r = torch.cat([zz] * reps), torch.cat([cols] * reps)
-        found, sec = _timed(lambda: index.search(zz_r, cols_r))
-        found = found[:n]
-        say(f"nn_ivf_{label}_tokens_per_s", len(zz_r) / sec,
-            f"(ratio to goal {len(zz_r) / sec / GOAL_NN_TOKENS_PER_S:.3f})")
-        say(f"nn_ivf_{label}_agreement_with_exact", float((found == ref).float().mean()))
-        say(f"nn_ivf_{label}_recovery", float((found == truth).float().mean()))
+        for (clusters, probes), index in indexes.items():
+            found, sec = _timed(lambda: index.search(zz_r, cols_r))
+            found = found[:n]
+            name = "nn_ivf" if (clusters, probes) == default_ivf else f"nn_ivf{clusters}x{probes}"
+            say(f"{name}_{label}_tokens_per_s", len(zz_r) / sec,
+                f"(ratio to goal {len(zz_r) / sec / GOAL_NN_TOKENS_PER_S:.3f})")
+            say(f"{name}_{label}_agreement_with_exact", float((found == ref).float().mean()))
+            say(f"{name}_{label}_recovery", float((found == truth).float().mean()))
 
         if label == "eta10":
             map_attack = MAPInversion().fit(kn)
