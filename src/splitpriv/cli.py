@@ -305,7 +305,7 @@ def experiment(
     if not report_only:
         for path in configs:
             run_experiment(path, results_dir=results, quick=quick, progress=progress, force=force, log=typer.echo)
-    commentary = Path("experiments/commentary.md")
+    commentary = None if quick else Path("experiments/commentary.md")  # it discusses the full grid's numbers
     typer.echo(f"report: {write_report(results, quick=quick, commentary=commentary)}")
 
 
