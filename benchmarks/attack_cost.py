@@ -159,6 +159,17 @@ def main(argv=None) -> dict:
     say("learned_k2_seconds_per_1k_tokens", 1000 * sec / n_tok)
     say("learned_k2_recovery", recovery_metrics(pred, ids, mask, tok)["token_recovery"])
 
+    out["ratios"] = {
+        "attack.nn_exact_tokens_per_s": out["nn_exact_clean_tokens_per_s"],
+        "attack.nn_ivf_tokens_per_s": out["nn_ivf_clean_tokens_per_s"],
+        "attack.nn_ivf_vs_goal_ratio": out["nn_ivf_clean_tokens_per_s"] / GOAL_NN_TOKENS_PER_S,
+        "attack.nn_ivf_agreement_with_exact.clean": out["nn_ivf_clean_agreement_with_exact"],
+        "attack.nn_ivf_agreement_with_exact.eta10": out["nn_ivf_eta10_agreement_with_exact"],
+        "attack.map_tokens_per_s": out["map_eta10_tokens_per_s"],
+        "attack.opt_k2_seconds_per_1k_tokens": out["opt_k2_seconds_per_1k_tokens"],
+        "attack.learned_k2_train_seconds": out["learned_k2_train_seconds"],
+        "attack.learned_k2_seconds_per_1k_tokens": out["learned_k2_seconds_per_1k_tokens"],
+    }
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
