@@ -54,6 +54,37 @@ def test_customer_held_head_equals_centralized(vendor, sst2_slice):
     torch.testing.assert_close(torch.tensor(split_losses), torch.tensor(central), atol=1e-5, rtol=0)
 
 
+def test_vendor_denoising_is_the_identity_without_noise(vendor, sst2_slice):
+    """Noiseless embedding outputs are their own nearest candidates: projecting them changes nothing."""
+    train = TrainConfig(batch_size=16, noise_seed=0)
+    losses = {}
+    for denoise in ("none", "nn"):
+        customer = Customer.open(InProcessTransport(vendor), _session(3, denoise=denoise), PrivacyConfig(), train)
+        losses[denoise] = customer.fit(sst2_slice.texts, sst2_slice.labels, progress=False)["losses"]
+    torch.testing.assert_close(torch.tensor(losses["nn"]), torch.tensor(losses["none"]), atol=1e-5, rtol=0)
+
+
+def test_vendor_denoising_feeds_the_top_token_embeddings(minilm, sst2_slice):
+    """Under d_chi noise every real position the top sees is exactly some token's embedding-layer output at that
+    position, padding is untouched, and the projection is the nearest-neighbour attack's guess."""
+    from splitpriv.attacks import observe
+    from splitpriv.attacks.nearest import CandidateSpace
+    from splitpriv.privacy import DChi
+    from splitpriv.roles.denoise import TokenProjection
+    from splitpriv.split import split_model
+
+    model, tok = minilm
+    bottom = split_model(model, 0).bottom
+    z, mask, _ = observe(bottom, tok, DChi(10.0), sst2_slice.texts[:8], generator=torch.Generator().manual_seed(0))
+    projected = TokenProjection(bottom, tok)(z, mask)
+    real = mask.bool()
+    rows, cols = real.nonzero(as_tuple=True)
+    d2 = CandidateSpace(bottom, tok).sqdist(projected[rows, cols], cols)
+    assert float(d2.min(1).values.max()) < 1e-3, "every projected vector is a candidate embedding"
+    assert torch.equal(projected[~real], z[~real])
+    assert not torch.allclose(projected[real], z[real])
+
+
 def test_trained_bottom_gradients_equal_autograd_through_unsplit_model(vendor, minilm, sst2_slice):
     model, tokenizer = minilm
     k = 2
@@ -147,6 +178,9 @@ def test_private_inference_and_cti_are_label_free(vendor, sst2_slice):
         ({"tuning": {"method": "prefix"}}, "unknown tuning method 'prefix'"),
         ({"n_bottom_layers": 7}, "n_bottom_layers=7 is out of range"),
         ({"head": "both"}, "head must be one of"),
+        ({"denoise": "median"}, "denoise must be one of"),
+        ({"denoise": "nn", "n_bottom_layers": 1}, "needs n_bottom_layers=0 and a frozen bottom"),
+        ({"denoise": "nn", "train_bottom": True}, "needs n_bottom_layers=0 and a frozen bottom"),
     ],
 )
 def test_bad_session_config(vendor, kwargs, message):

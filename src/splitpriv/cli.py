@@ -51,6 +51,11 @@ class Head(str, Enum):
     customer = "customer"
 
 
+class Denoise(str, Enum):
+    none = "none"
+    nn = "nn"
+
+
 def _fail(message: str) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
@@ -98,6 +103,8 @@ def train(
     noise: NoiseMode = typer.Option(NoiseMode.per_step, help="fresh noise every step, or once per sample"),
     head: Head = typer.Option(Head.vendor, help="who holds pooler + classifier (customer keeps labels' gradients home)"),
     label_dp_epsilon: Optional[float] = typer.Option(None, help="label DP by randomized response"),
+    denoise: Denoise = typer.Option(Denoise.none, help="nn: the vendor maps each received vector to its nearest "
+                                    "token embedding before its top (k = 0, frozen bottom; costs no privacy)"),
     train_limit: Optional[int] = typer.Option(None, help="train on a seeded random subset of this size"),
     eval_limit: Optional[int] = typer.Option(None, help="evaluate on a seeded random subset of this size"),
     epochs: int = typer.Option(1),
@@ -126,7 +133,8 @@ def train(
     method_params = {"r": lora_r} if method == Method.lora else {}
     config = RunConfig(
         dataset=dataset, train_limit=train_limit, eval_limit=eval_limit, model=model, method=method.value,
-        method_params=method_params, bottom_layers=bottom_layers, head=head.value, lr=lr, centralized=centralized,
+        method_params=method_params, bottom_layers=bottom_layers, head=head.value, denoise=denoise.value, lr=lr,
+        centralized=centralized,
         baseline=baseline, vendor_url=vendor,
         privacy=PrivacyConfig(mechanism=mechanism.value, eta=eta, sigma=sigma, scale=scale, cti=cti,
                               cti_fraction=cti_fraction, cti_multiplier=cti_multiplier, noise=noise.value,
@@ -151,6 +159,8 @@ def _print_summary(metrics: dict, out: Path | None) -> None:
     if metrics["mode"] == "split":
         noise = priv["mechanism"] + (f" eta={priv['eta']}" if priv["eta"] else "") + (" +CTI" if priv["cti"] else "")
         setting += f", {noise}, noise {priv['noise']}, head {cfg['head']}"
+        if cfg.get("denoise", "none") != "none":
+            setting += f", vendor denoise {cfg['denoise']}"
     table = Table(title=f"splitpriv: {metrics['dataset']} ({metrics['n_train']} train / {metrics['n_eval']} eval)")
     table.add_column("run")
     table.add_column("accuracy", justify="right")

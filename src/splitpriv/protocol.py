@@ -35,6 +35,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 HEADS = ("vendor", "customer")
+DENOISERS = ("none", "nn")  # vendor-side input projection, see splitpriv.roles.denoise
 WIRE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # The largest [B, T, d] a packed message may rebuild to: the element count of the largest float16 padded hidden a
 # body under the service's default 64 MiB cap could carry. Packing sends no padding, so a small body could otherwise
@@ -62,6 +63,7 @@ class SessionConfig:
     train_bottom: bool = False
     dropout: bool = True
     model: str | None = None
+    denoise: str = "none"  # "nn": the vendor maps each received vector to its nearest token embedding (k = 0)
 
     def validate(self) -> "SessionConfig":
         from splitpriv.tuning import tuning_config
@@ -81,6 +83,11 @@ class SessionConfig:
             raise ValueError(f"total_steps must be a positive integer, got {self.total_steps!r}")
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.denoise not in DENOISERS:
+            raise ValueError(f"denoise must be one of {DENOISERS}, got {self.denoise!r}")
+        if self.denoise != "none" and (self.n_bottom_layers != 0 or self.train_bottom):
+            raise ValueError(f"denoise={self.denoise!r} projects embedding-layer outputs: it needs n_bottom_layers=0 "
+                             "and a frozen bottom (the projection passes no gradient back)")
         return self
 
     def to_dict(self) -> dict:

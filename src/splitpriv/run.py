@@ -34,6 +34,7 @@ class RunConfig:
     method_params: dict = field(default_factory=dict)
     bottom_layers: int = 0
     head: str = "vendor"
+    denoise: str = "none"
     lr: float = 2e-3
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
@@ -56,6 +57,8 @@ class RunConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.centralized and self.vendor_url:
             raise ValueError("--centralized trains locally without a vendor; drop --vendor")
+        if not self.centralized:
+            self.session_config(num_labels=2, n_train=self.train.batch_size)  # the session's own checks
         return self
 
     def session_config(self, num_labels: int, n_train: int) -> SessionConfig:
@@ -69,6 +72,7 @@ class RunConfig:
             total_steps=num_steps(n_train, self.train.batch_size, self.train.epochs),
             seed=self.train.seed,
             head=self.head,
+            denoise=self.denoise,
             train_bottom=self.train.bottom == "trained",
             dropout=self.dropout,
         ).validate()

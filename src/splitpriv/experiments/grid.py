@@ -110,6 +110,15 @@ def run_config(config: dict) -> RunConfig:
     return RunConfig(privacy=PrivacyConfig(**privacy), train=TrainConfig(**config.pop("train", {})), **config).validate()
 
 
+# RunConfig fields added after records were first written, with their default. At the default they do not change
+# what a run computes, so they are left out of its key: existing records and caches stay valid.
+_NEUTRAL_DEFAULTS = {"denoise": "none"}
+
+
+def _config_key(config: RunConfig) -> dict:
+    return {k: v for k, v in config.to_dict().items() if not (k in _NEUTRAL_DEFAULTS and v == _NEUTRAL_DEFAULTS[k])}
+
+
 def _key(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -187,7 +196,7 @@ def measure_privacy(config: RunConfig, specs: list[dict], limit: int, *, progres
 def _baseline(config: RunConfig, runs_dir: Path, progress: bool) -> dict:
     from splitpriv.run import run
 
-    base = replace(config, centralized=True, baseline=False, vendor_url=None, privacy=PrivacyConfig())
+    base = replace(config, centralized=True, baseline=False, vendor_url=None, denoise="none", privacy=PrivacyConfig())
 
     def compute():
         metrics = run(base, progress=progress)
@@ -195,7 +204,7 @@ def _baseline(config: RunConfig, runs_dir: Path, progress: bool) -> dict:
                                           "n_eval")}
         return {**record, "config": base.to_dict()}
 
-    return _cached(runs_dir / "baselines" / f"{_key(base.to_dict())}.json", compute)
+    return _cached(runs_dir / "baselines" / f"{_key(_config_key(base))}.json", compute)
 
 
 def _utility(config: RunConfig, runs_dir: Path, progress: bool, force: bool) -> dict:
@@ -210,13 +219,13 @@ def _utility(config: RunConfig, runs_dir: Path, progress: bool, force: bool) -> 
                 "train_samples_per_s": result["train_samples_per_s"], "n_train": len(train),
                 "n_eval": len(evaluation), "final_loss": sum(result["losses"][-10:]) / len(result["losses"][-10:])}
 
-    return _cached(runs_dir / "utility" / f"{_key(config.to_dict())}.json", compute, force)
+    return _cached(runs_dir / "utility" / f"{_key(_config_key(config))}.json", compute, force)
 
 
 def run_one(exp: Experiment, point: dict, runs_dir: Path, *, quick: bool, progress: bool, force: bool = False) -> dict:
     config = run_config(point["config"])
     specs = _attack_specs(exp.attacks, config)
-    key = _key({"config": config.to_dict(), "attacks": specs, "attack_limit": exp.attack_limit})
+    key = _key({"config": _config_key(config), "attacks": specs, "attack_limit": exp.attack_limit})
     path = runs_dir / exp.name / f"{key}.json"
     if path.is_file() and not force:
         return json.loads(path.read_text())

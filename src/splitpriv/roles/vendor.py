@@ -156,7 +156,7 @@ class VendorSession:
     """
 
     def __init__(self, session_id: str, token: str | None, config: SessionConfig, parts: SplitModel, tuned: TunedTop,
-                 *, token_sha256: str | None = None):
+                 *, token_sha256: str | None = None, projection=None):
         from transformers import get_linear_schedule_with_warmup
 
         if (token is None) == (token_sha256 is None):
@@ -166,6 +166,7 @@ class VendorSession:
         self.config = config
         self.parts = parts
         self.tuned = tuned
+        self.projection = projection  # TokenProjection when config.denoise == "nn" (shared by the vendor's sessions)
         self.d_model = parts.top.d_model
         self.max_tokens = int(getattr(parts.config, "max_position_embeddings", 512))
         self.optimizer = torch.optim.AdamW(tuned.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -189,6 +190,8 @@ class VendorSession:
             raise UnknownSession(f"unknown or closed session {self.session_id!r}")
 
     def _run_top(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.projection is not None:
+            hidden = self.projection(hidden, mask)
         top = self.tuned.module
         if self.config.head == "customer":
             return top.encode(hidden, mask)
@@ -320,6 +323,7 @@ class Vendor:
         self.checkpoint_every = checkpoint_every or None
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self._bases: dict[int, tuple[torch.nn.Module, object]] = {}
+        self._projections: dict[int, object] = {}
         self._sessions: dict[str, VendorSession] = {}
         self._lock = threading.RLock()
         self.load_errors: dict[str, str] = {}
@@ -347,7 +351,7 @@ class Vendor:
                 raise SessionLimit(f"the vendor is at its limit of {self.max_sessions} open sessions")
             parts, tuned = self._build(config)
             session_id, token = secrets.token_hex(8), secrets.token_urlsafe(32)
-            session = VendorSession(session_id, token, config, parts, tuned)
+            session = VendorSession(session_id, token, config, parts, tuned, projection=self._projection(config, parts))
             self._sessions[session_id] = session
         return SessionInfo(
             session_id=session_id,
@@ -356,6 +360,18 @@ class Vendor:
             n_layers=parts.n_layers,
             disclosure={k: v for k, v in self.disclosure(parts, config).items() if k != "shipped_names"},
         )
+
+    def _projection(self, config: SessionConfig, parts: SplitModel):
+        """The vendor's token projection for ``config.denoise == "nn"``; its candidate tables depend only on the
+        frozen embedding weights, so one per base model serves every session."""
+        if config.denoise == "none":
+            return None
+        from splitpriv.roles.denoise import TokenProjection
+
+        with self._lock:
+            if config.num_labels not in self._projections:
+                self._projections[config.num_labels] = TokenProjection(parts.bottom, self.base(config.num_labels)[1])
+            return self._projections[config.num_labels]
 
     def _build(self, config: SessionConfig) -> tuple[SplitModel, TunedTop]:
         model, _ = self.base(config.num_labels)
@@ -539,7 +555,8 @@ class Vendor:
         with self._lock:
             parts, tuned = self._build(config)
         tuned.load(directory / TOP_DIR)
-        session = VendorSession(meta["session_id"], None, config, parts, tuned, token_sha256=meta["token_sha256"])
+        session = VendorSession(meta["session_id"], None, config, parts, tuned, token_sha256=meta["token_sha256"],
+                                projection=self._projection(config, parts))
         session.read_state(directory, meta)
         session.checkpointed_step, session.checkpoint_path = session.completed_step, directory
         _remove_all_but(root, (directory.name, CURRENT))

@@ -1,0 +1,41 @@
+"""Vendor-side denoising of received representations (split at k = 0, frozen bottom).
+
+At k = 0 every received vector is ``z = e_{t,p} + n``, an embedding-layer output plus noise. The vendor can map it
+back to the *candidate* embedding ``e_{t̂,p}`` of the token ``t̂`` nearest to ``z`` at its position and run its top
+on that: the top then sees inputs from the distribution it was pretrained on instead of off-manifold noisy vectors.
+
+Threat model: the projection is exactly the nearest-neighbour inversion attack
+(:class:`splitpriv.attacks.nearest.NearestNeighbour`) used as pre-processing, computed only from the vendor's own
+weights and what it receives. It gives the vendor nothing an attacker does not already have, so it costs no
+privacy (the d_chi guarantee is a property of what the customer sends, not of what the vendor does with it, and
+empirical privacy is measured against that same attack and stronger ones); it can only change utility.
+It is not differentiable, so it needs a frozen bottom (the customer gets no gradient to train it with).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class TokenProjection:
+    """``hidden`` [B, T, d] ↦ the embedding-layer output of each real position's nearest candidate token (the
+    template's special tokens at their fixed positions); padding positions are left as they are."""
+
+    def __init__(self, bottom, tokenizer):
+        from splitpriv.attacks.base import AttackerKnowledge
+        from splitpriv.attacks.nearest import NearestNeighbour
+        from splitpriv.privacy.mechanisms import Identity
+
+        if bottom.n_layers != 0:
+            raise ValueError(f"token projection needs a split at k = 0, the bottom has {bottom.n_layers} blocks")
+        self.bottom = bottom
+        self.attack = NearestNeighbour().fit(AttackerKnowledge(bottom, tokenizer, Identity()))
+
+    @torch.no_grad()
+    def __call__(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        from splitpriv.attacks.observe import eval_mode
+
+        ids = self.attack.invert(hidden, attention_mask)
+        with eval_mode(self.bottom):
+            projected = self.bottom.embed(input_ids=ids, token_type_ids=torch.zeros_like(ids)).to(hidden.dtype)
+        return torch.where(attention_mask.bool().unsqueeze(-1), projected, hidden)
