@@ -4,7 +4,8 @@ name, the goals and whether each is met, how long each benchmark took, and the m
     python benchmarks/run_all.py [--quick] [--only training_throughput,wire_bytes] [--summary-only]
 
 The summary takes every benchmark's latest ``results/<name>.json``, whether it was run now or before (``--only``
-refreshes some; ``--summary-only`` runs none); ``benchmarks.<name>`` says when and in which mode each was measured.
+refreshes some; ``--summary-only`` runs none); ``benchmarks.<name>`` says in which mode and at which commit (where
+the result records it) each was measured.
 """
 
 from __future__ import annotations
@@ -68,8 +69,9 @@ def main() -> None:
         data = json.loads(path.read_text())
         metrics.update(data.get("ratios", {}))
         runs.setdefault(name, {"run_now": False})
+        measured = data.get("machine") if isinstance(data.get("machine"), dict) else {}
         runs[name].update(result=str(path.relative_to(common.ROOT)), quick=data.get("quick"),
-                          measured_at=time.strftime("%Y-%m-%d %H:%M", time.gmtime(path.stat().st_mtime)))
+                          git_commit=measured.get("git_commit"))
 
     goals = {}
     for name, (comparison, threshold, what) in GOALS.items():
