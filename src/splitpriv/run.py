@@ -35,6 +35,7 @@ class RunConfig:
     bottom_layers: int = 0
     head: str = "vendor"
     denoise: str = "none"
+    robust_top: dict | None = None
     lr: float = 2e-3
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
@@ -59,7 +60,26 @@ class RunConfig:
             raise ValueError("--centralized trains locally without a vendor; drop --vendor")
         if not self.centralized:
             self.session_config(num_labels=2, n_train=self.train.batch_size)  # the session's own checks
+        if self.robust_top is not None:
+            if self.centralized or self.vendor_url:
+                raise ValueError("robust_top adapts the in-process vendor's model; for a remote vendor, serve the "
+                                 "folder `splitpriv robust-top` writes (`splitpriv serve --model DIR`)")
+            self.robust_top_config()
         return self
+
+    def robust_top_config(self):
+        from splitpriv.roles.robust_top import RobustTopConfig
+
+        return RobustTopConfig.for_run(self.robust_top, self.privacy, self.bottom_layers)
+
+    def vendor_model(self, *, progress: bool = False) -> str | None:
+        """The model the vendor serves: ``model``, or its noise-adapted variant when ``robust_top`` is set
+        (:mod:`splitpriv.roles.robust_top`; distilled on public text once, then cached)."""
+        if self.robust_top is None:
+            return self.model
+        from splitpriv.roles.robust_top import robust_model
+
+        return str(robust_model(self.robust_top_config(), model=self.model, progress=progress))
 
     def session_config(self, num_labels: int, n_train: int) -> SessionConfig:
         return SessionConfig(
@@ -121,7 +141,7 @@ def load_data(config: RunConfig):
 VENDOR_STATE = "vendor-state"
 
 
-def make_transport(config: RunConfig, *, out_dir=None, tap=None):
+def make_transport(config: RunConfig, *, out_dir=None, tap=None, progress: bool = False):
     """HTTP to ``vendor_url``, or a vendor in this process (persisting its sessions under the run folder)."""
     if config.vendor_url:
         from splitpriv.transport.http_client import HttpTransport
@@ -131,7 +151,8 @@ def make_transport(config: RunConfig, *, out_dir=None, tap=None):
     from splitpriv.transport import InProcessTransport
 
     state_dir = Path(out_dir) / VENDOR_STATE if out_dir is not None else None
-    return InProcessTransport(Vendor(config.model, state_dir=state_dir, checkpoint_every=None), tap=tap)
+    vendor = Vendor(config.vendor_model(progress=progress), state_dir=state_dir, checkpoint_every=None)
+    return InProcessTransport(vendor, tap=tap)
 
 
 def train_split(config: RunConfig, train, evaluation, *, progress: bool = True, transport=None, out_dir=None) -> dict:
@@ -139,7 +160,7 @@ def train_split(config: RunConfig, train, evaluation, *, progress: bool = True, 
     from splitpriv.roles.customer import Customer
 
     session = config.session_config(train.num_labels, len(train))
-    transport = transport or make_transport(config, out_dir=out_dir)
+    transport = transport or make_transport(config, out_dir=out_dir, progress=progress)
     customer = Customer.open(transport, session, config.privacy, config.train)
     history = customer.fit(train.texts, train.labels, progress=progress)
     # training traffic only: read before private evaluation adds its predict requests
@@ -201,7 +222,7 @@ def run(config: RunConfig, out_dir: str | Path | None = None, *, progress: bool 
         "git_commit": git_commit(),
     }
     if config.baseline and not config.centralized:
-        base = train_centralized(replace(config, centralized=True), train, evaluation, progress=progress)
+        base = train_centralized(replace(config, centralized=True, robust_top=None), train, evaluation, progress=progress)
         metrics["baseline_accuracy"] = base["accuracy"]
         metrics["baseline_macro_f1"] = base["macro_f1"]
         metrics["baseline_samples_per_s"] = base["train_samples_per_s"]

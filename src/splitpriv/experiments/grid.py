@@ -112,7 +112,7 @@ def run_config(config: dict) -> RunConfig:
 
 # RunConfig fields added after records were first written, with their default. At the default they do not change
 # what a run computes, so they are left out of its key: existing records and caches stay valid.
-_NEUTRAL_DEFAULTS = {"denoise": "none"}
+_NEUTRAL_DEFAULTS = {"denoise": "none", "robust_top": None}
 
 
 def _config_key(config: RunConfig) -> dict:
@@ -196,7 +196,9 @@ def measure_privacy(config: RunConfig, specs: list[dict], limit: int, *, progres
 def _baseline(config: RunConfig, runs_dir: Path, progress: bool) -> dict:
     from splitpriv.run import run
 
-    base = replace(config, centralized=True, baseline=False, vendor_url=None, denoise="none", privacy=PrivacyConfig())
+    # the reference is the vendor's own model without privacy, whatever the split run adapts or denoises
+    base = replace(config, centralized=True, baseline=False, vendor_url=None, denoise="none", robust_top=None,
+                   privacy=PrivacyConfig())
 
     def compute():
         metrics = run(base, progress=progress)
@@ -205,6 +207,17 @@ def _baseline(config: RunConfig, runs_dir: Path, progress: bool) -> dict:
         return {**record, "config": base.to_dict()}
 
     return _cached(runs_dir / "baselines" / f"{_key(_config_key(base))}.json", compute)
+
+
+def _adaptation(config: RunConfig) -> dict:
+    """How the vendor's top was adapted to the noise (already distilled by the run, so read from the cache)."""
+    if config.robust_top is None:
+        return {}
+    from splitpriv.roles.robust_top import adaptation_of
+
+    meta = adaptation_of(config.vendor_model())
+    return {"robust_top": {k: meta[k] for k in ("heldout_error_before", "heldout_error_after", "final_loss",
+                                                "n_train_sentences", "wall_time_s")}}
 
 
 def _utility(config: RunConfig, runs_dir: Path, progress: bool, force: bool) -> dict:
@@ -217,7 +230,8 @@ def _utility(config: RunConfig, runs_dir: Path, progress: bool, force: bool) -> 
         result.pop("_customer")
         return {"accuracy": result["accuracy"], "macro_f1": result["macro_f1"],
                 "train_samples_per_s": result["train_samples_per_s"], "n_train": len(train),
-                "n_eval": len(evaluation), "final_loss": sum(result["losses"][-10:]) / len(result["losses"][-10:])}
+                "n_eval": len(evaluation), "final_loss": sum(result["losses"][-10:]) / len(result["losses"][-10:]),
+                **_adaptation(config)}
 
     return _cached(runs_dir / "utility" / f"{_key(_config_key(config))}.json", compute, force)
 
@@ -227,12 +241,15 @@ def run_one(exp: Experiment, point: dict, runs_dir: Path, *, quick: bool, progre
     specs = _attack_specs(exp.attacks, config)
     key = _key({"config": _config_key(config), "attacks": specs, "attack_limit": exp.attack_limit})
     path = runs_dir / exp.name / f"{key}.json"
+    want_utility = exp.extra.get("utility", True)
     if path.is_file() and not force:
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
+        if "utility" in record or not want_utility:  # a privacy-only record is completed, not trusted as whole
+            return record
     started = time.perf_counter()
     record = {"experiment": exp.name, "run_id": key, "quick": quick, "grid": point["grid"], "seed": point["seed"],
               "config": config.to_dict(), "versions": versions(), "git_commit": git_commit()}
-    if exp.extra.get("utility", True):
+    if want_utility:
         baseline = _baseline(config, runs_dir, progress)
         utility = _utility(config, runs_dir, progress, force)
         record["utility"] = {**utility, "baseline_accuracy": baseline["accuracy"],
