@@ -68,3 +68,23 @@ def test_adapted_model_keeps_the_bottom_and_trains_on_it(tmp_path, monkeypatch, 
     result = train_split(config, train, evaluation, progress=False)
     assert len(result["losses"]) == 2 and 0 <= result["accuracy"] <= 1
     assert replace(config, robust_top=None).vendor_model() is None
+
+
+def test_cli_writes_a_servable_folder_and_names_bad_input(tmp_path, data_dir):
+    from typer.testing import CliRunner
+
+    from splitpriv.cli import app
+    from splitpriv.roles.vendor import Vendor
+
+    runner = CliRunner()
+    bad = runner.invoke(app, ["robust-top", "--out", str(tmp_path / "m"), "--mechanism", "none"])
+    assert bad.exit_code == 2 and "needs a privacy mechanism" in bad.output and not (tmp_path / "m").exists()
+    bad = runner.invoke(app, ["robust-top", "--out", str(tmp_path / "m"), "--eta", "10", "-k", "6"])
+    assert bad.exit_code == 2 and "nothing to adapt" in bad.output
+
+    out = tmp_path / "m"
+    ok = runner.invoke(app, ["robust-top", "--out", str(out), "--eta", "10", "--steps", "2", "--batch-size", "8",
+                             "--max-length", "16", "--no-progress"])
+    assert ok.exit_code == 0, ok.output
+    assert "held-out representation error" in ok.output and adaptation_of(out)["config"]["steps"] == 2
+    Vendor(str(out))  # the service loads it like any model folder

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from splitpriv.attacks.base import AttackerKnowledge, InversionAttack, apply_template, fixed_positions, torch_threads
-from splitpriv.attacks.nearest import CandidateSpace, _interior_penalty, _shared_space, token_log_prior
+from splitpriv.attacks.nearest import CandidateSpace, fit_candidates, token_log_prior
 from splitpriv.attacks.observe import clean_hidden, tokenize
 from splitpriv.privacy.mechanisms import privatize
 
@@ -139,12 +139,11 @@ class LearnedInversion(InversionAttack):
             texts = random.Random(self.seed).sample(texts, self.n_public)
         ids, mask, tt = tokenize(tok, texts, knowledge.max_length)
         h = clean_hidden(bottom, ids, mask, tt, batch_size=64)
-        space = _shared_space(knowledge)
+        space, self.penalty = fit_candidates(knowledge)
         prior = getattr(knowledge, "_token_log_prior", None)
         if prior is None:
             prior = token_log_prior(tok, knowledge.public_texts, space.vocab_size)
             knowledge._token_log_prior = prior
-        self.penalty = _interior_penalty(tok, space.vocab_size)
         torch.manual_seed(self.seed)  # inverter init (the attacker's own randomness)
         self.model = Inverter(space, prior - self.penalty.clamp(max=1e4), arch=self.arch, width=self.width,
                               layers=self.layers, max_positions=max(knowledge.max_length, ids.shape[1]))

@@ -208,6 +208,12 @@ def token_log_prior(tokenizer, texts: list[str], vocab_size: int | None = None) 
     return (counts / counts.sum()).log().float()
 
 
+def fit_candidates(knowledge: AttackerKnowledge) -> tuple[CandidateSpace, torch.Tensor]:
+    """What every k = 0 attack's ``fit`` starts from: the shared candidate space and the interior penalty."""
+    space = _shared_space(knowledge)
+    return space, _interior_penalty(knowledge.tokenizer, space.vocab_size)
+
+
 def _interior_penalty(tokenizer, vocab_size: int) -> torch.Tensor:
     """+inf on special ids: the tokenizer never puts them between the template's [CLS] and [SEP] ([UNK] aside,
     which the evaluator does not count as a real token either)."""
@@ -248,8 +254,7 @@ class NearestNeighbour(InversionAttack):
 
     def fit(self, knowledge: AttackerKnowledge) -> "NearestNeighbour":
         super().fit(knowledge)
-        self.space = _shared_space(knowledge)
-        self.penalty = _interior_penalty(knowledge.tokenizer, self.space.vocab_size)
+        self.space, self.penalty = fit_candidates(knowledge)
         return self
 
     @torch.no_grad()
@@ -417,8 +422,7 @@ class MAPInversion(InversionAttack):
 
     def fit(self, knowledge: AttackerKnowledge) -> "MAPInversion":
         super().fit(knowledge)
-        self.space = _shared_space(knowledge)
-        self.penalty = _interior_penalty(knowledge.tokenizer, self.space.vocab_size)
+        self.space, self.penalty = fit_candidates(knowledge)
         prior = shared_log_prior(knowledge, self.space.vocab_size)
         self.log_prior = prior
         return self

@@ -28,7 +28,7 @@ import math
 import torch
 
 from splitpriv.attacks.base import AttackerKnowledge, InversionAttack, apply_template, fixed_positions, torch_threads
-from splitpriv.attacks.nearest import _interior_penalty, _shared_space, shared_log_prior
+from splitpriv.attacks.nearest import fit_candidates, shared_log_prior
 from splitpriv.attacks.observe import eval_mode
 from splitpriv.privacy.mechanisms import DChi, Gaussian, Identity, Laplace, Mechanism
 
@@ -66,8 +66,7 @@ class OptimizationInversion(InversionAttack):
 
     def fit(self, knowledge: AttackerKnowledge) -> "OptimizationInversion":
         super().fit(knowledge)
-        self.space = _shared_space(knowledge)
-        self.penalty = _interior_penalty(knowledge.tokenizer, self.space.vocab_size)
+        self.space, self.penalty = fit_candidates(knowledge)
         prior = shared_log_prior(knowledge, self.space.vocab_size)
         self.frequent = (prior - self.penalty).topk(self.n_prior).indices if self.n_prior else None
         self.log_prior = prior
