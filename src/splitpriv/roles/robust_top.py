@@ -13,9 +13,9 @@ other: it is an ordinary model folder (``--model DIR``, ``splitpriv serve --mode
 Threat model: the adaptation uses only the vendor's own weights and public text (WikiText-2), nothing of any
 customer. The bottom is left bit-identical (checked before saving), so everything the customer sends, the d_chi
 guarantee, and every inversion attack's success are exactly those of the same setting without adaptation; only
-utility can move. Caveat for the privacy figures: an adapted top is itself a contextual denoiser a curious vendor
-holds; our inversion attacks read one token's vector at a time, so a contextual attack built on it could be
-stronger than the attacks the figures are measured against.
+utility can move. Caveat for the privacy figures: an adapted top is itself a contextual denoiser the vendor holds.
+Our learned inversion attack is contextual too (a 2-layer Transformer trained on the same kind of public pairs);
+an inverter started from the adapted 6-block top would be a larger attack of that kind, not yet in the suite.
 """
 
 from __future__ import annotations
