@@ -54,6 +54,7 @@ class Head(str, Enum):
 class Denoise(str, Enum):
     none = "none"
     nn = "nn"
+    map = "map"
 
 
 def _fail(message: str) -> None:
@@ -103,8 +104,9 @@ def train(
     noise: NoiseMode = typer.Option(NoiseMode.per_step, help="fresh noise every step, or once per sample"),
     head: Head = typer.Option(Head.vendor, help="who holds pooler + classifier (customer keeps labels' gradients home)"),
     label_dp_epsilon: Optional[float] = typer.Option(None, help="label DP by randomized response"),
-    denoise: Denoise = typer.Option(Denoise.none, help="nn: the vendor maps each received vector to its nearest "
-                                    "token embedding before its top (k = 0, frozen bottom; costs no privacy)"),
+    denoise: Denoise = typer.Option(Denoise.none, help="nn / map: the vendor maps each received vector to its nearest "
+                                    "(map: most probable, given the declared noise) token embedding before its top "
+                                    "(k = 0, frozen bottom; costs no privacy)"),
     train_limit: Optional[int] = typer.Option(None, help="train on a seeded random subset of this size"),
     eval_limit: Optional[int] = typer.Option(None, help="evaluate on a seeded random subset of this size"),
     epochs: int = typer.Option(1),

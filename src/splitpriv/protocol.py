@@ -35,7 +35,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 HEADS = ("vendor", "customer")
-DENOISERS = ("none", "nn")  # vendor-side input projection, see splitpriv.roles.denoise
+DENOISERS = ("none", "nn", "map")  # vendor-side input projection, see splitpriv.roles.denoise
 WIRE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # The largest [B, T, d] a packed message may rebuild to: the element count of the largest float16 padded hidden a
 # body under the service's default 64 MiB cap could carry. Packing sends no padding, so a small body could otherwise
@@ -63,7 +63,10 @@ class SessionConfig:
     train_bottom: bool = False
     dropout: bool = True
     model: str | None = None
-    denoise: str = "none"  # "nn": the vendor maps each received vector to its nearest token embedding (k = 0)
+    denoise: str = "none"  # "nn"/"map": the vendor maps each received vector to a token embedding (k = 0)
+    # the customer's declared mechanism (``Mechanism.to_config()``: {"name": "dchi", "eta": 10}); only denoise="map"
+    # uses it (every attack assumes the vendor knows it anyway)
+    declared_noise: dict | None = None
 
     def validate(self) -> "SessionConfig":
         from splitpriv.tuning import tuning_config
@@ -88,6 +91,14 @@ class SessionConfig:
         if self.denoise != "none" and (self.n_bottom_layers != 0 or self.train_bottom):
             raise ValueError(f"denoise={self.denoise!r} projects embedding-layer outputs: it needs n_bottom_layers=0 "
                              "and a frozen bottom (the projection passes no gradient back)")
+        if self.denoise == "map":
+            from splitpriv.privacy import build_mechanism
+
+            noise = self.declared_noise
+            if not isinstance(noise, dict) or noise.get("name") in (None, "none"):
+                raise ValueError("denoise='map' needs declared_noise, the customer's mechanism and its parameter "
+                                 "(e.g. {'name': 'dchi', 'eta': 10})")
+            build_mechanism(noise)  # names a bad mechanism or parameter
         return self
 
     def to_dict(self) -> dict:

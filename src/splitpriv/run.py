@@ -93,6 +93,7 @@ class RunConfig:
             seed=self.train.seed,
             head=self.head,
             denoise=self.denoise,
+            declared_noise=self.privacy.build_mechanism().to_config() if self.denoise == "map" else None,
             train_bottom=self.train.bottom == "trained",
             dropout=self.dropout,
         ).validate()

@@ -1,12 +1,14 @@
 """Vendor-side denoising of received representations (split at k = 0, frozen bottom).
 
 At k = 0 every received vector is ``z = e_{t,p} + n``, an embedding-layer output plus noise. The vendor can map it
-back to the *candidate* embedding ``e_{t̂,p}`` of the token ``t̂`` nearest to ``z`` at its position and run its top
-on that: the top then sees inputs from the distribution it was pretrained on instead of off-manifold noisy vectors.
+back to the *candidate* embedding ``e_{t̂,p}`` of a token ``t̂`` at its position and run its top on that: the top then
+sees inputs from the distribution it was pretrained on instead of off-manifold noisy vectors. ``method="nn"`` takes
+the token nearest to ``z``; ``method="map"`` the most probable one, ``argmax_t log p(z | e_{t,p}) + log prior(t)``
+under the customer's declared mechanism (d_chi: ``−η‖z − e‖``) and a unigram prior from public text (WikiText-2).
 
-Threat model: the projection is exactly the nearest-neighbour inversion attack
-(:class:`splitpriv.attacks.nearest.NearestNeighbour`) used as pre-processing, computed only from the vendor's own
-weights and what it receives. It gives the vendor nothing an attacker does not already have, so it costs no
+Threat model: the projection is exactly the nearest-neighbour or MAP inversion attack
+(:mod:`splitpriv.attacks.nearest`) used as pre-processing, computed only from the vendor's own weights, public text,
+the mechanism (which every attack is assumed to know) and what it receives. It gives the vendor nothing an attacker does not already have, so it costs no
 privacy (the d_chi guarantee is a property of what the customer sends, not of what the vendor does with it, and
 empirical privacy is measured against that same attack and stronger ones); it can only change utility.
 It is not differentiable, so it needs a frozen bottom (the customer gets no gradient to train it with).
@@ -21,15 +23,26 @@ class TokenProjection:
     """``hidden`` [B, T, d] ↦ the embedding-layer output of each real position's nearest candidate token (the
     template's special tokens at their fixed positions); padding positions are left as they are."""
 
-    def __init__(self, bottom, tokenizer):
+    def __init__(self, bottom, tokenizer, *, method: str = "nn", declared_noise: dict | None = None):
         from splitpriv.attacks.base import AttackerKnowledge
-        from splitpriv.attacks.nearest import NearestNeighbour
-        from splitpriv.privacy.mechanisms import Identity
+        from splitpriv.attacks.nearest import MAPInversion, NearestNeighbour
+        from splitpriv.privacy import Identity, build_mechanism
 
         if bottom.n_layers != 0:
             raise ValueError(f"token projection needs a split at k = 0, the bottom has {bottom.n_layers} blocks")
         self.bottom = bottom
-        self.attack = NearestNeighbour().fit(AttackerKnowledge(bottom, tokenizer, Identity()))
+        if method == "nn":
+            self.attack = NearestNeighbour().fit(AttackerKnowledge(bottom, tokenizer, Identity()))
+        elif method == "map":
+            from splitpriv.data import load_public_text
+
+            if not declared_noise:
+                raise ValueError("MAP projection needs the customer's declared mechanism")
+            public = [s for split in ("valid", "test") for s in load_public_text("wikitext2", split)]
+            knowledge = AttackerKnowledge(bottom, tokenizer, build_mechanism(declared_noise), public_texts=public)
+            self.attack = MAPInversion().fit(knowledge)
+        else:
+            raise ValueError(f"unknown projection {method!r}: choose 'nn' or 'map'")
 
     @torch.no_grad()
     def __call__(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

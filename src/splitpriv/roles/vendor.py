@@ -166,7 +166,7 @@ class VendorSession:
         self.config = config
         self.parts = parts
         self.tuned = tuned
-        self.projection = projection  # TokenProjection when config.denoise == "nn" (shared by the vendor's sessions)
+        self.projection = projection  # TokenProjection when config.denoise != "none" (shared by the vendor's sessions)
         self.d_model = parts.top.d_model
         self.max_tokens = int(getattr(parts.config, "max_position_embeddings", 512))
         self.optimizer = torch.optim.AdamW(tuned.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -323,7 +323,7 @@ class Vendor:
         self.checkpoint_every = checkpoint_every or None
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self._bases: dict[int, tuple[torch.nn.Module, object]] = {}
-        self._projections: dict[int, object] = {}
+        self._projections: dict[str, object] = {}
         self._sessions: dict[str, VendorSession] = {}
         self._lock = threading.RLock()
         self.load_errors: dict[str, str] = {}
@@ -362,16 +362,18 @@ class Vendor:
         )
 
     def _projection(self, config: SessionConfig, parts: SplitModel):
-        """The vendor's token projection for ``config.denoise == "nn"``; its candidate tables depend only on the
-        frozen embedding weights, so one per base model serves every session."""
+        """The vendor's token projection for ``config.denoise``; its candidate tables depend only on the frozen
+        embedding weights (and, for MAP, the declared mechanism), so one per such key serves every session."""
         if config.denoise == "none":
             return None
         from splitpriv.roles.denoise import TokenProjection
 
+        key = json.dumps([config.num_labels, config.denoise, config.declared_noise], sort_keys=True)
         with self._lock:
-            if config.num_labels not in self._projections:
-                self._projections[config.num_labels] = TokenProjection(parts.bottom, self.base(config.num_labels)[1])
-            return self._projections[config.num_labels]
+            if key not in self._projections:
+                self._projections[key] = TokenProjection(parts.bottom, self.base(config.num_labels)[1],
+                                                         method=config.denoise, declared_noise=config.declared_noise)
+            return self._projections[key]
 
     def _build(self, config: SessionConfig) -> tuple[SplitModel, TunedTop]:
         model, _ = self.base(config.num_labels)
