@@ -31,6 +31,13 @@ def test_bad_config_is_refused(options, privacy, message):
         RobustTopConfig.for_run(options, privacy, 0)
 
 
+def test_denoised_adaptation_needs_k0():
+    with pytest.raises(ValueError, match="needs k = 0"):
+        RobustTopConfig.for_run({}, DCHI, 2, "map")
+    with pytest.raises(ValueError, match="denoise must be one of"):
+        RobustTopConfig.for_run({}, DCHI, 0, "median")
+
+
 def test_run_config_refuses_a_remote_or_centralized_vendor():
     with pytest.raises(ValueError, match="splitpriv serve --model"):
         RunConfig(privacy=DCHI, robust_top={}, vendor_url="http://127.0.0.1:1").validate()

@@ -240,6 +240,8 @@ def robust_top(
     sigma: Optional[float] = typer.Option(None, help="Gaussian standard deviation customers will use"),
     scale: Optional[float] = typer.Option(None, help="Laplace scale customers will use"),
     bottom_layers: int = typer.Option(0, "--bottom-layers", "-k", help="blocks in the customers' bottom"),
+    denoise: Denoise = typer.Option(Denoise.none, help="adapt to inputs the vendor projects first (serve sessions "
+                                    "with the same --denoise)"),
     steps: int = typer.Option(600, help="AdamW steps on public text (WikiText-2)"),
     batch_size: int = typer.Option(32),
     max_length: int = typer.Option(64),
@@ -256,7 +258,7 @@ def robust_top(
     _quiet_libraries()
     config = RobustTopConfig(privacy=PrivacyConfig(mechanism=mechanism.value, eta=eta, sigma=sigma, scale=scale),
                              n_bottom_layers=bottom_layers, steps=steps, batch_size=batch_size,
-                             max_length=max_length, lr=lr, seed=seed)
+                             max_length=max_length, lr=lr, seed=seed, denoise=denoise.value)
     meta = distill_robust_top(config, out, model=model, progress=progress)
     typer.echo(f"adapted model written to {out}: held-out representation error (relative) "
                f"{meta['heldout_error_before']:.3f} -> {meta['heldout_error_after']:.3f} "

@@ -70,7 +70,7 @@ class RunConfig:
     def robust_top_config(self):
         from splitpriv.roles.robust_top import RobustTopConfig
 
-        return RobustTopConfig.for_run(self.robust_top, self.privacy, self.bottom_layers)
+        return RobustTopConfig.for_run(self.robust_top, self.privacy, self.bottom_layers, self.denoise)
 
     def vendor_model(self, *, progress: bool = False) -> str | None:
         """The model the vendor serves: ``model``, or its noise-adapted variant when ``robust_top`` is set

@@ -7,8 +7,12 @@ they reproduce what the pretrained model computes from the clean input:
     min_θ  E_{x ~ public, n ~ M}  mean_{real tokens t} ‖ blocks_θ(bottom(x) + n)_t − blocks_0(bottom(x))_t ‖² / d
 
 so the adapted blocks estimate the clean contextual representation from the privatized one, using the whole
-sentence's context to undo per-token noise. Customers then fine-tune (LoRA, BitFit, ...) on this model as on any
-other: it is an ordinary model folder (``--model DIR``, ``splitpriv serve --model DIR``).
+sentence's context to undo per-token noise. With ``denoise`` (``"nn"``/``"map"``, k = 0 only) the blocks are fed
+what a denoising vendor feeds them (:mod:`splitpriv.roles.denoise`: each received vector projected to a token
+embedding), and learn to correct the projection's wrong tokens from context instead.
+
+Customers then fine-tune (LoRA, BitFit, ...) on this model as on any other: it is an ordinary model folder
+(``--model DIR``, ``splitpriv serve --model DIR``).
 
 Threat model: the adaptation uses only the vendor's own weights and public text (WikiText-2), nothing of any
 customer. The bottom is left bit-identical (checked before saving), so everything the customer sends, the d_chi
@@ -54,6 +58,7 @@ class RobustTopConfig:
     n_public: int | None = None
     n_heldout: int = 256
     seed: int = 0
+    denoise: str = "none"
 
     def validate(self) -> "RobustTopConfig":
         self.privacy.validate()
@@ -70,27 +75,38 @@ class RobustTopConfig:
             raise ValueError(f"robust_top n_public must be an integer >= batch_size, got {self.n_public!r}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"robust_top lr must be a finite number > 0, got {self.lr!r}")
+        from splitpriv.protocol import DENOISERS
+
+        if self.denoise not in DENOISERS:
+            raise ValueError(f"robust_top denoise must be one of {DENOISERS}, got {self.denoise!r}")
+        if self.denoise != "none" and self.n_bottom_layers != 0:
+            raise ValueError(f"robust_top denoise={self.denoise!r} projects embedding-layer outputs: it needs k = 0")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"robust_top warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
         return self
 
     @classmethod
-    def for_run(cls, options: dict, privacy: PrivacyConfig, n_bottom_layers: int) -> "RobustTopConfig":
+    def for_run(cls, options: dict, privacy: PrivacyConfig, n_bottom_layers: int,
+                denoise: str = "none") -> "RobustTopConfig":
         """The adaptation a run asks for: its training ``options`` (a RunConfig's ``robust_top`` dict), at the run's
-        own mechanism (CTI and label DP do not change the noise a top is adapted to) and split."""
+        own mechanism (CTI and label DP do not change the noise a top is adapted to), split and vendor denoising."""
         if not isinstance(options, dict):
             raise ValueError(f"robust_top must be a mapping of options, got {options!r}")
-        unknown = set(options) - {f for f in cls.__dataclass_fields__ if f not in {"privacy", "n_bottom_layers"}}
+        unknown = set(options) - {f for f in cls.__dataclass_fields__ if f not in {"privacy", "n_bottom_layers",
+                                                                                  "denoise"}}
         if unknown:
             raise ValueError(f"unknown robust_top options {sorted(unknown)}")
         noise = PrivacyConfig(mechanism=privacy.mechanism, eta=privacy.eta, sigma=privacy.sigma, scale=privacy.scale)
-        return cls(privacy=noise, n_bottom_layers=n_bottom_layers, **options).validate()
+        return cls(privacy=noise, n_bottom_layers=n_bottom_layers, denoise=denoise, **options).validate()
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def key(self, base_model: str | None) -> str:
-        return hashlib.sha256(json.dumps({"config": self.to_dict(), "base": base_model}, sort_keys=True)
+        config = self.to_dict()
+        if config["denoise"] == "none":  # added later; folders adapted before keep their key
+            del config["denoise"]
+        return hashlib.sha256(json.dumps({"config": config, "base": base_model}, sort_keys=True)
                               .encode()).hexdigest()[:16]
 
 
@@ -108,9 +124,12 @@ def public_sentences(config: RobustTopConfig) -> tuple[list[str], list[str]]:
     return train, heldout
 
 
-def _representation_error(blocks, mechanism, batch, generator) -> torch.Tensor:
-    """Mean over real tokens of ‖blocks(bottom(x) + n) − clean target‖² / d (``batch`` carries the target)."""
+def _representation_error(blocks, mechanism, batch, generator, projection=None) -> torch.Tensor:
+    """Mean over real tokens of ‖blocks(bottom(x) + n) − clean target‖² / d (``batch`` carries the target);
+    ``projection`` is the vendor's denoiser applied to the received vectors first."""
     hidden = mechanism(batch["clean_bottom"], batch["attention_mask"], generator=generator)
+    if projection is not None:
+        hidden = projection(hidden, batch["attention_mask"])
     out = blocks.encode(hidden, batch["attention_mask"])
     mask = batch["attention_mask"].bool()
     return ((out - batch["target"]) ** 2)[mask].mean()
@@ -134,11 +153,11 @@ def _encode(tokenizer, texts, config, teacher) -> dict:
             "target": teacher.top.encode(clean, enc["attention_mask"])}
 
 
-def _heldout_error(blocks, mechanism, batches, seed) -> float:
+def _heldout_error(blocks, mechanism, batches, seed, projection=None) -> float:
     """Held-out representation error relative to the clean targets' power (0 = exact, 1 = no better than zeros)."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        error = sum(_representation_error(blocks, mechanism, b, generator) for b in batches)
+        error = sum(_representation_error(blocks, mechanism, b, generator, projection) for b in batches)
         power = sum((b["target"] ** 2)[b["attention_mask"].bool()].mean() for b in batches)
     return float(error / power)
 
@@ -173,10 +192,16 @@ def distill_robust_top(config: RobustTopConfig, out_dir: str | Path, *, model: s
     for p in trainable:
         p.requires_grad_(True)
     mechanism = config.privacy.build_mechanism()
+    projection = None
+    if config.denoise != "none":
+        from splitpriv.roles.denoise import TokenProjection
+
+        projection = TokenProjection(student.bottom, tokenizer, method=config.denoise,
+                                     declared_noise=mechanism.to_config())
 
     train_texts, heldout_texts = public_sentences(config)
     heldout = [_encode(tokenizer, heldout_texts[i:i + 64], config, teacher) for i in range(0, len(heldout_texts), 64)]
-    error_before = _heldout_error(student.top, mechanism, heldout, config.seed + 1)
+    error_before = _heldout_error(student.top, mechanism, heldout, config.seed + 1, projection)
 
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.0)
     schedule = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * config.steps), config.steps)
@@ -188,7 +213,7 @@ def distill_robust_top(config: RobustTopConfig, out_dir: str | Path, *, model: s
 
     bar = tqdm(range(config.steps), desc=f"robust top ({config.privacy.mechanism})", disable=not progress)
     for _ in bar:
-        loss = _representation_error(student.top, mechanism, next(batches), noise_rng)
+        loss = _representation_error(student.top, mechanism, next(batches), noise_rng, projection)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -196,7 +221,7 @@ def distill_robust_top(config: RobustTopConfig, out_dir: str | Path, *, model: s
         schedule.step()
         losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
-    error_after = _heldout_error(student.top, mechanism, heldout, config.seed + 1)
+    error_after = _heldout_error(student.top, mechanism, heldout, config.seed + 1, projection)
 
     after = student.bottom.state_dict()
     if any(not torch.equal(bottom_before[k], after[k]) for k in bottom_before):
