@@ -225,6 +225,10 @@ def test_bad_privacy_and_train_config():
         TrainConfig(bottom="trained").validate(PrivacyConfig(mechanism="dchi", eta=5.0, noise="once"))
     with pytest.raises(ValueError, match="unknown mechanism"):
         PrivacyConfig(mechanism="rot13").validate()
+    from splitpriv.run import RunConfig
+
+    with pytest.raises(ValueError, match="--denoise map .* needs a --mechanism"):
+        RunConfig(denoise="map").validate()
 
 
 def test_cli_train_writes_metrics_and_a_loadable_peft_adapter(tmp_path, minilm, data_dir):

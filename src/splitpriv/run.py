@@ -58,6 +58,8 @@ class RunConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.centralized and self.vendor_url:
             raise ValueError("--centralized trains locally without a vendor; drop --vendor")
+        if self.denoise == "map" and self.privacy.mechanism == "none":
+            raise ValueError("--denoise map projects under the customer's declared noise: it needs a --mechanism")
         if not self.centralized:
             self.session_config(num_labels=2, n_train=self.train.batch_size)  # the session's own checks
         if self.robust_top is not None:
@@ -223,7 +225,8 @@ def run(config: RunConfig, out_dir: str | Path | None = None, *, progress: bool 
         "git_commit": git_commit(),
     }
     if config.baseline and not config.centralized:
-        base = train_centralized(replace(config, centralized=True, robust_top=None), train, evaluation, progress=progress)
+        reference = replace(config, centralized=True, robust_top=None)
+        base = train_centralized(reference, train, evaluation, progress=progress)
         metrics["baseline_accuracy"] = base["accuracy"]
         metrics["baseline_macro_f1"] = base["macro_f1"]
         metrics["baseline_samples_per_s"] = base["train_samples_per_s"]
