@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from splitpriv.experiments.grid import load_experiment, run_config, run_experiment
-from splitpriv.experiments.report import aggregate, frontier_point, load_records, write_report
+from splitpriv.experiments.report import aggregate, frontier_point, load_records, pareto_front, write_report
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "experiments" / "configs").glob("*.json"))
 
@@ -70,3 +70,11 @@ def test_tiny_grid_end_to_end_resumes_and_reports(tmp_path, data_dir):
     assert (tmp_path / "results" / "figures" / "frontier.png").stat().st_size > 1000
     rows = aggregate(load_records(tmp_path / "results" / "runs"))["tiny"]
     assert frontier_point(rows) is not None
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    nan = float("nan")
+    points = {"a": (0.00, 0.001), "b": (0.05, 0.15), "c": (0.06, 0.10), "d": (0.13, 0.49), "e": (0.31, 0.82),
+              "f": (0.30, 0.49), "g": (0.10, nan)}
+    rows = [{"name": n, "accuracy_loss": loss, "empirical_privacy": priv} for n, (loss, priv) in points.items()]
+    assert [r["name"] for r in pareto_front(rows)] == ["a", "b", "d", "e"]
