@@ -89,9 +89,19 @@ def test_cli_writes_a_servable_folder_and_names_bad_input(tmp_path, data_dir):
     bad = runner.invoke(app, ["robust-top", "--out", str(tmp_path / "m"), "--eta", "10", "-k", "6"])
     assert bad.exit_code == 2 and "nothing to adapt" in bad.output
 
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine")
+    bad = runner.invoke(app, ["robust-top", "--out", str(keep), "--eta", "10", "--steps", "1"])
+    assert bad.exit_code == 2 and "refusing to overwrite" in bad.output
+    assert (keep / "notes.txt").read_text() == "mine"
+
     out = tmp_path / "m"
     ok = runner.invoke(app, ["robust-top", "--out", str(out), "--eta", "10", "--steps", "2", "--batch-size", "8",
                              "--max-length", "16", "--no-progress"])
     assert ok.exit_code == 0, ok.output
     assert "held-out representation error" in ok.output and adaptation_of(out)["config"]["steps"] == 2
     Vendor(str(out))  # the service loads it like any model folder
+    again = runner.invoke(app, ["robust-top", "--out", str(out), "--eta", "10", "--steps", "1", "--batch-size", "8",
+                                "--max-length", "16", "--no-progress"])
+    assert again.exit_code == 0 and adaptation_of(out)["config"]["steps"] == 1  # an adapted folder is replaced

@@ -204,10 +204,10 @@ class _Setting:
         return self._obs
 
     def knowledge(self) -> AttackerKnowledge:
-        from splitpriv.data import load_public_text
+        from splitpriv.data import public_corpus
 
         if self._knowledge is None:
-            public = [s for sp in self.o["public_splits"] for s in load_public_text("wikitext2", sp)]
+            public = public_corpus(tuple(self.o["public_splits"]))
             self._knowledge = AttackerKnowledge(
                 bottom=self.bottom, tokenizer=self.tok, mechanism=self.mech, public_texts=public,
                 cti_multiplier=float(self.p["cti_multiplier"]) if self.cti is not None else None,

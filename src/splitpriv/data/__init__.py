@@ -7,7 +7,7 @@ with :func:`load_file`; public auxiliary text for attacks with :func:`load_publi
 
 from splitpriv.data.core import DatasetNotFoundError, TextDataset
 from splitpriv.data.files import load_file
-from splitpriv.data.loaders import available_datasets, data_dir, load_dataset, load_public_text
+from splitpriv.data.loaders import available_datasets, data_dir, load_dataset, load_public_text, public_corpus
 
 __all__ = [
     "DatasetNotFoundError",
@@ -17,4 +17,5 @@ __all__ = [
     "load_dataset",
     "load_file",
     "load_public_text",
+    "public_corpus",
 ]

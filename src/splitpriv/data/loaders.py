@@ -258,3 +258,12 @@ def load_public_text(
             raise _hub_error("wikitext2", str(e), source == "auto", "wikitext2") from None
     sentences = wikitext_sentences(lines, min_words=min_words)
     return [sentences[i] for i in sample_indices(len(sentences), limit, seed)]
+
+
+PUBLIC_SPLITS = ("valid", "test")
+
+
+def public_corpus(splits: tuple[str, ...] = PUBLIC_SPLITS) -> list[str]:
+    """The vendor's public text: every clean WikiText-2 sentence of ``splits`` (the attacks' auxiliary data, the
+    MAP prior of vendor-side denoising, the noise-adapted top's training text)."""
+    return [s for split in splits for s in load_public_text("wikitext2", split)]

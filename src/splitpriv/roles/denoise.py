@@ -34,12 +34,12 @@ class TokenProjection:
         if method == "nn":
             self.attack = NearestNeighbour().fit(AttackerKnowledge(bottom, tokenizer, Identity()))
         elif method == "map":
-            from splitpriv.data import load_public_text
+            from splitpriv.data import public_corpus
 
             if not declared_noise:
                 raise ValueError("MAP projection needs the customer's declared mechanism")
-            public = [s for split in ("valid", "test") for s in load_public_text("wikitext2", split)]
-            knowledge = AttackerKnowledge(bottom, tokenizer, build_mechanism(declared_noise), public_texts=public)
+            knowledge = AttackerKnowledge(bottom, tokenizer, build_mechanism(declared_noise),
+                                          public_texts=public_corpus())
             self.attack = MAPInversion().fit(knowledge)
         else:
             raise ValueError(f"unknown projection {method!r}: choose 'nn' or 'map'")

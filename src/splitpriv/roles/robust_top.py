@@ -40,7 +40,6 @@ import torch
 from splitpriv.config import PrivacyConfig
 
 META_FILE = "robust_top.json"
-PUBLIC_SPLITS = ("valid", "test")
 
 
 @dataclass(frozen=True)
@@ -114,9 +113,9 @@ def public_sentences(config: RobustTopConfig) -> tuple[list[str], list[str]]:
     """(training, held-out) public sentences: WikiText-2 valid + test, shuffled under ``seed``."""
     import random
 
-    from splitpriv.data import load_public_text
+    from splitpriv.data import public_corpus
 
-    sentences = [s for split in PUBLIC_SPLITS for s in load_public_text("wikitext2", split)]
+    sentences = public_corpus()
     random.Random(config.seed).shuffle(sentences)
     heldout, train = sentences[: config.n_heldout], sentences[config.n_heldout:]
     if config.n_public is not None:
@@ -166,6 +165,13 @@ def _bottom_state(split) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in split.bottom.state_dict().items()}
 
 
+def _check_writable(out_dir: Path) -> None:
+    """An existing ``out_dir`` is replaced only when it is an adapted model folder itself: never anything else."""
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / META_FILE).is_file())):
+        raise ValueError(f"{out_dir} exists and is not an adapted model folder: refusing to overwrite it "
+                         "(choose a new --out)")
+
+
 def distill_robust_top(config: RobustTopConfig, out_dir: str | Path, *, model: str | None = None,
                        progress: bool = True) -> dict:
     """Adapt the top's blocks of ``model`` to ``config``'s noise on public text; write the model folder to
@@ -178,6 +184,7 @@ def distill_robust_top(config: RobustTopConfig, out_dir: str | Path, *, model: s
     from splitpriv.split import split_model
 
     config = config.validate()
+    _check_writable(Path(out_dir))  # before the minutes of training, and again before replacing
     started = time.perf_counter()
     teacher_model, tokenizer = load_model(model, num_labels=2, seed=config.seed)
     teacher = split_model(teacher_model, config.n_bottom_layers)
@@ -234,6 +241,7 @@ def distill_robust_top(config: RobustTopConfig, out_dir: str | Path, *, model: s
         "versions": versions(),
     }
     out_dir = Path(out_dir)
+    _check_writable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
