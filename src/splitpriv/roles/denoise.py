@@ -8,10 +8,11 @@ under the customer's declared mechanism (d_chi: ``−η‖z − e‖``) and a un
 
 Threat model: the projection is exactly the nearest-neighbour or MAP inversion attack
 (:mod:`splitpriv.attacks.nearest`) used as pre-processing, computed only from the vendor's own weights, public text,
-the mechanism (which every attack is assumed to know) and what it receives. It gives the vendor nothing an attacker does not already have, so it costs no
-privacy (the d_chi guarantee is a property of what the customer sends, not of what the vendor does with it, and
-empirical privacy is measured against that same attack and stronger ones); it can only change utility.
-It is not differentiable, so it needs a frozen bottom (the customer gets no gradient to train it with).
+the mechanism (which every attack is assumed to know) and what it receives. It gives the vendor nothing an attacker
+does not already have, so it costs no privacy (the d_chi guarantee is a property of what the customer sends, not of
+what the vendor does with it, and empirical privacy is measured against that same attack and stronger ones); it can
+only change utility. It is not differentiable, so it needs a frozen bottom (the customer gets no gradient to train
+it with).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 
 
 class TokenProjection:
-    """``hidden`` [B, T, d] ↦ the embedding-layer output of each real position's nearest candidate token (the
+    """``hidden`` [B, T, d] ↦ the embedding-layer output of each real position's nearest (or MAP) candidate token (the
     template's special tokens at their fixed positions); padding positions are left as they are."""
 
     def __init__(self, bottom, tokenizer, *, method: str = "nn", declared_noise: dict | None = None):
