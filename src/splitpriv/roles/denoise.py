@@ -21,8 +21,8 @@ import torch
 
 
 class TokenProjection:
-    """``hidden`` [B, T, d] ↦ the embedding-layer output of each real position's nearest (or MAP) candidate token (the
-    template's special tokens at their fixed positions); padding positions are left as they are."""
+    """``hidden`` [B, T, d] ↦ the embedding-layer output of each real position's nearest (or MAP) candidate token
+    (the template's special tokens at their fixed positions); padding positions are left as they are."""
 
     def __init__(self, bottom, tokenizer, *, method: str = "nn", declared_noise: dict | None = None):
         from splitpriv.attacks.base import AttackerKnowledge
