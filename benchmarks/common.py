@@ -44,7 +44,7 @@ def machine() -> dict:
     import torch
 
     import splitpriv
-    from splitpriv.run import git_commit
+    from splitpriv.provenance import git_commit
 
     cpu = None
     try:

@@ -59,7 +59,7 @@ def test_adapted_model_keeps_the_bottom_and_trains_on_it(tmp_path, monkeypatch, 
     folder = config.vendor_model(progress=False)
     meta = adaptation_of(folder)
     assert meta == json.loads((tmp_path / "robust_top" / folder.split("/")[-1] / META_FILE).read_text())
-    assert meta["config"]["privacy"]["eta"] == 5.0 and meta["config"]["n_bottom_layers"] == 0
+    assert meta["config"]["privacy"]["mechanism"] == {"name": "dchi", "eta": 5.0} and meta["config"]["n_bottom_layers"] == 0
     assert meta["heldout_error_after"] < meta["heldout_error_before"]
 
     original = split_model(minilm[0], 0)

@@ -219,7 +219,7 @@ def test_bad_session_config(vendor, kwargs, message):
 def test_bad_privacy_and_train_config():
     with pytest.raises(ValueError, match="needs --eta"):
         PrivacyConfig(mechanism="dchi").validate()
-    with pytest.raises(ValueError, match="finite number > 0"):
+    with pytest.raises(ValueError, match="eta must be finite"):
         PrivacyConfig(mechanism="dchi", eta=float("nan")).validate()
     with pytest.raises(ValueError, match="noise 'once' needs a frozen bottom"):
         TrainConfig(bottom="trained").validate(PrivacyConfig(mechanism="dchi", eta=5.0, noise="once"))
@@ -246,7 +246,7 @@ def test_cli_train_writes_metrics_and_a_loadable_peft_adapter(tmp_path, minilm, 
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("accuracy", "macro_f1", "config", "seed", "versions", "wall_time_s", "train_samples_per_s"):
         assert key in metrics
-    assert metrics["config"]["privacy"]["eta"] == 20
+    assert metrics["config"]["privacy"]["mechanism"] == {"name": "dchi", "eta": 20.0}
     assert (out / "customer" / "bottom.safetensors").is_file() and (out / "customer" / "tokenizer.json").is_file()
     adapter = out / "vendor"
     assert (adapter / "adapter_config.json").is_file()

@@ -12,22 +12,17 @@ from typing import Optional
 
 import typer
 
+from splitpriv.options import choices, with_mechanism_parameters
+from splitpriv.privacy import MECHANISMS
+from splitpriv.protocol import DENOISERS
+from splitpriv.tuning import TUNING_METHODS
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Split-and-Privatize fine-tuning of language models as a service.")
 
 
-class Mechanism(str, Enum):
-    none = "none"
-    dchi = "dchi"
-    gaussian = "gaussian"
-    laplace = "laplace"
-
-
-class Method(str, Enum):
-    lora = "lora"
-    bitfit = "bitfit"
-    adapter = "adapter"
-    full = "full"
+Mechanism = choices("Mechanism", MECHANISMS.names())
+Method = choices("Method", TUNING_METHODS.names())
 
 
 class BottomMode(str, Enum):
@@ -51,10 +46,7 @@ class Head(str, Enum):
     customer = "customer"
 
 
-class Denoise(str, Enum):
-    none = "none"
-    nn = "nn"
-    map = "map"
+Denoise = choices("Denoise", DENOISERS)
 
 
 def _fail(message: str) -> None:
@@ -89,14 +81,14 @@ def _quiet_libraries() -> None:
 
 @app.command()
 @clean_errors
+@with_mechanism_parameters
 def train(
     dataset: str = typer.Option("sst2-sample", help="sst2, sst2-sample (embedded), financial_phrasebank, blog_authorship"),
-    method: Method = typer.Option(Method.lora, help="tuning method on the vendor's top"),
+    method: Method = typer.Option("lora", help="tuning method on the vendor's top"),
     bottom_layers: int = typer.Option(0, "--bottom-layers", "-k", help="blocks in the customer's bottom"),
-    mechanism: Mechanism = typer.Option(Mechanism.none, help="privacy mechanism on token representations"),
-    eta: Optional[float] = typer.Option(None, help="d_chi privacy parameter (noise density ∝ exp(-eta·|n|))"),
-    sigma: Optional[float] = typer.Option(None, help="Gaussian noise standard deviation"),
-    scale: Optional[float] = typer.Option(None, help="Laplace noise scale"),
+    mechanism: Mechanism = typer.Option("none", help="privacy mechanism on token representations "
+                                        "(its parameters: the options named after them below)"),
+    mechanism_params: dict = None,
     cti: bool = typer.Option(False, "--cti", help="Contributing Token Identification: less noise on task tokens"),
     cti_fraction: float = typer.Option(0.005, help="share of seen token ids selected by CTI"),
     cti_multiplier: float = typer.Option(2.0, help="eta multiplier for contributing tokens"),
@@ -104,7 +96,7 @@ def train(
     noise: NoiseMode = typer.Option(NoiseMode.per_step, help="fresh noise every step, or once per sample"),
     head: Head = typer.Option(Head.vendor, help="who holds pooler + classifier (customer keeps labels' gradients home)"),
     label_dp_epsilon: Optional[float] = typer.Option(None, help="label DP by randomized response"),
-    denoise: Denoise = typer.Option(Denoise.none, help="nn / map: the vendor maps each received vector to its nearest "
+    denoise: Denoise = typer.Option("none", help="nn / map: the vendor maps each received vector to its nearest "
                                     "(map: most probable, given the declared noise) token embedding before its top "
                                     "(k = 0, frozen bottom; costs no privacy)"),
     train_limit: Optional[int] = typer.Option(None, help="train on a seeded random subset of this size"),
@@ -132,13 +124,13 @@ def train(
     from splitpriv.run import RunConfig, run
 
     _quiet_libraries()
-    method_params = {"r": lora_r} if method == Method.lora else {}
+    method_params = {"r": lora_r} if method.value == "lora" else {}
     config = RunConfig(
         dataset=dataset, train_limit=train_limit, eval_limit=eval_limit, model=model, method=method.value,
         method_params=method_params, bottom_layers=bottom_layers, head=head.value, denoise=denoise.value, lr=lr,
         centralized=centralized,
         baseline=baseline, vendor_url=vendor,
-        privacy=PrivacyConfig(mechanism=mechanism.value, eta=eta, sigma=sigma, scale=scale, cti=cti,
+        privacy=PrivacyConfig(mechanism=mechanism.value, **mechanism_params, cti=cti,
                               cti_fraction=cti_fraction, cti_multiplier=cti_multiplier, noise=noise.value,
                               label_dp_epsilon=label_dp_epsilon),
         train=TrainConfig(epochs=epochs, batch_size=batch_size, max_length=max_length, bottom=bottom.value,
@@ -159,7 +151,9 @@ def _print_summary(metrics: dict, out: Path | None) -> None:
     priv = cfg["privacy"]
     setting = f"{metrics['mode']}, k={cfg['bottom_layers']}, {cfg['method']}, bottom {cfg['train']['bottom']}"
     if metrics["mode"] == "split":
-        noise = priv["mechanism"] + (f" eta={priv['eta']}" if priv["eta"] else "") + (" +CTI" if priv["cti"] else "")
+        mech = priv["mechanism"]
+        noise = mech["name"] + "".join(f" {k}={v}" for k, v in mech.items() if k != "name") + (
+            " +CTI" if priv["cti"] else "")
         setting += f", {noise}, noise {priv['noise']}, head {cfg['head']}"
         if cfg.get("denoise", "none") != "none":
             setting += f", vendor denoise {cfg['denoise']}"
@@ -233,14 +227,14 @@ def serve(
 
 @app.command("robust-top")
 @clean_errors
+@with_mechanism_parameters
 def robust_top(
     out: Path = typer.Option(..., help="folder for the adapted model (serve it with `splitpriv serve --model OUT`)"),
-    mechanism: Mechanism = typer.Option(Mechanism.dchi, help="the noise customers will add"),
-    eta: Optional[float] = typer.Option(None, help="d_chi parameter customers will use"),
-    sigma: Optional[float] = typer.Option(None, help="Gaussian standard deviation customers will use"),
-    scale: Optional[float] = typer.Option(None, help="Laplace scale customers will use"),
+    mechanism: Mechanism = typer.Option("dchi", help="the noise customers will add (its parameters: the options "
+                                        "named after them below)"),
+    mechanism_params: dict = None,
     bottom_layers: int = typer.Option(0, "--bottom-layers", "-k", help="blocks in the customers' bottom"),
-    denoise: Denoise = typer.Option(Denoise.none, help="adapt to inputs the vendor projects first (serve sessions "
+    denoise: Denoise = typer.Option("none", help="adapt to inputs the vendor projects first (serve sessions "
                                     "with the same --denoise)"),
     steps: int = typer.Option(600, help="AdamW steps on public text (WikiText-2)"),
     batch_size: int = typer.Option(32),
@@ -256,7 +250,7 @@ def robust_top(
     from splitpriv.roles.robust_top import RobustTopConfig, distill_robust_top
 
     _quiet_libraries()
-    config = RobustTopConfig(privacy=PrivacyConfig(mechanism=mechanism.value, eta=eta, sigma=sigma, scale=scale),
+    config = RobustTopConfig(privacy=PrivacyConfig(mechanism=mechanism.value, **mechanism_params),
                              n_bottom_layers=bottom_layers, steps=steps, batch_size=batch_size,
                              max_length=max_length, lr=lr, seed=seed, denoise=denoise.value)
     meta = distill_robust_top(config, out, model=model, progress=progress)

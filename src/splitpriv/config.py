@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
-MECHANISMS = ("none", "dchi", "gaussian", "laplace")
 NOISE_MODES = ("per-step", "once")
 BOTTOM_MODES = ("frozen", "trained")
+# Parameters of the mechanisms whose records predate the registry: their keys hash the flat layout (see legacy_layout).
+LEGACY_PARAMETERS = ("eta", "sigma", "scale")
 
 
 def _positive(name: str, value) -> None:
@@ -16,37 +17,71 @@ def _positive(name: str, value) -> None:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
 
-@dataclass(frozen=True)
-class PrivacyConfig:
-    """How the customer privatizes what it sends: the mechanism and its parameter, CTI, and when noise is drawn.
+def _mechanism_config(mechanism, params: dict) -> dict:
+    """``{"name": ..., **parameters}`` from a name, a config dict or a built mechanism, plus keyword ``params``
+    (``None`` values dropped). Unvalidated: :meth:`PrivacyConfig.validate` builds it."""
+    from splitpriv.privacy import Mechanism
 
-    ``label_dp_epsilon`` randomizes the training labels once (RR_ε, :mod:`splitpriv.privacy.label_dp`) before
-    any loss is computed. ``noise="once"`` privatizes each training sample a single time and re-sends the same representation every
-    epoch (the SAP one-time upload): the vendor never gets two independent noisy looks at one sentence.
+    if isinstance(mechanism, Mechanism):
+        mechanism = mechanism.to_config()
+    if mechanism is None:
+        mechanism = "none"
+    if isinstance(mechanism, str):
+        mechanism = {"name": mechanism}
+    if not isinstance(mechanism, dict):
+        raise ValueError(f"mechanism must be a name or a config dict like {{'name': 'dchi', 'eta': 10}}, "
+                         f"got {mechanism!r}")
+    return {**mechanism, **{k: v for k, v in params.items() if v is not None}}
+
+
+@dataclass(frozen=True, init=False)
+class PrivacyConfig:
+    """How the customer privatizes what it sends: the mechanism and its parameters, CTI, and when noise is drawn.
+
+    ``mechanism`` is a registered mechanism's name and ``mechanism_params`` its parameters; the constructor also
+    takes the mechanism as a config dict (``{"name": "dchi", "eta": 10}``, the shape of
+    :meth:`Mechanism.to_config`, used everywhere: session, run config, grid, attacks) and the parameters as keywords
+    (``PrivacyConfig(mechanism="dchi", eta=10)``). ``label_dp_epsilon`` randomizes the training labels once (RR_ε,
+    :mod:`splitpriv.privacy.label_dp`) before any loss is computed. ``noise="once"`` privatizes each training sample
+    a single time and re-sends the same representation every epoch (the SAP one-time upload): the vendor never gets
+    two independent noisy looks at one sentence.
     """
 
     mechanism: str = "none"
-    eta: float | None = None
-    sigma: float | None = None
-    scale: float | None = None
+    mechanism_params: dict = field(default_factory=dict)
     cti: bool = False
     cti_fraction: float = 0.005
     cti_multiplier: float = 2.0
     noise: str = "per-step"
     label_dp_epsilon: float | None = None
 
+    def __init__(self, mechanism="none", *, mechanism_params: dict | None = None, cti: bool = False,
+                 cti_fraction: float = 0.005, cti_multiplier: float = 2.0, noise: str = "per-step",
+                 label_dp_epsilon: float | None = None, **params):
+        config = _mechanism_config(mechanism, {**(mechanism_params or {}), **params})
+        name = config.pop("name", None)
+        if not isinstance(name, str):
+            raise ValueError(f"mechanism config needs a 'name', got {mechanism!r}")
+        for key, value in dict(name=name, params=config, cti=cti, cti_fraction=cti_fraction,
+                               cti_multiplier=cti_multiplier, noise=noise, label_dp_epsilon=label_dp_epsilon).items():
+            object.__setattr__(self, "mechanism" if key == "name" else "mechanism_params" if key == "params" else key,
+                               value)
+
+    @property
+    def mechanism_config(self) -> dict:
+        """The mechanism as ``{"name": ..., **parameters}``."""
+        return {"name": self.mechanism, **self.mechanism_params}
+
     def validate(self) -> "PrivacyConfig":
+        from splitpriv.privacy import MECHANISMS
+
         if self.mechanism not in MECHANISMS:
-            raise ValueError(f"unknown mechanism {self.mechanism!r}: choose one of {MECHANISMS}")
-        param = {"dchi": "eta", "gaussian": "sigma", "laplace": "scale"}.get(self.mechanism)
-        if param:
-            if getattr(self, param) is None:
-                raise ValueError(f"mechanism {self.mechanism!r} needs --{param}")
-            _positive(param, getattr(self, param))
+            raise ValueError(f"unknown mechanism {self.mechanism!r}: choose one of {MECHANISMS.names()}")
+        mech = self.build_mechanism(validate=False)
         if self.noise not in NOISE_MODES:
             raise ValueError(f"noise must be one of {NOISE_MODES}, got {self.noise!r}")
         if self.cti:
-            if self.mechanism == "none":
+            if mech.is_noiseless:
                 raise ValueError("CTI reallocates noise, so it needs a mechanism other than 'none'")
             if not 0 < self.cti_fraction < 1:
                 raise ValueError(f"cti_fraction must be in (0, 1), got {self.cti_fraction!r}")
@@ -57,15 +92,53 @@ class PrivacyConfig:
             raise ValueError(f"label_dp_epsilon must be > 0 (or inf for none), got {self.label_dp_epsilon!r}")
         return self
 
-    def build_mechanism(self):
+    def build_mechanism(self, *, validate: bool = True):
+        """The :class:`~splitpriv.privacy.Mechanism`; a missing or bad parameter is one error naming it."""
         from splitpriv.privacy import build_mechanism
 
-        self.validate()
-        params = {"dchi": {"eta": self.eta}, "gaussian": {"sigma": self.sigma}, "laplace": {"scale": self.scale}}
-        return build_mechanism(self.mechanism, **params.get(self.mechanism, {}))
+        if validate:
+            return self.validate().build_mechanism(validate=False)
+        try:
+            return build_mechanism(self.mechanism_config)
+        except ValueError as exc:
+            if "missing option(s)" in str(exc):
+                needed = ", ".join(f"--{p}" for p in _required(self.mechanism) if p not in self.mechanism_params)
+                raise ValueError(f"mechanism {self.mechanism!r} needs {needed}") from None
+            raise ValueError(f"mechanism {self.mechanism!r}: {exc}") from None
+
+    @property
+    def is_noiseless(self) -> bool:
+        return self.build_mechanism().is_noiseless
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"mechanism": self.mechanism_config, "cti": self.cti, "cti_fraction": self.cti_fraction,
+                "cti_multiplier": self.cti_multiplier, "noise": self.noise, "label_dp_epsilon": self.label_dp_epsilon}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PrivacyConfig":
+        """From :meth:`to_dict`'s shape, or the flat one of older records (``"mechanism": "dchi", "eta": 10``):
+        any key that is not a field is a parameter of the mechanism."""
+        if not isinstance(data, dict):
+            raise ValueError(f"privacy must be a mapping, got {data!r}")
+        return cls(**data)
+
+    def legacy_layout(self) -> dict:
+        """The flat dict that records written before mechanisms carried their own config were keyed by, for the
+        mechanisms of that time; hashing it keeps those records (hours of compute) valid. Other mechanisms:
+        :meth:`to_dict`."""
+        if not set(self.mechanism_params) <= set(LEGACY_PARAMETERS):
+            return self.to_dict()
+        flat = {"mechanism": self.mechanism, **{p: self.mechanism_params.get(p) for p in LEGACY_PARAMETERS}}
+        return {**flat, **{k: v for k, v in self.to_dict().items() if k != "mechanism"}}
+
+
+def _required(name: str) -> list[str]:
+    from dataclasses import MISSING, fields
+
+    from splitpriv.privacy import MECHANISMS
+
+    return [f.name for f in fields(MECHANISMS.get(name).Config) if f.default is MISSING
+            and f.default_factory is MISSING]
 
 
 @dataclass(frozen=True)

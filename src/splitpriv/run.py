@@ -7,8 +7,6 @@ real deployment uses.
 from __future__ import annotations
 
 import json
-import platform
-import subprocess
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -16,6 +14,7 @@ from pathlib import Path
 from splitpriv.batching import num_steps
 from splitpriv.config import PrivacyConfig, TrainConfig
 from splitpriv.protocol import SessionConfig
+from splitpriv.provenance import git_commit, versions
 
 RUN_FILE = "run.json"
 SESSION_FILE = "session.json"
@@ -58,7 +57,7 @@ class RunConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.centralized and self.vendor_url:
             raise ValueError("--centralized trains locally without a vendor; drop --vendor")
-        if self.denoise == "map" and self.privacy.mechanism == "none":
+        if self.denoise == "map" and self.privacy.is_noiseless:
             raise ValueError("--denoise map projects under the customer's declared noise: it needs a --mechanism")
         if not self.centralized:
             self.session_config(num_labels=2, n_train=self.train.batch_size)  # the session's own checks
@@ -101,34 +100,14 @@ class RunConfig:
         ).validate()
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "privacy": self.privacy.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":
         data = dict(data)
-        privacy = PrivacyConfig(**data.pop("privacy", {}))
+        privacy = PrivacyConfig.from_dict(data.pop("privacy", {}))
         train = TrainConfig(**data.pop("train", {}))
         return cls(privacy=privacy, train=train, **data)
-
-
-def versions() -> dict:
-    import peft
-    import torch
-    import transformers
-
-    import splitpriv
-
-    return {"splitpriv": splitpriv.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "python": platform.python_version()}
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def load_data(config: RunConfig):
@@ -145,17 +124,17 @@ VENDOR_STATE = "vendor-state"
 
 
 def make_transport(config: RunConfig, *, out_dir=None, tap=None, progress: bool = False):
-    """HTTP to ``vendor_url``, or a vendor in this process (persisting its sessions under the run folder)."""
-    if config.vendor_url:
-        from splitpriv.transport.http_client import HttpTransport
+    """The registered transport to ``vendor_url``, or to a vendor in this process (persisting its sessions under the
+    run folder)."""
+    from splitpriv.transport import make_transport as transport_for
 
-        return HttpTransport(config.vendor_url)
+    if config.vendor_url:
+        return transport_for(config.vendor_url, tap=tap)
     from splitpriv.roles.vendor import Vendor
-    from splitpriv.transport import InProcessTransport
 
     state_dir = Path(out_dir) / VENDOR_STATE if out_dir is not None else None
     vendor = Vendor(config.vendor_model(progress=progress), state_dir=state_dir, checkpoint_every=None)
-    return InProcessTransport(vendor, tap=tap)
+    return transport_for(vendor, tap=tap)
 
 
 def train_split(config: RunConfig, train, evaluation, *, progress: bool = True, transport=None, out_dir=None) -> dict:
@@ -167,7 +146,7 @@ def train_split(config: RunConfig, train, evaluation, *, progress: bool = True, 
     customer = Customer.open(transport, session, config.privacy, config.train)
     history = customer.fit(train.texts, train.labels, progress=progress)
     # training traffic only: read before private evaluation adds its predict requests
-    bytes_per_step = getattr(transport, "bytes_sent", 0) / max(len(history["losses"]), 1)
+    bytes_per_step = transport.bytes_sent / max(len(history["losses"]), 1)
     result = {**history, **customer.evaluate(evaluation.texts, evaluation.labels, progress=progress)}
     result["bytes_sent_per_step"] = bytes_per_step
     result["disclosure"] = transport.session.disclosure

@@ -24,11 +24,13 @@ import hashlib
 import itertools
 import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from splitpriv.config import PrivacyConfig, TrainConfig
-from splitpriv.run import RunConfig, git_commit, versions
+from splitpriv.config import LEGACY_PARAMETERS, PrivacyConfig, TrainConfig
+from splitpriv.privacy import MECHANISMS
+from splitpriv.provenance import git_commit, versions
+from splitpriv.run import RunConfig
 
 RESULTS_DIR = Path("results")
 
@@ -101,14 +103,26 @@ def load_experiment(path: str | Path, *, quick: bool = False) -> Experiment:
 
 
 def run_config(config: dict) -> RunConfig:
-    """A validated RunConfig from a grid point; a null noise parameter means no mechanism."""
+    """A validated RunConfig from a grid point. The privacy block takes the mechanism as a name with its parameters
+    beside it (``"privacy.eta": 10``) or as a config dict (``"privacy.mechanism": {"name": "dchi", "eta": 10}``); a
+    parameter the mechanism requires set to null means no mechanism (the grid's "no noise" point)."""
     config = copy.deepcopy(config)
     privacy = config.pop("privacy", {})
-    param = {"dchi": "eta", "gaussian": "sigma", "laplace": "scale"}.get(privacy.get("mechanism", "none"))
-    if param and privacy.get(param) is None:
-        privacy = {**privacy, "mechanism": "none", "cti": False}
-    return RunConfig(privacy=PrivacyConfig(**privacy), train=TrainConfig(**config.pop("train", {})), **config).validate()
+    if not isinstance(privacy, dict):
+        raise ValueError(f"privacy must be a mapping, got {privacy!r}")
+    mech = privacy.get("mechanism", "none")
+    name, params = (mech.get("name"), {k: v for k, v in mech.items() if k != "name"}) if isinstance(mech, dict) \
+        else (mech, {})
+    params.update({k: privacy.pop(k) for k in list(privacy) if k not in PRIVACY_FIELDS})
+    if isinstance(name, str) and name in MECHANISMS and any(
+            params.get(f.name, 0) is None for f in fields(MECHANISMS.get(name).Config)):
+        name, params, privacy = "none", {}, {**privacy, "cti": False}
+    privacy["mechanism"] = {"name": name, **{k: v for k, v in params.items() if v is not None}}
+    return RunConfig(privacy=PrivacyConfig.from_dict(privacy), train=TrainConfig(**config.pop("train", {})),
+                     **config).validate()
 
+
+PRIVACY_FIELDS = {f.name for f in fields(PrivacyConfig)}
 
 # RunConfig fields added after records were first written, with their default. At the default they do not change
 # what a run computes, so they are left out of its key: existing records and caches stay valid.
@@ -116,7 +130,8 @@ _NEUTRAL_DEFAULTS = {"denoise": "none", "robust_top": None}
 
 
 def _config_key(config: RunConfig) -> dict:
-    return {k: v for k, v in config.to_dict().items() if not (k in _NEUTRAL_DEFAULTS and v == _NEUTRAL_DEFAULTS[k])}
+    key = {**config.to_dict(), "privacy": config.privacy.legacy_layout()}
+    return {k: v for k, v in key.items() if not (k in _NEUTRAL_DEFAULTS and v == _NEUTRAL_DEFAULTS[k])}
 
 
 def _key(obj) -> str:
@@ -169,9 +184,11 @@ def measure_privacy(config: RunConfig, specs: list[dict], limit: int, *, progres
 
     p = config.privacy
     common = dict(dataset=config.dataset if config.dataset != "sst2-sample" else "sst2",
-                  split=config.eval_split, n_bottom_layers=config.bottom_layers, mechanism=p.mechanism, eta=p.eta,
-                  sigma=p.sigma, scale=p.scale, cti=p.cti, cti_multiplier=p.cti_multiplier, limit=limit,
-                  seed=config.train.seed, model=config.model)
+                  split=config.eval_split, n_bottom_layers=config.bottom_layers, cti=p.cti,
+                  cti_multiplier=p.cti_multiplier, limit=limit, seed=config.train.seed, model=config.model)
+    legacy = p.legacy_layout()
+    mech_key = ({k: legacy[k] for k in ("mechanism", *LEGACY_PARAMETERS)} if isinstance(legacy["mechanism"], str)
+                else {"mechanism": p.mechanism_config})
     results = {}
     for spec in specs:
         kw = {**common, **{k: v for k, v in spec.items() if k != "attack"}}
@@ -182,8 +199,9 @@ def measure_privacy(config: RunConfig, specs: list[dict], limit: int, *, progres
             # the vendor gets one look per epoch; noise drawn fresh each step or once per sample, as in training
             kw.update(epochs=max(config.train.epochs, 2), noise="once" if p.noise == "once" else "fresh")
         name = spec["attack"] + "".join(f"-{v}" for k, v in spec.items() if k != "attack")
-        path = cache_dir / f"{_key({'attack': spec['attack'], **kw})}.json" if cache_dir is not None else None
-        results[name] = _cached(path, lambda: run_attack(spec["attack"], progress=progress, **kw), force)
+        path = cache_dir / f"{_key({'attack': spec['attack'], **kw, **mech_key})}.json" if cache_dir is not None else None
+        results[name] = _cached(path, lambda: run_attack(spec["attack"], progress=progress,
+                                                         mechanism=p.mechanism_config, **kw), force)
     inversion = {k: v for k, v in results.items() if k.split("-")[0] in {"nn", "map", "opt", "learned", "average", "cti"}}
     out = {"attacks": results}
     if inversion:

@@ -1,6 +1,22 @@
-"""Privacy mechanisms applied to token representations, and Contributing Token Identification (CTI)."""
+"""Privacy mechanisms applied to token representations, and Contributing Token Identification (CTI).
+
+A new mechanism is one module in this package that subclasses :class:`Mechanism` and registers itself with
+``@MECHANISMS.register(name)`` (see :mod:`.base`); nothing else needs an edit.
+"""
 
 from splitpriv.privacy.cti import ContributingTokens, CTIConfig
-from splitpriv.privacy.mechanisms import DChi, Gaussian, Identity, Laplace, Mechanism, build_mechanism, privatize
+from splitpriv.privacy.mechanisms import (
+    MECHANISMS,
+    DChi,
+    Gaussian,
+    Identity,
+    Laplace,
+    Mechanism,
+    MechanismCapabilityError,
+    build_mechanism,
+    mechanism_parameters,
+    privatize,
+)
 
-__all__ = ["Mechanism", "DChi", "Gaussian", "Laplace", "Identity", "build_mechanism", "privatize", "ContributingTokens", "CTIConfig"]
+__all__ = ["MECHANISMS", "Mechanism", "MechanismCapabilityError", "DChi", "Gaussian", "Laplace", "Identity",
+           "build_mechanism", "mechanism_parameters", "privatize", "ContributingTokens", "CTIConfig"]

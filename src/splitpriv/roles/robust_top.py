@@ -61,7 +61,7 @@ class RobustTopConfig:
 
     def validate(self) -> "RobustTopConfig":
         self.privacy.validate()
-        if self.privacy.mechanism == "none":
+        if self.privacy.is_noiseless:
             raise ValueError("a robust top adapts to noise: it needs a privacy mechanism other than 'none'")
         for name in ("steps", "batch_size", "max_length", "n_heldout"):
             value = getattr(self, name)
@@ -95,14 +95,14 @@ class RobustTopConfig:
                                                                                   "denoise"}}
         if unknown:
             raise ValueError(f"unknown robust_top options {sorted(unknown)}")
-        noise = PrivacyConfig(mechanism=privacy.mechanism, eta=privacy.eta, sigma=privacy.sigma, scale=privacy.scale)
+        noise = PrivacyConfig(privacy.mechanism_config)
         return cls(privacy=noise, n_bottom_layers=n_bottom_layers, denoise=denoise, **options).validate()
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "privacy": self.privacy.to_dict()}
 
     def key(self, base_model: str | None) -> str:
-        config = self.to_dict()
+        config = {**self.to_dict(), "privacy": self.privacy.legacy_layout()}
         if config["denoise"] == "none":  # added later; folders adapted before keep their key
             del config["denoise"]
         return hashlib.sha256(json.dumps({"config": config, "base": base_model}, sort_keys=True)
@@ -180,7 +180,7 @@ def distill_robust_top(config: RobustTopConfig, out_dir: str | Path, *, model: s
     from transformers import get_linear_schedule_with_warmup
 
     from splitpriv.models import load_model, resolve_model_name
-    from splitpriv.run import versions
+    from splitpriv.provenance import versions
     from splitpriv.split import split_model
 
     config = config.validate()

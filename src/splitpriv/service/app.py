@@ -56,7 +56,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from splitpriv.errors import Forbidden, OutOfOrder, PayloadTooLarge, ProtocolError, UnknownSession
+from splitpriv.errors import ERROR_CLASSES, PayloadTooLarge, ProtocolError, status_of
 from splitpriv.protocol import (
     BackwardRequest,
     ForwardRequest,
@@ -65,7 +65,7 @@ from splitpriv.protocol import (
     SessionConfig,
     decode,
 )
-from splitpriv.roles.vendor import SessionLimit, Vendor
+from splitpriv.roles.vendor import Vendor
 
 log = logging.getLogger("splitpriv.service")
 
@@ -86,17 +86,6 @@ class ServiceError(Exception):
 
 class ErrorBody(BaseModel):
     error: str
-
-
-# splitpriv errors → HTTP status; looked up along the exception's MRO, so subclasses map first.
-STATUS: dict[type[BaseException], int] = {
-    UnknownSession: 404,
-    Forbidden: 403,
-    PayloadTooLarge: 413,
-    OutOfOrder: 409,
-    SessionLimit: 429,
-    ProtocolError: 400,
-}
 
 
 def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -150,8 +139,7 @@ def create_app(vendor: Vendor, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) 
         return _error(exc.status, exc.message, exc.headers)
 
     async def on_splitpriv_error(_request, exc: Exception):
-        status = next(STATUS[c] for c in type(exc).__mro__ if c in STATUS)
-        return _error(status, str(exc) or type(exc).__name__)
+        return _error(status_of(exc), str(exc) or type(exc).__name__)
 
     async def on_http_error(_request, exc: StarletteHTTPException):
         return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
@@ -165,7 +153,7 @@ def create_app(vendor: Vendor, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) 
         return _error(500, f"internal error in the vendor service ({type(exc).__name__}); see the server log")
 
     app.add_exception_handler(ServiceError, on_service_error)
-    for cls in STATUS:
+    for cls in ERROR_CLASSES:
         app.add_exception_handler(cls, on_splitpriv_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)

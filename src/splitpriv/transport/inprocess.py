@@ -1,84 +1,58 @@
-"""Customer and vendor in one process (experiments, tests): every message still goes through its wire encoding,
-so the vendor receives exactly the bytes it would over HTTP, and ``bytes_sent`` / ``bytes_received`` count them."""
+"""Customer and vendor in one process (experiments, tests): calls a :class:`~splitpriv.roles.vendor.Vendor`
+object directly. Every message still goes through its wire encoding (in :class:`TransportBase`), so the vendor
+receives exactly the bytes it would over HTTP. Nothing here fails transiently, so nothing is retried."""
 
 from __future__ import annotations
 
-from typing import Callable
+import os
+from typing import TYPE_CHECKING, Any
 
-from splitpriv.protocol import (
-    BackwardRequest,
-    BackwardResult,
-    ForwardRequest,
-    Message,
-    Outputs,
-    PredictRequest,
-    SessionConfig,
-    SessionInfo,
-    decode,
-)
-from splitpriv.roles.vendor import Vendor
+from splitpriv.protocol import BackwardRequest, ForwardRequest, PredictRequest, SessionConfig, SessionInfo, decode
+from splitpriv.transport.base import Tap, TransportBase
+from splitpriv.transport.registry import TRANSPORTS
+
+if TYPE_CHECKING:
+    from splitpriv.roles.vendor import Vendor
+
+REQUESTS = {"forward": ForwardRequest, "backward": BackwardRequest, "predict": PredictRequest}
 
 
-class InProcessTransport:
-    """Calls a :class:`Vendor` directly. ``tap(direction, message)`` sees every decoded message (``"to_vendor"`` or
-    ``"to_customer"``): what a network observer, or the vendor itself, sees."""
+@TRANSPORTS.register("inprocess", aliases=("in-process", "local"))
+class InProcessTransport(TransportBase):
+    """Calls ``vendor`` (a :class:`Vendor` in this process) directly."""
 
-    def __init__(self, vendor: Vendor, *, tap: Callable[[str, Message], None] | None = None):
+    description = "a Vendor object in this process (experiments, tests)"
+
+    def __init__(self, vendor: "Vendor", *, tap: Tap | None = None, session: SessionInfo | None = None):
+        super().__init__(session=session, tap=tap)
         self.vendor = vendor
-        self.tap = tap
-        self.session: SessionInfo | None = None
-        self.bytes_sent = 0
-        self.bytes_received = 0
 
-    def _token(self) -> str:
-        if self.session is None:
-            raise RuntimeError("no session: call open_session() or attach() first")
-        return self.session.token
+    @classmethod
+    def accepts(cls, target: Any) -> bool:
+        if target is None or isinstance(target, (str, bytes, os.PathLike)):
+            return False
+        from splitpriv.roles.vendor import Vendor
 
-    def _send(self, msg: Message) -> Message:
-        data = msg.to_bytes()
-        self.bytes_sent += len(data)
-        received = decode(data)
-        if self.tap:
-            self.tap("to_vendor", received)
-        return received
+        return isinstance(target, Vendor)
 
-    def _receive(self, msg: Message) -> Message:
-        data = msg.to_bytes()
-        self.bytes_received += len(data)
-        received = decode(data)
-        if self.tap:
-            self.tap("to_customer", received)
-        return received
+    def open_raw(self, config: SessionConfig) -> SessionInfo:
+        return self.vendor.open_session(config)
 
-    def open_session(self, config: SessionConfig) -> SessionInfo:
-        self.session = self.vendor.open_session(config)
-        return self.session
+    def bottom_raw(self, session_id: str, token: str) -> bytes:
+        return self.vendor.bottom_package(session_id, token)
 
-    def attach(self, session: SessionInfo) -> None:
-        self.session = session
+    def exchange_raw(self, action: str, session_id: str, token: str, body: bytes) -> bytes:
+        request = decode(body, expect=REQUESTS[action])
+        return getattr(self.vendor, action)(request, token).to_bytes()
 
-    def bottom_package(self) -> bytes:
-        data = self.vendor.bottom_package(self.session.session_id if self.session else "", self._token())
-        self.bytes_received += len(data)
-        return data
+    def status_raw(self, session_id: str, token: str) -> dict:
+        return self.vendor.status(session_id, token)
 
-    def forward(self, req: ForwardRequest) -> Outputs:
-        return self._receive(self.vendor.forward(self._send(req), self._token()))
+    def export_raw(self, session_id: str, token: str, directory: str | None) -> str:
+        return self.vendor.export(session_id, token, directory)
 
-    def backward(self, req: BackwardRequest) -> BackwardResult:
-        return self._receive(self.vendor.backward(self._send(req), self._token()))
+    def close_raw(self, session_id: str, token: str) -> None:
+        self.vendor.close(session_id, token)
 
-    def predict(self, req: PredictRequest) -> Outputs:
-        return self._receive(self.vendor.predict(self._send(req), self._token()))
-
-    def status(self) -> dict:
-        return self.vendor.status(self.session.session_id, self._token())
-
-    def export(self, directory: str | None = None) -> str:
-        return self.vendor.export(self.session.session_id, self._token(), directory)
-
-    def close(self) -> None:
-        if self.session is not None:
-            self.vendor.close(self.session.session_id, self._token())
-            self.session = None
+    def __repr__(self) -> str:
+        return f"InProcessTransport({self.vendor!r}, session={self.session.session_id if self.session else None!r})"

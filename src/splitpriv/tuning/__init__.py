@@ -1,4 +1,5 @@
-"""Parameter-efficient tuning of the vendor's top: one module per method, each a config dataclass + ``apply_*``.
+"""Parameter-efficient tuning of the vendor's top: one module per method, each a config dataclass registered in
+:data:`TUNING_METHODS` (a new method is one new file here).
 
 Every method returns a :class:`TunedTop` built on a copy of the top that *shares* the frozen base weights, so one
 base model in memory serves any number of sessions; the classification head is trained by every method.
@@ -8,17 +9,10 @@ from __future__ import annotations
 
 from splitpriv.split import Top
 from splitpriv.tuning.adapter import Adapter, apply_adapter
-from splitpriv.tuning.base import TunedTop, TuningConfig, share_frozen_copy
+from splitpriv.tuning.base import TUNING_METHODS, TunedTop, TuningConfig, share_frozen_copy
 from splitpriv.tuning.bitfit import BitFit, apply_bitfit
 from splitpriv.tuning.full import Full, apply_full
 from splitpriv.tuning.lora import LoRA, apply_lora
-
-METHODS: dict[str, tuple[type[TuningConfig], object]] = {
-    "lora": (LoRA, apply_lora),
-    "bitfit": (BitFit, apply_bitfit),
-    "adapter": (Adapter, apply_adapter),
-    "full": (Full, apply_full),
-}
 
 
 def tuning_config(method: str | dict | TuningConfig, **params) -> TuningConfig:
@@ -29,11 +23,7 @@ def tuning_config(method: str | dict | TuningConfig, **params) -> TuningConfig:
         if isinstance(method, dict):
             params = {**{k: v for k, v in method.items() if k != "method"}, **params}
             method = method.get("method")
-        if method not in METHODS:
-            raise ValueError(f"unknown tuning method {method!r}: choose one of {sorted(METHODS)}")
-        cls = METHODS[method][0]
-        if "target_modules" in params and params["target_modules"] is not None:
-            params["target_modules"] = tuple(params["target_modules"])
+        cls = TUNING_METHODS.get(method)
         try:
             config = cls(**params)
         except TypeError as exc:
@@ -44,8 +34,8 @@ def tuning_config(method: str | dict | TuningConfig, **params) -> TuningConfig:
 
 def apply_tuning(top: Top, config: TuningConfig | str | dict) -> TunedTop:
     config = tuning_config(config)
-    return METHODS[config.method][1](top, config)
+    return config.apply(top)
 
 
-__all__ = ["Adapter", "BitFit", "Full", "LoRA", "METHODS", "TunedTop", "TuningConfig", "apply_tuning",
+__all__ = ["Adapter", "BitFit", "Full", "LoRA", "TUNING_METHODS", "TunedTop", "TuningConfig", "apply_tuning",
            "share_frozen_copy", "tuning_config"]

@@ -7,20 +7,24 @@ tenants; a per-session module wrapped around each block does the same job in a f
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from splitpriv.split import Top
-from splitpriv.tuning.base import TunedTop, TuningConfig, head_modules, share_frozen_copy
+from splitpriv.tuning.base import TUNING_METHODS, TunedTop, TuningConfig, head_modules, share_frozen_copy
 
 
+@TUNING_METHODS.register("adapter")
 @dataclass(frozen=True)
 class Adapter(TuningConfig):
-    bottleneck: int = 64
+    bottleneck: int = field(default=64, metadata={"help": "width of each bottleneck adapter"})
 
     method = "adapter"
+
+    def apply(self, top: Top) -> TunedTop:
+        return apply_adapter(top, self)
 
     def validate(self) -> None:
         if not isinstance(self.bottleneck, int) or self.bottleneck < 1:

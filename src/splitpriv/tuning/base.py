@@ -10,8 +10,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from splitpriv.registry import Registry
 from splitpriv.split import Top
 
+TUNING_METHODS: "Registry[type[TuningConfig]]" = Registry("tuning method", "splitpriv.tuning")
 TUNING_CONFIG = "tuning.json"
 TRAINABLE_WEIGHTS = "trainable.safetensors"
 PEFT_WEIGHTS = "adapter_model.safetensors"
@@ -36,9 +38,14 @@ def head_modules(top: Top) -> list[str]:
 
 @dataclass(frozen=True)
 class TuningConfig:
-    """Base of the method configs; ``method`` names the method on the wire and on disk."""
+    """Base of the method configs; ``method`` names the method on the wire and on disk. A method is one module of
+    :mod:`splitpriv.tuning`: a config dataclass (fields with ``metadata={"help": ...}``) registered with
+    ``@TUNING_METHODS.register(name)`` whose :meth:`apply` builds the session's :class:`TunedTop`."""
 
     method = "none"
+
+    def apply(self, top: Top) -> "TunedTop":
+        raise NotImplementedError(f"tuning method {self.method!r} does not implement apply()")
 
     def to_dict(self) -> dict:
         return {"method": self.method, **asdict(self)}

@@ -8,12 +8,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from splitpriv.split import Top
-from splitpriv.tuning.base import TunedTop, TuningConfig, head_modules, share_frozen_copy
+from splitpriv.tuning.base import TUNING_METHODS, TunedTop, TuningConfig, head_modules, share_frozen_copy
 
 
+@TUNING_METHODS.register("bitfit")
 @dataclass(frozen=True)
 class BitFit(TuningConfig):
     method = "bitfit"
+
+    def apply(self, top: Top) -> TunedTop:
+        return apply_bitfit(top, self)
 
 
 def apply_bitfit(top: Top, config: BitFit) -> TunedTop:

@@ -7,12 +7,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from splitpriv.split import Top
-from splitpriv.tuning.base import TunedTop, TuningConfig, share_frozen_copy
+from splitpriv.tuning.base import TUNING_METHODS, TunedTop, TuningConfig, share_frozen_copy
 
 
+@TUNING_METHODS.register("full")
 @dataclass(frozen=True)
 class Full(TuningConfig):
     method = "full"
+
+    def apply(self, top: Top) -> TunedTop:
+        return apply_full(top, self)
 
 
 def apply_full(top: Top, config: Full) -> TunedTop:

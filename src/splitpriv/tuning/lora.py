@@ -3,20 +3,29 @@ of the top's blocks only; the head is trained in full (``modules_to_save``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from splitpriv.split import Top
-from splitpriv.tuning.base import TunedTop, TuningConfig, head_modules, share_frozen_copy
+from splitpriv.tuning.base import TUNING_METHODS, TunedTop, TuningConfig, head_modules, share_frozen_copy
 
 
+@TUNING_METHODS.register("lora")
 @dataclass(frozen=True)
 class LoRA(TuningConfig):
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] | None = None  # None: the family's default (query/value projections)
+    r: int = field(default=8, metadata={"help": "LoRA rank"})
+    alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator: the update is (alpha / r)·B·A"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA branch"})
+    target_modules: tuple[str, ...] | None = field(default=None, metadata={
+        "help": "linear layers to adapt (default: the family's attention query and value projections)"})
 
     method = "lora"
+
+    def apply(self, top: Top) -> TunedTop:
+        return apply_lora(top, self)
+
+    def __post_init__(self):
+        if isinstance(self.target_modules, list):  # JSON has no tuples
+            object.__setattr__(self, "target_modules", tuple(self.target_modules))
 
     def validate(self) -> None:
         if not isinstance(self.r, int) or self.r < 1:

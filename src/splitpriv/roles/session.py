@@ -1,0 +1,214 @@
+"""One customer's session on the vendor: the per-session state machine and the checks on what it receives.
+
+:class:`VendorSession` holds one customer's state: its tuned top (only its own trainable deltas), optimizer,
+learning-rate schedule and the bookkeeping that makes a repeated step harmless. :func:`check_representations`
+validates received representations at the boundary; :func:`check_tuning_size` refuses tuning parameters that
+would only cost memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from splitpriv.errors import OutOfOrder, UnknownSession
+from splitpriv.protocol import (
+    WIRE_DTYPES,
+    BackwardRequest,
+    BackwardResult,
+    ForwardRequest,
+    Outputs,
+    PredictRequest,
+    ProtocolError,
+    SessionConfig,
+)
+from splitpriv.seeding import step_rng
+from splitpriv.split import SplitModel
+from splitpriv.tuning import TunedTop
+
+# Dropout (and LoRA's initialisation) draw from torch's process-global RNG, which ``step_rng`` reseeds and then
+# restores. Two sessions doing that at once from two threads would draw from each other's streams, so a session's
+# results would depend on its neighbours'. Every use of the global RNG on the vendor's side holds this lock (the
+# forward passes of different sessions run one at a time; on CPU each one already uses every core).
+RNG_LOCK = threading.RLock()
+
+
+def token_hash(token: str) -> str:
+    """What the vendor keeps of a session token (in memory and on disk): its sha256, hex."""
+    return hashlib.sha256(str(token).encode()).hexdigest()
+
+
+def check_representations(hidden: torch.Tensor, attention_mask: torch.Tensor, d_model: int, max_tokens: int):
+    """Validate received representations at the boundary; returns them as float32 and the mask as long."""
+    if not isinstance(hidden, torch.Tensor) or hidden.dtype not in WIRE_DTYPES.values():
+        raise ProtocolError(f"hidden must be a float tensor ({', '.join(WIRE_DTYPES)}), got {getattr(hidden, 'dtype', type(hidden))}")
+    if hidden.dim() != 3 or hidden.shape[-1] != d_model:
+        raise ProtocolError(f"hidden must have shape [batch, tokens, {d_model}], got {list(hidden.shape)}")
+    if hidden.shape[0] < 1 or hidden.shape[1] < 1:
+        raise ProtocolError(f"hidden is empty: shape {list(hidden.shape)}")
+    if hidden.shape[1] > max_tokens:
+        raise ProtocolError(f"{hidden.shape[1]} tokens exceed this model's maximum of {max_tokens}")
+    if tuple(attention_mask.shape) != tuple(hidden.shape[:2]):
+        raise ProtocolError(
+            f"attention_mask shape {list(attention_mask.shape)} does not match hidden [batch, tokens] = "
+            f"{list(hidden.shape[:2])}"
+        )
+    if attention_mask.dtype.is_floating_point or attention_mask.dtype.is_complex:
+        raise ProtocolError(f"attention_mask must hold integers 0/1, got dtype {attention_mask.dtype}")
+    mask = attention_mask.long()
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        raise ProtocolError("attention_mask must hold only 0 and 1")
+    if not bool((mask.sum(dim=1) > 0).all()):
+        raise ProtocolError("every sequence needs at least one real token (a row of the mask is all zeros)")
+    if not bool(torch.isfinite(hidden).all()):
+        raise ProtocolError("hidden contains NaN or Inf")
+    return hidden.float(), mask
+
+
+def check_tuning_size(tuning, d_model: int) -> None:
+    """Refuse tuning parameters that would only cost memory: a LoRA rank or adapter bottleneck above d."""
+    from splitpriv.tuning import tuning_config
+
+    config = tuning_config(tuning)
+    for name in ("r", "bottleneck"):
+        value = getattr(config, name, None)
+        if value is not None and value > d_model:
+            raise ValueError(f"{config.method} {name}={value} is above the model width d={d_model}")
+
+
+@dataclass
+class _Pending:
+    step: int
+    hidden: torch.Tensor
+    outputs: torch.Tensor
+    reply: Outputs
+
+
+class VendorSession:
+    """One customer's tuned top, optimizer and step bookkeeping.
+
+    Steps are numbered 1, 2, ... A forward for step ``s`` must follow a completed step ``s - 1``; repeating the
+    forward or backward of the latest step (a retry after a lost answer) returns the stored answer without
+    computing or stepping the optimizer again.
+    """
+
+    def __init__(self, session_id: str, token: str | None, config: SessionConfig, parts: SplitModel, tuned: TunedTop,
+                 *, token_sha256: str | None = None, projection=None):
+        from transformers import get_linear_schedule_with_warmup
+
+        if (token is None) == (token_sha256 is None):
+            raise ValueError("give a session either its token or the sha256 of it")
+        self.session_id = session_id
+        self.token_sha256 = token_sha256 or token_hash(token)
+        self.config = config
+        self.parts = parts
+        self.tuned = tuned
+        self.projection = projection  # TokenProjection when config.denoise != "none" (shared by the vendor's sessions)
+        self.d_model = parts.top.d_model
+        self.max_tokens = int(getattr(parts.config, "max_position_embeddings", 512))
+        self.optimizer = torch.optim.AdamW(tuned.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = get_linear_schedule_with_warmup(
+            self.optimizer, int(config.warmup_ratio * config.total_steps), config.total_steps
+        )
+        self.completed_step = 0
+        self.checkpointed_step: int | None = None
+        self.checkpoint_path: Path | None = None
+        self.closed = False
+        self._pending: _Pending | None = None
+        self.last_backward: BackwardResult | None = None
+        self.lock = threading.Lock()
+
+    def check_token(self, token: str | None) -> bool:
+        """Constant-time comparison of ``token``'s hash with the session's."""
+        return bool(token) and hmac.compare_digest(self.token_sha256, token_hash(token))
+
+    def check_open(self) -> None:
+        if self.closed:
+            raise UnknownSession(f"unknown or closed session {self.session_id!r}")
+
+    def _run_top(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.projection is not None:
+            hidden = self.projection(hidden, mask)
+        top = self.tuned.module
+        if self.config.head == "customer":
+            return top.encode(hidden, mask)
+        return top(hidden, mask)
+
+    def forward(self, req: ForwardRequest) -> Outputs:
+        with self.lock:
+            self.check_open()
+            if self._pending is not None and req.step == self._pending.step:
+                return self._pending.reply
+            if req.step != self.completed_step + 1:
+                raise OutOfOrder(
+                    f"forward for step {req.step} is out of order: the session's last completed step is "
+                    f"{self.completed_step}, so the next forward is step {self.completed_step + 1}"
+                )
+            hidden, mask = check_representations(req.hidden, req.attention_mask, self.d_model, self.max_tokens)
+            hidden.requires_grad_(self.config.train_bottom)
+            self.tuned.module.train(self.config.dropout)
+            with RNG_LOCK, step_rng(self.config.seed, "vendor", req.step):
+                outputs = self._run_top(hidden, mask)
+            reply = Outputs(step=req.step, outputs=outputs.detach())
+            self._pending = _Pending(req.step, hidden, outputs, reply)
+            return reply
+
+    def backward(self, req: BackwardRequest) -> BackwardResult:
+        with self.lock:
+            self.check_open()
+            if self.last_backward is not None and req.step == self.completed_step:
+                return self.last_backward
+            pending = self._pending
+            if pending is None or pending.step != req.step:
+                raise OutOfOrder(f"backward for step {req.step} without its forward")
+            grad = req.grad_outputs
+            if not isinstance(grad, torch.Tensor) or grad.dtype not in WIRE_DTYPES.values():
+                raise ProtocolError(f"grad_outputs must be a float tensor, got {getattr(grad, 'dtype', type(grad))}")
+            if tuple(grad.shape) != tuple(pending.outputs.shape):
+                raise ProtocolError(
+                    f"grad_outputs shape {list(grad.shape)} does not match the outputs of step {req.step} "
+                    f"{list(pending.outputs.shape)}"
+                )
+            if not bool(torch.isfinite(grad).all()):
+                raise ProtocolError("grad_outputs contains NaN or Inf")
+            self.optimizer.zero_grad(set_to_none=True)
+            pending.outputs.backward(grad.float())
+            self.optimizer.step()
+            self.scheduler.step()
+            grad_hidden = pending.hidden.grad.detach() if self.config.train_bottom else None
+            self.last_backward = BackwardResult(step=req.step, grad_hidden=grad_hidden)
+            self.completed_step = req.step
+            self._pending = None
+            return self.last_backward
+
+    def predict(self, req: PredictRequest) -> Outputs:
+        hidden, mask = check_representations(req.hidden, req.attention_mask, self.d_model, self.max_tokens)
+        with self.lock, torch.no_grad():
+            self.check_open()
+            self.tuned.module.eval()
+            outputs = self._run_top(hidden, mask)
+        return Outputs(step=self.completed_step, outputs=outputs)
+
+    def status(self) -> dict:
+        return {
+            "session_id": self.session_id,
+            "completed_step": self.completed_step,
+            "pending_step": self._pending.step if self._pending else None,
+            "lr": self.scheduler.get_last_lr()[0],
+            "trainable_parameters": self.tuned.num_trainable(),
+            "checkpointed_step": self.checkpointed_step,
+            "config": self.config.to_dict(),
+        }
+
+    def param_names(self) -> list[str]:
+        """The trainable weights' names, in the optimizer's order."""
+        ids = {id(p): n for n, p in self.tuned.module.named_parameters()}
+        return [ids[id(p)] for group in self.optimizer.param_groups for p in group["params"]]
+
+
+__all__ = ["RNG_LOCK", "VendorSession", "check_representations", "check_tuning_size", "token_hash"]
