@@ -1,9 +1,11 @@
+from pathlib import Path
+
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
+from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
 from splitpriv import load_model
-from splitpriv.models import default_model_path, family_of
+from splitpriv.models import FAMILIES, Family, default_model_path, family_of
 
 
 def test_default_model_is_packaged_minilm(minilm):
@@ -43,10 +45,34 @@ def test_bad_num_labels():
 
 
 def test_unsupported_family():
-    from transformers import GPT2Config, GPT2ForSequenceClassification
+    from transformers import ElectraConfig, ElectraForSequenceClassification
 
-    model = GPT2ForSequenceClassification(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
-    with pytest.raises(ValueError, match="unsupported model family 'gpt2'"):
+    model = ElectraForSequenceClassification(ElectraConfig(num_hidden_layers=1, hidden_size=16, embedding_size=16,
+                                                           num_attention_heads=2, intermediate_size=16))
+    with pytest.raises(ValueError, match="unsupported model family 'electra'"):
         family_of(model)
     assert family_of(BertForSequenceClassification(BertConfig(num_hidden_layers=1, hidden_size=16,
                                                                num_attention_heads=2, intermediate_size=16)))
+
+
+def test_families_register_themselves_one_file_each():
+    import splitpriv.models as models
+
+    for name in ("bert", "roberta", "distilbert", "gpt2", "llama", "qwen2"):
+        assert name in FAMILIES
+        family = FAMILIES.get(name)
+        assert isinstance(family, Family) and family.model_type == name
+        assert Path(models.__file__).with_name(f"{name}.py").is_file()
+    assert FAMILIES.get("bert").auto_class() is AutoModelForSequenceClassification
+    assert not FAMILIES.get("bert").causal and FAMILIES.get("llama").causal
+
+
+def test_a_new_family_is_one_registration(monkeypatch):
+    from splitpriv.models import bert
+
+    mine = Family(model_type="mine", embeddings="e", blocks="b", head=("h",), run_head=bert.run_head,
+                  run_block=bert.run_block, embed=bert.embed, lora_targets=("q",))
+    monkeypatch.setitem(FAMILIES._entries, "mine", mine)
+    model = torch.nn.Module()
+    model.config = type("Config", (), {"model_type": "mine"})()
+    assert family_of(model) is mine

@@ -55,7 +55,7 @@ def test_split_is_exact_for_every_k(family, attn):
             hidden = parts.bottom(input_ids=ids, attention_mask=mask)
             assert hidden.shape == (4, 11, 32)
             logits = parts.top(hidden, attention_mask=mask)
-            torch.testing.assert_close(logits, reference, atol=1e-5, rtol=0)
+            torch.testing.assert_close(logits, reference, atol=0, rtol=0)
 
 
 def test_real_minilm_split_exact_and_disclosure(minilm):
@@ -68,7 +68,7 @@ def test_real_minilm_split_exact_and_disclosure(minilm):
         parts = split_model(model, n_bottom_layers=k)
         with torch.no_grad():
             logits = parts.top(parts.bottom(**batch), attention_mask=batch["attention_mask"])
-        torch.testing.assert_close(logits, reference, atol=1e-5, rtol=0)
+        torch.testing.assert_close(logits, reference, atol=0, rtol=0)
         report = parts.disclosure()
         assert report.total_parameters == sum(p.numel() for p in model.parameters())
         assert all(not n.startswith("classifier") and ".pooler." not in n for n in report.shipped_names)

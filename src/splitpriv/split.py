@@ -1,10 +1,12 @@
 """The exact split of a sequence-classification model into a customer-held bottom and a vendor-held top.
 
-``bottom`` = embeddings + the first ``k`` blocks; ``top`` = the remaining blocks + the classification head, so that
-``top(bottom(x))`` is the unsplit model's forward pass. Both parts keep every submodule under its name in the original
-model, so their state dicts are slices of the original one: the bottom file, the disclosure report and a ``peft``
-adapter trained on the top all speak in the model's own weight names (an adapter trained on the top loads onto the
-full model with ``PeftModel.from_pretrained``).
+``bottom`` = embeddings + the first ``k`` blocks; ``top`` = the remaining blocks + the final norm (decoders) + the
+classification head, so that ``top(bottom(x))`` is the unsplit model's forward pass. Where the parts live and how they
+run is the model's :class:`~splitpriv.models.Family`; only hidden states and the 2-D mask cross the split, and each
+part rebuilds positions, block masks and rotary tables from the mask itself. Both parts keep every submodule under
+its name in the original model, so their state dicts are slices of the original one: the bottom file, the disclosure
+report and a ``peft`` adapter trained on the top all speak in the model's own weight names (an adapter trained on the
+top loads onto the full model with ``PeftModel.from_pretrained``).
 
 Threat model of the split alone: the customer receives the bottom's weights (the vendor discloses that share of its
 model, reported by :meth:`SplitModel.disclosure`); the vendor receives the bottom's outputs. Without a privacy
@@ -20,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from splitpriv.models import FAMILIES, Family, family_of, num_blocks
+from splitpriv.models import FAMILIES, SEQUENCE_CLASSIFICATION, BlockInputs, Family, family_of, num_blocks
 
 BOTTOM_WEIGHTS = "bottom.safetensors"
 BOTTOM_CONFIG = "bottom.json"
@@ -37,21 +39,6 @@ def _graft(root: nn.Module, model: nn.Module, path: str) -> None:
             node.add_module(name, nn.Module())
         node = node._modules[name]
     node.add_module(leaf, model.get_submodule(path))
-
-
-def block_attention_mask(
-    family: Family, attn_implementation: str, attention_mask: torch.Tensor | None, dtype: torch.dtype, length: int
-) -> torch.Tensor | None:
-    """The mask in the form the family's blocks take it, as the unsplit model would build it."""
-    if attention_mask is None:
-        return None
-    if family.eager_mask_2d:
-        if attn_implementation == "sdpa":
-            from transformers.modeling_attn_mask_utils import _prepare_4d_attention_mask_for_sdpa
-
-            return _prepare_4d_attention_mask_for_sdpa(attention_mask, dtype, tgt_len=length)
-        return attention_mask
-    return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
 
 
 def check_mask(hidden: torch.Tensor, attention_mask: torch.Tensor | None, d_model: int | None = None) -> None:
@@ -75,16 +62,21 @@ class _Part(nn.Module):
         for path in paths:
             _graft(self, model, path)
         self.family = family
+        self.model_config = model.config
         self.attn_implementation = attn_implementation
         self.d_model = int(getattr(model.config, "hidden_size", 0) or getattr(model.config, "dim"))
 
-    def _run_blocks(self, paths: list[str], hidden: torch.Tensor, attention_mask: torch.Tensor | None):
-        mask = block_attention_mask(
-            self.family, self.attn_implementation, attention_mask, hidden.dtype, hidden.shape[1]
-        )
+    def _run_blocks(self, paths: list[str], hidden: torch.Tensor, inputs: BlockInputs) -> torch.Tensor:
         for path in paths:
-            hidden = self.family.run_block(self.get_submodule(path), hidden, mask)
+            hidden = self.family.run_block(self.get_submodule(path), hidden, inputs)
         return hidden
+
+    def _block_inputs(self, hidden, attention_mask, position_ids=None) -> BlockInputs:
+        return self.family.block_inputs(self, self.model_config, hidden, attention_mask, position_ids)
+
+
+def _optional(*paths: str | None) -> list[str]:
+    return [p for p in paths if p is not None]
 
 
 class Bottom(_Part):
@@ -93,8 +85,10 @@ class Bottom(_Part):
     def __init__(self, model: nn.Module, n_layers: int, attn_implementation: str):
         family = family_of(model)
         self.block_paths = family.block_paths(n_layers)
-        super().__init__(model, [family.embeddings, *self.block_paths], family, attn_implementation)
+        paths = [family.embeddings, *family.embedding_parts, *_optional(family.rotary), *self.block_paths]
+        super().__init__(model, paths, family, attn_implementation)
         self.n_layers = n_layers
+        self.task = family.task_of(model)
         self.hf_config = model.config.to_dict()
 
     def embed(
@@ -102,12 +96,20 @@ class Bottom(_Part):
         input_ids: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Embedding-layer output; ``inputs_embeds`` replaces the word-embedding lookup (soft tokens)."""
-        embeddings = self.get_submodule(self.family.embeddings)
-        if self.family.uses_token_type_ids:
-            return embeddings(input_ids=input_ids, token_type_ids=token_type_ids, inputs_embeds=inputs_embeds)
-        return embeddings(input_ids, inputs_embeds)
+        """Embedding-layer output; ``inputs_embeds`` replaces the word-embedding lookup (soft tokens).
+
+        Families with positions from the mask number the tokens ``0..T-1`` when ``position_ids`` is not given.
+        """
+        if position_ids is None:
+            position_ids = self._positions(input_ids, inputs_embeds, None)
+        token_type_ids = token_type_ids if self.family.uses_token_type_ids else None
+        return self.family.embed(self, input_ids, inputs_embeds, token_type_ids, position_ids)
+
+    def _positions(self, input_ids, inputs_embeds, attention_mask) -> torch.Tensor | None:
+        reference = input_ids if input_ids is not None else inputs_embeds
+        return self.family.position_ids(attention_mask, reference.shape[1], reference.device)
 
     def forward(
         self,
@@ -118,44 +120,49 @@ class Bottom(_Part):
     ) -> torch.Tensor:
         if input_ids is None and inputs_embeds is None:
             raise ValueError("bottom needs input_ids or inputs_embeds")
-        hidden = self.embed(input_ids, token_type_ids, inputs_embeds)
+        positions = self._positions(input_ids, inputs_embeds, attention_mask)
+        hidden = self.embed(input_ids, token_type_ids, inputs_embeds, positions)
         check_mask(hidden, attention_mask)
-        return self._run_blocks(self.block_paths, hidden, attention_mask)
+        return self._run_blocks(self.block_paths, hidden, self._block_inputs(hidden, attention_mask, positions))
 
 
 class Top(_Part):
-    """The remaining blocks + the head: ``top(hidden, attention_mask) -> [B, num_labels]`` logits.
+    """The remaining blocks + final norm + head: ``top(hidden, attention_mask) -> [B, num_labels]`` logits.
 
-    ``encode`` stops after the last block (the vendor's output when the customer holds the head) and ``classify``
-    applies the head alone.
+    ``encode`` stops after the last block and the final norm (the vendor's output when the customer holds the head)
+    and ``classify`` applies the head alone (decoders pool at the last real token of ``attention_mask``).
     """
 
     def __init__(self, model: nn.Module, n_bottom_layers: int, attn_implementation: str):
         family = family_of(model)
         self.block_paths = family.block_paths(num_blocks(model))[n_bottom_layers:]
-        super().__init__(model, [*self.block_paths, *family.head], family, attn_implementation)
+        paths = [*_optional(family.rotary), *self.block_paths, *_optional(family.final_norm), *family.head]
+        super().__init__(model, paths, family, attn_implementation)
         self.num_labels = int(model.config.num_labels)
 
     def encode(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         check_mask(hidden, attention_mask, self.d_model)
-        return self._run_blocks(self.block_paths, hidden, attention_mask)
+        hidden = self._run_blocks(self.block_paths, hidden, self._block_inputs(hidden, attention_mask))
+        if self.family.final_norm is not None:
+            hidden = self.get_submodule(self.family.final_norm)(hidden)
+        return hidden
 
-    def classify(self, last_hidden: torch.Tensor) -> torch.Tensor:
-        return self.family.run_head(self, last_hidden)
+    def classify(self, last_hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.family.run_head(self, last_hidden, attention_mask)
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.classify(self.encode(hidden, attention_mask))
+        return self.classify(self.encode(hidden, attention_mask), attention_mask)
 
 
 class Head(_Part):
-    """The classification head alone, for a customer that keeps it: ``head(last_hidden) -> logits``."""
+    """The classification head alone, for a customer that keeps it: ``head(last_hidden, mask) -> logits``."""
 
     def __init__(self, model: nn.Module, attn_implementation: str = "eager"):
         family = family_of(model)
         super().__init__(model, list(family.head), family, attn_implementation)
 
-    def forward(self, last_hidden: torch.Tensor) -> torch.Tensor:
-        return self.family.run_head(self, last_hidden)
+    def forward(self, last_hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.family.run_head(self, last_hidden, attention_mask)
 
 
 def _unique_parameters(module: nn.Module) -> dict[str, nn.Parameter]:
@@ -270,6 +277,7 @@ def save_bottom(bottom: Bottom, directory: str | Path, tokenizer=None, extra: di
         "format_version": FORMAT_VERSION,
         "model_type": bottom.family.model_type,
         "n_bottom_layers": bottom.n_layers,
+        "task": bottom.task,
         "attn_implementation": bottom.attn_implementation,
         "hf_config": bottom.hf_config,
         **(extra or {}),
@@ -314,18 +322,16 @@ def load_head(directory: str | Path) -> Head:
 
 def _skeleton(meta: dict, meta_path: Path, n_layers: int) -> nn.Module:
     """A randomly initialised model with ``n_layers`` blocks, whose relevant weights the caller overwrites."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoConfig
 
     if meta.get("model_type") not in FAMILIES:
         raise ValueError(f"{meta_path}: unsupported model_type {meta.get('model_type')!r}")
+    family = FAMILIES.get(meta["model_type"])
     hf = dict(meta["hf_config"])
-    model_type = hf.pop("model_type", meta["model_type"])
-    config = AutoConfig.for_model(model_type, **hf)
+    config = AutoConfig.for_model(hf.pop("model_type", meta["model_type"]), **hf)
     config.num_hidden_layers = n_layers
-    if model_type == "distilbert":
-        config.n_layers = n_layers
     config._attn_implementation = meta.get("attn_implementation", "eager")
-    return AutoModelForSequenceClassification.from_config(config).eval()
+    return family.auto_class(meta.get("task", SEQUENCE_CLASSIFICATION)).from_config(config).eval()
 
 
 def _load_exact(part: nn.Module, state: dict, path: Path) -> None:

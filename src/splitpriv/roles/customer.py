@@ -172,7 +172,7 @@ class Customer:
         if self.head is not None:
             self.head.train(self.session.dropout)
             with step_rng(self.train_config.seed, "customer-head", step):
-                logits = self.head(received)
+                logits = self.head(received, mask)
         else:
             logits = received
         loss = F.cross_entropy(logits, labels)
@@ -229,7 +229,7 @@ class Customer:
             outputs = self.transport.predict(request).outputs
             if self.head is not None:
                 self.head.eval()
-                outputs = self.head(outputs)
+                outputs = self.head(outputs, mask)
             out.append(outputs)
             bar.update(len(index))
         bar.close()

@@ -53,7 +53,9 @@ class AdaptedBlock(nn.Module):
 
     def forward(self, *args, **kwargs):
         out = self.block(*args, **kwargs)
-        return (self.adapter(out[0]), *out[1:])
+        if isinstance(out, tuple):  # encoder blocks return tuples; Llama/Qwen2 blocks return the hidden state
+            return (self.adapter(out[0]), *out[1:])
+        return self.adapter(out)
 
 
 def apply_adapter(top: Top, config: Adapter) -> TunedTop:
