@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
 
 from splitpriv.privacy.base import MECHANISMS, Mechanism, check_dim
 

@@ -6,7 +6,6 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
 
 from splitpriv.privacy.base import MECHANISMS, Mechanism, check_dim, check_scalar, compute_dtype, make_generator
 

@@ -8,11 +8,11 @@ base model in memory serves any number of sessions; the classification head is t
 from __future__ import annotations
 
 from splitpriv.split import Top
-from splitpriv.tuning.adapter import Adapter, apply_adapter
+from splitpriv.tuning.adapter import Adapter
 from splitpriv.tuning.base import TUNING_METHODS, TunedTop, TuningConfig, share_frozen_copy
-from splitpriv.tuning.bitfit import BitFit, apply_bitfit
-from splitpriv.tuning.full import Full, apply_full
-from splitpriv.tuning.lora import LoRA, apply_lora
+from splitpriv.tuning.bitfit import BitFit
+from splitpriv.tuning.full import Full
+from splitpriv.tuning.lora import LoRA
 
 
 def tuning_config(method: str | dict | TuningConfig, **params) -> TuningConfig:

@@ -1,82 +1,29 @@
-"""``splitpriv`` command line: train, predict, serve, robust-top, attack, experiment."""
+"""``splitpriv train``, ``predict`` and ``robust-top``: the customer's fine-tuning and private inference, and the vendor's
+adaptation of its top to noise."""
 
 from __future__ import annotations
 
-import functools
 import json
-import os
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from splitpriv.options import choices, with_mechanism_parameters
-from splitpriv.privacy import MECHANISMS
-from splitpriv.protocol import DENOISERS
-from splitpriv.tuning import TUNING_METHODS
+from splitpriv.cli.app import (
+    BottomMode,
+    Denoise,
+    Head,
+    Mechanism,
+    Method,
+    NoiseMode,
+    WireDtype,
+    app,
+    clean_errors,
+    quiet_libraries,
+)
+from splitpriv.options import with_mechanism_parameters
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Split-and-Privatize fine-tuning of language models as a service.")
-
-
-Mechanism = choices("Mechanism", MECHANISMS.names())
-Method = choices("Method", TUNING_METHODS.names())
-
-
-class BottomMode(str, Enum):
-    frozen = "frozen"
-    trained = "trained"
-
-
-class NoiseMode(str, Enum):
-    per_step = "per-step"
-    once = "once"
-
-
-class WireDtype(str, Enum):
-    float32 = "float32"
-    float16 = "float16"
-    bfloat16 = "bfloat16"
-
-
-class Head(str, Enum):
-    vendor = "vendor"
-    customer = "customer"
-
-
-Denoise = choices("Denoise", DENOISERS)
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
-
-
-def clean_errors(fn):
-    """Bad input gets one line naming the problem and exit code 2, never a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from splitpriv.data import DatasetNotFoundError
-        from splitpriv.protocol import ProtocolError
-
-        try:
-            return fn(*args, **kwargs)
-        except (ValueError, DatasetNotFoundError, ProtocolError, FileNotFoundError, PermissionError, LookupError) as exc:
-            _fail(str(exc))
-        except ConnectionError as exc:
-            _fail(f"cannot reach the vendor: {exc}")
-
-    return wrapper
-
-
-def _quiet_libraries() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import transformers
-
-    transformers.logging.set_verbosity_error()
 
 
 @app.command()
@@ -123,7 +70,7 @@ def train(
     from splitpriv.config import PrivacyConfig, TrainConfig
     from splitpriv.run import RunConfig, run
 
-    _quiet_libraries()
+    quiet_libraries()
     method_params = {"r": lora_r} if method.value == "lora" else {}
     config = RunConfig(
         dataset=dataset, train_limit=train_limit, eval_limit=eval_limit, model=model, method=method.value,
@@ -188,7 +135,7 @@ def predict(
     """Private inference: texts → bottom → the run's privacy mechanism → vendor top → prediction at home."""
     from splitpriv.run import open_run
 
-    _quiet_libraries()
+    quiet_libraries()
     if input is not None and not input.is_file():
         raise FileNotFoundError(f"input file {input} does not exist")
     lines = (input.read_text(encoding="utf-8") if input else sys.stdin.read()).splitlines()
@@ -206,23 +153,6 @@ def predict(
             typer.echo(json.dumps({"text": text, "label": name, "probabilities": p}))
         else:
             typer.echo(f"{name}\t{max(p):.3f}\t{text}")
-
-
-@app.command()
-@clean_errors
-def serve(
-    model: Optional[str] = typer.Option(None, help="Hugging Face id or folder (default: all-MiniLM-L6-v2)"),
-    host: str = typer.Option("127.0.0.1"),
-    port: int = typer.Option(8000),
-    state_dir: Optional[Path] = typer.Option(None, help="persist sessions here (a restarted service finds them)"),
-    max_body_mb: float = typer.Option(64.0, help="request size cap in MiB"),
-):
-    """Run the vendor service (FastAPI + uvicorn); OpenAPI docs at /docs."""
-    from splitpriv.service.app import serve as run_service
-
-    _quiet_libraries()
-    run_service(model=model, host=host, port=port, state_dir=str(state_dir) if state_dir else None,
-                max_body_bytes=int(max_body_mb * 2**20))
 
 
 @app.command("robust-top")
@@ -249,7 +179,7 @@ def robust_top(
     from splitpriv.config import PrivacyConfig
     from splitpriv.roles.robust_top import RobustTopConfig, distill_robust_top
 
-    _quiet_libraries()
+    quiet_libraries()
     config = RobustTopConfig(privacy=PrivacyConfig(mechanism=mechanism.value, **mechanism_params),
                              n_bottom_layers=bottom_layers, steps=steps, batch_size=batch_size,
                              max_length=max_length, lr=lr, seed=seed, denoise=denoise.value)
@@ -258,100 +188,3 @@ def robust_top(
                f"{meta['heldout_error_before']:.3f} -> {meta['heldout_error_after']:.3f} "
                f"in {meta['wall_time_s']:.0f} s")
 
-
-class Attack(str, Enum):
-    nn = "nn"
-    map = "map"
-    opt = "opt"
-    learned = "learned"
-    average = "average"
-    cti = "cti"
-    aia = "aia"
-    label = "label"
-    all = "all"
-
-
-@app.command()
-@clean_errors
-def attack(
-    attack: Attack = typer.Option(Attack.all, help="which attack (all: every applicable inversion attack)"),
-    dataset: str = typer.Option("sst2", help="the customer's data (aia defaults to blog_authorship)"),
-    split: str = typer.Option("dev"),
-    bottom_layers: int = typer.Option(0, "--bottom-layers", "-k"),
-    mechanism: Mechanism = typer.Option(Mechanism.none),
-    eta: Optional[float] = typer.Option(None),
-    sigma: Optional[float] = typer.Option(None),
-    scale: Optional[float] = typer.Option(None),
-    cti: bool = typer.Option(False, "--cti"),
-    cti_multiplier: float = typer.Option(2.0),
-    noise: NoiseMode = typer.Option(NoiseMode.per_step, help="for the averaging attack: per-step or once"),
-    epochs: int = typer.Option(3, help="for the averaging attack: how many looks the vendor gets"),
-    head: Head = typer.Option(Head.vendor, help="for the label attack: who holds the head"),
-    label_dp_epsilon: Optional[float] = typer.Option(None, help="for the label attack: label DP of the customer"),
-    attribute: str = typer.Option("gender", help="for aia: gender or age_group"),
-    limit: int = typer.Option(200, help="customer samples attacked"),
-    seed: int = typer.Option(0),
-    model: Optional[str] = typer.Option(None),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
-):
-    """Attack what the vendor observes; empirical privacy = 1 − the strongest attack's success."""
-    from splitpriv.attacks.runner import run_attack
-
-    _quiet_libraries()
-    kwargs = dict(dataset=dataset, split=split, n_bottom_layers=bottom_layers, mechanism=mechanism.value, eta=eta,
-                  sigma=sigma, scale=scale, cti=cti, cti_multiplier=cti_multiplier, limit=limit, seed=seed,
-                  model=model, progress=progress and not as_json)
-    if attack in (Attack.average, Attack.all):
-        kwargs.update(noise="once" if noise == NoiseMode.once else "fresh", epochs=epochs)
-    if attack == Attack.label:
-        kwargs.update(head=head.value, label_dp_epsilon=label_dp_epsilon)
-    if attack == Attack.aia:
-        kwargs.update(attribute=attribute)
-    if mechanism != Mechanism.none:
-        from splitpriv.config import PrivacyConfig
-
-        PrivacyConfig(mechanism=mechanism.value, eta=eta, sigma=sigma, scale=scale).validate()
-    result = run_attack(attack.value, **kwargs)
-    if as_json:
-        typer.echo(json.dumps(result, default=str))
-        return
-    for name, res in (result.get("results") or {result["attack"]: result}).items():
-        typer.echo(f"{name:>10}: success {100 * res['success']:.1f}%  "
-                   + "  ".join(f"{k}={v:.3f}" for k, v in res.items() if isinstance(v, float) and k != "success"))
-    typer.echo(f"empirical privacy = {100 * result['empirical_privacy']:.1f}%"
-               + (f" (strongest: {result['strongest_attack']})" if result.get("strongest_attack") else ""))
-
-
-@app.command()
-@clean_errors
-def experiment(
-    configs: list[Path] = typer.Argument(None, help="experiment configs (default: every experiments/configs/*.json)"),
-    quick: bool = typer.Option(False, "--quick", help="the small variant of each grid (minutes, not hours)"),
-    results: Path = typer.Option(Path("results"), help="where run records, figures and REPORT.md go"),
-    report_only: bool = typer.Option(False, "--report-only", help="only aggregate existing records"),
-    force: bool = typer.Option(False, "--force", help="re-run points whose record exists"),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
-):
-    """Run experiment grids (resumable: finished points are skipped), then write plots and REPORT.md."""
-    from splitpriv.experiments.grid import run_experiment
-    from splitpriv.experiments.report import write_report
-
-    _quiet_libraries()
-    if not configs:
-        configs = sorted(Path("experiments/configs").glob("*.json"))
-        if not configs:
-            raise FileNotFoundError("no configs given and none found in experiments/configs/")
-    if not report_only:
-        for path in configs:
-            run_experiment(path, results_dir=results, quick=quick, progress=progress, force=force, log=typer.echo)
-    commentary = None if quick else Path("experiments/commentary.md")  # it discusses the full grid's numbers
-    typer.echo(f"report: {write_report(results, quick=quick, commentary=commentary)}")
-
-
-def main() -> None:  # pragma: no cover
-    app(prog_name="splitpriv")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -1,0 +1,5 @@
+"""``python -m splitpriv.cli``."""
+
+from splitpriv.cli import main
+
+main()

@@ -1,0 +1,37 @@
+"""``splitpriv experiment``: the experiment grids and their report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from splitpriv.cli.app import app, clean_errors, quiet_libraries
+
+
+
+@app.command()
+@clean_errors
+def experiment(
+    configs: list[Path] = typer.Argument(None, help="experiment configs (default: every experiments/configs/*.json)"),
+    quick: bool = typer.Option(False, "--quick", help="the small variant of each grid (minutes, not hours)"),
+    results: Path = typer.Option(Path("results"), help="where run records, figures and REPORT.md go"),
+    report_only: bool = typer.Option(False, "--report-only", help="only aggregate existing records"),
+    force: bool = typer.Option(False, "--force", help="re-run points whose record exists"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+):
+    """Run experiment grids (resumable: finished points are skipped), then write plots and REPORT.md."""
+    from splitpriv.experiments.grid import run_experiment
+    from splitpriv.experiments.report import write_report
+
+    quiet_libraries()
+    if not configs:
+        configs = sorted(Path("experiments/configs").glob("*.json"))
+        if not configs:
+            raise FileNotFoundError("no configs given and none found in experiments/configs/")
+    if not report_only:
+        for path in configs:
+            run_experiment(path, results_dir=results, quick=quick, progress=progress, force=force, log=typer.echo)
+    commentary = None if quick else Path("experiments/commentary.md")  # it discusses the full grid's numbers
+    typer.echo(f"report: {write_report(results, quick=quick, commentary=commentary)}")
+
