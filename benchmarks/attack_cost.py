@@ -67,7 +67,8 @@ def main(argv=None) -> dict:
     from splitpriv.attacks import AttackerKnowledge, LearnedInversion, MAPInversion, NearestNeighbour
     from splitpriv.attacks import OptimizationInversion, observe
     from splitpriv.attacks.base import recovery_metrics
-    from splitpriv.attacks.nearest import IVFIndex, _targets
+    from splitpriv.attacks.nearest import IVFIndex
+    from splitpriv.candidates import target_positions
     from splitpriv.data import load_dataset, load_public_text
     from splitpriv.models import load_model
     from splitpriv.privacy import DChi, Identity
@@ -95,7 +96,7 @@ def main(argv=None) -> dict:
         z, mask, ids = observe(bottom0, tok, mech, dev.texts, generator=torch.Generator().manual_seed(0))
         kn = AttackerKnowledge(bottom0, tok, mech, public)
         nn_attack = NearestNeighbour().fit(kn)
-        rows, cols = _targets(tok, mask)
+        rows, cols = target_positions(tok, mask)
         zz, truth = z[rows, cols], ids[rows, cols]
         n = len(zz)
 

@@ -20,12 +20,13 @@ from splitpriv.attacks.label import (
     exact_label_attack,
     label_inference,
     norm_attack,
-    observe_training,
     oracle_cluster_accuracy,
-    run_label_attack,
+    read_transcript,
 )
+from splitpriv.attacks.runner import run_label_attack
 from splitpriv.config import PrivacyConfig
 from splitpriv.privacy import build_mechanism
+from splitpriv.simulation import simulate_training
 
 
 @pytest.fixture(scope="module")
@@ -124,9 +125,9 @@ def test_customer_head_no_logits_cross_and_gradient_attacks_report(vendor, data_
 def test_label_dp_bounds_the_exact_attack(vendor, sst2):
     eps = 1.0
     privacy = PrivacyConfig(label_dp_epsilon=eps)
-    tap, per_step, customer = observe_training(sst2.texts, sst2.labels, num_labels=2, head="vendor",
-                                               privacy=privacy, batch_size=64, seed=0, vendor=vendor)
-    observed = tap.observed()
+    run = simulate_training(sst2.texts, sst2.labels, num_labels=2, head="vendor", privacy=privacy, batch_size=64,
+                            seed=0, vendor=vendor)
+    observed, per_step, customer = read_transcript(run.messages).observed(), run.labels_per_step, run.customer
     result = label_inference(observed, per_step, head="vendor", num_labels=2)
     n = result.metrics["n_samples"]
     assert n == 128

@@ -10,24 +10,35 @@ Threat model. The vendor is **honest-but-curious** (it runs the protocol faithfu
 
 It does **not** see the customer's text, labels, noise seed, CTI token set, or the customer's updated bottom.
 
-Every inversion attack maps what the vendor receives to token ids; the evaluator (which alone knows the true ids
-and, with CTI, the contributing set) scores the guess with :func:`~splitpriv.attacks.base.recovery_metrics`.
-Empirical privacy of a setting = ``1 − max success`` over the applicable attacks (:func:`run_attack` with
-``"all"``): a setting is only as private as its strongest known attack says.
+Every inversion attack maps what the vendor receives to token ids; the evaluator
+(:mod:`.evaluation`, which alone knows the true ids and, with CTI, the contributing set) scores the guess with
+:func:`~splitpriv.attacks.base.recovery_metrics`. Empirical privacy of a setting = ``1 − max success`` over the
+applicable attacks (:func:`run_attack` with ``"all"``): a setting is only as private as its strongest known attack
+says.
 
-Attacks (one module each; common interface :class:`~splitpriv.attacks.base.InversionAttack`):
+One module per attack, each registering itself in :data:`splitpriv.attacks.registry.ATTACKS` (name, description,
+options, kind, what it applies to, ``run``); a new attack is one new module here:
 
-* :mod:`.nearest` — nearest neighbour and MAP (likelihood + public token prior) against the embedding layer's
-  outputs, k = 0;
-* :mod:`.optimization` — gradient search over relaxed tokens through the attacker's copy of the bottom, any k;
-* :mod:`.learned` — an inverter trained on public text through the known bottom and mechanism, any k;
-* :mod:`.averaging` — link a sentence's observations across epochs (fresh noise), average, invert;
-* :mod:`.cti_aware` — detect CTI's reduced-noise positions from the noise radius, invert with the right η;
+* :mod:`.nearest` — ``nn`` and ``map``: nearest neighbour and MAP against the embedding layer's outputs, k = 0
+  (on the candidate kernel :mod:`splitpriv.candidates`, which the vendor's denoiser shares);
+* :mod:`.optimization` — ``opt``: gradient search over relaxed tokens through the attacker's copy of the bottom;
+* :mod:`.learned` — ``learned``: an inverter trained on public text through the known bottom and mechanism;
+* :mod:`.averaging` — ``average``: link a sentence's observations across epochs (fresh noise), average, invert;
+* :mod:`.cti_aware` — ``cti``: detect CTI's reduced-noise positions from the noise radius, invert accordingly;
+* :mod:`.attribute` — ``aia``: author attributes from pooled representations;
+* :mod:`.label` — ``label``: training labels from the gradients in a training run's wire transcript (:mod:`.wire`);
 * :mod:`.observe` — what the vendor observes (through :func:`splitpriv.privacy.privatize`, the customer's path);
-* :mod:`.runner` — :func:`run_attack`, one setting end to end, JSON out.
+* :mod:`.runner` — :func:`run_attack`, one setting end to end, JSON out; :func:`attack_specs` for the grid.
 """
 
-from splitpriv.attacks.averaging import AveragingAttack, averaging_attack, link_epochs
+# The order of these imports is the registry's order (help texts, ``"all"``, result tables): nn, map, opt,
+# learned, average, cti, aia, label.
+from splitpriv.attacks.nearest import CandidateSpace, MAPInversion, NearestNeighbour  # isort: skip
+from splitpriv.attacks.optimization import OptimizationInversion  # isort: skip
+from splitpriv.attacks.learned import LearnedInversion  # isort: skip
+from splitpriv.attacks.averaging import AveragingAttack, averaging_attack, link_epochs  # isort: skip
+from splitpriv.attacks.cti_aware import CTIAwareInversion, cti_attack  # isort: skip
+from splitpriv.attacks import attribute, label  # isort: skip  # noqa: F401
 from splitpriv.attacks.base import (
     AttackerKnowledge,
     AttackResult,
@@ -35,12 +46,9 @@ from splitpriv.attacks.base import (
     empirical_privacy,
     recovery_metrics,
 )
-from splitpriv.attacks.cti_aware import CTIAwareInversion, cti_attack
-from splitpriv.attacks.learned import LearnedInversion
-from splitpriv.attacks.nearest import CandidateSpace, MAPInversion, NearestNeighbour
 from splitpriv.attacks.observe import EpochObservations, observe, observe_epochs
-from splitpriv.attacks.optimization import OptimizationInversion
-from splitpriv.attacks.runner import ATTACKS, INVERSION_ATTACKS, applicable, run_attack
+from splitpriv.attacks.registry import attack_option_help
+from splitpriv.attacks.runner import applicable, attack_specs, run_attack
 
 __all__ = [
     "ATTACKS",
@@ -57,6 +65,8 @@ __all__ = [
     "NearestNeighbour",
     "OptimizationInversion",
     "applicable",
+    "attack_option_help",
+    "attack_specs",
     "averaging_attack",
     "cti_attack",
     "empirical_privacy",
@@ -66,3 +76,12 @@ __all__ = [
     "recovery_metrics",
     "run_attack",
 ]
+
+
+def __getattr__(name: str):
+    """``ATTACKS`` / ``INVERSION_ATTACKS``: tuples of attack names, computed from the registry on first use."""
+    if name in ("ATTACKS", "INVERSION_ATTACKS", "OTHER_ATTACKS"):
+        from splitpriv.attacks import runner
+
+        return getattr(runner, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,11 +27,14 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from splitpriv.attacks.base import AttackerKnowledge, AttackResult
+from splitpriv.attacks.registry import ATTACKS, Attack
+from splitpriv.candidates import eval_mode
 
 CLASSIFIERS = ("logreg", "mlp")
 LOGREG_CS = (1e-4, 1e-3, 1e-2, 1e-1)
@@ -87,12 +90,8 @@ def privatized_features(
 
     tokenizer, bottom = knowledge.tokenizer, knowledge.bottom
     encodings = encode_texts(tokenizer, list(texts), knowledge.max_length)
-    # eval mode (no dropout), then every submodule's own flag back: ``.train(flag)`` on a grafted bottom could
-    # switch on dropout that the shared model had off
-    flags = [(m, m.training) for m in bottom.modules()]
-    bottom.eval()
     out = []
-    try:
+    with eval_mode(bottom):
         for start in range(0, len(encodings), batch_size):
             index = torch.arange(start, min(len(encodings), start + batch_size))
             ids, mask = collate(encodings, index, tokenizer.pad_token_id)
@@ -100,9 +99,6 @@ def privatized_features(
             scale = noise_scale_fn(ids) if noise_scale_fn is not None else None
             z = privatize(knowledge.mechanism, hidden, mask, generator=generator, noise_scale=scale)
             out.append(pool_representations(z, mask))
-    finally:
-        for m, flag in flags:
-            m.training = flag
     d = 2 * int(knowledge.bottom.d_model)
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros((0, d))
 
@@ -211,39 +207,6 @@ def attribute_inference(
     return AttackResult(attack="attribute_inference", success=scores[best]["advantage"], metrics=metrics)
 
 
-def _privacy_config(mechanism, eta, sigma, scale, cti=False, cti_multiplier=None, **extra):
-    from dataclasses import fields
-
-    from splitpriv.config import PrivacyConfig
-
-    kwargs = {"mechanism": mechanism or "none", "eta": eta, "sigma": sigma, "scale": scale, "cti": bool(cti)}
-    if cti_multiplier is not None:
-        kwargs["cti_multiplier"] = cti_multiplier
-    known = {f.name for f in fields(PrivacyConfig)}
-    for key, value in extra.items():
-        if value is None:
-            continue
-        if key not in known:
-            raise ValueError(f"PrivacyConfig has no field {key!r} in this version of splitpriv")
-        kwargs[key] = value
-    return PrivacyConfig(**kwargs).validate()
-
-
-def attacker_knowledge(model, n_bottom_layers: int, privacy, *, max_length: int = 64, loaded=None) -> AttackerKnowledge:
-    """The vendor's knowledge: the bottom exactly as it ships it (initial weights), the tokenizer, the mechanism.
-    ``loaded`` = an already loaded ``(model, tokenizer)`` pair to split instead of loading ``model``."""
-    from splitpriv import load_model, split_model
-
-    net, tokenizer = loaded if loaded is not None else load_model(model)
-    parts = split_model(net, n_bottom_layers)
-    parts.bottom.requires_grad_(False)
-    parts.bottom.eval()
-    return AttackerKnowledge(
-        bottom=parts.bottom, tokenizer=tokenizer, mechanism=privacy.build_mechanism(),
-        cti_multiplier=privacy.cti_multiplier if privacy.cti else None, max_length=max_length,
-    )
-
-
 def _attribute_rows(ds, attribute: str):
     if attribute not in ds.attributes:
         raise ValueError(f"dataset {ds.name!r} has no attribute {attribute!r}; it has {sorted(ds.attributes)}")
@@ -251,76 +214,85 @@ def _attribute_rows(ds, attribute: str):
     return keep
 
 
-def run_attribute_attack(
-    *,
-    dataset: str = "blog_authorship",
-    attribute: str = "gender",
-    n_bottom_layers: int = 0,
-    mechanism: str = "none",
-    eta: float | None = None,
-    sigma: float | None = None,
-    scale: float | None = None,
-    aux_limit: int = 1000,
-    limit: int = 500,
-    seed: int = 0,
-    model=None,
-    progress: bool = True,
-    cti: bool = False,
-    cti_multiplier: float | None = None,
-    classifiers: Sequence[str] = CLASSIFIERS,
-    max_length: int = 64,
-    **_,
-) -> AttackResult:
-    """Attribute inference on ``dataset`` (auxiliary = ``aux_limit`` rows of train, victims = ``limit`` rows of test).
+def representation_floor(knowledge, public_texts, public_labels, observed, true_labels: torch.Tensor, *,
+                         seed: int = 0, noise_scale_fn=None) -> dict:
+    """Accuracy of a classifier the vendor trains on *public* labelled texts (privatized by itself, pooled) when
+    applied to the privatized representations on the wire (``observed``: :class:`~splitpriv.attacks.wire.WireStep`
+    s): what leaks about the task's labels without any gradient."""
+    from splitpriv.seeding import derive_seed, generator
 
-    ``dataset="sst2"`` (which has no author attributes) falls back to blog_authorship, recorded in
-    ``metrics["dataset"]``. With ``cti`` the customer fits CTI on its own (victim) texts and task labels, and the
-    vendor is assumed to know the selected token set (see :mod:`splitpriv.privacy.cti`), so it privatizes its
-    auxiliary sample with the same per-token scales; CTI needs task labels, which trustpilot lacks.
-    """
-    from splitpriv.data import load_dataset
-    from splitpriv.data.loaders import _canonical
-
-    requested = dataset
-    key = _canonical(dataset)
-    note = None
-    if key not in ATTRIBUTE_DATASETS:
-        note = f"{requested!r} has no author attributes; attribute inference ran on blog_authorship instead"
-        key = "blog_authorship"
-    privacy = _privacy_config(mechanism, eta, sigma, scale, cti, cti_multiplier)
-    knowledge = attacker_knowledge(model, n_bottom_layers, privacy, max_length=max_length)
-    aux = load_dataset(key, "train", limit=aux_limit, seed=seed)
-    victim = load_dataset(key, "test", limit=limit, seed=seed)
-    aux = aux.subset(_attribute_rows(aux, attribute))
-    victim = victim.subset(_attribute_rows(victim, attribute))
-
-    scale_fn = None
-    if privacy.cti:
-        from splitpriv.batching import encode_texts
-        from splitpriv.privacy import ContributingTokens, CTIConfig
-
-        if victim.labels is None:
-            raise ValueError(f"CTI needs the customer's task labels, and {key!r} has none")
-        encodings = encode_texts(knowledge.tokenizer, victim.texts, max_length)
-        config = CTIConfig(fraction=privacy.cti_fraction, eta_multiplier=privacy.cti_multiplier)
-        selected = ContributingTokens.fit(encodings, victim.labels, config=config,
-                                          special_ids=knowledge.tokenizer.all_special_ids)
-        scale_fn = selected.noise_scale
-    if progress:
-        print(f"[aia] {key}/{attribute}: {len(aux)} auxiliary, {len(victim)} victims, k={n_bottom_layers}, "
-              f"mechanism={privacy.mechanism}", flush=True)
-    result = attribute_inference(
-        knowledge, aux.texts, aux.attributes[attribute], victim.texts, victim.attributes[attribute],
-        seed=seed, classifiers=classifiers, aux_noise_scale_fn=scale_fn, victim_noise_scale_fn=scale_fn,
-    )
-    result.metrics.update(
-        dataset=key, requested_dataset=requested, attribute=attribute, n_bottom_layers=n_bottom_layers,
-        mechanism=privacy.mechanism, eta=eta, sigma=sigma, scale=scale, cti=privacy.cti, seed=seed,
-    )
-    if note:
-        result.metrics["note"] = note
-    return result
+    train_x = privatized_features(knowledge, public_texts, generator=generator(derive_seed(seed, "label-floor")),
+                                  noise_scale_fn=noise_scale_fn)
+    wire_x = torch.cat([pool_representations(s.hidden, s.attention_mask) for s in observed]).double().numpy()
+    scores = fit_and_score(train_x, list(public_labels), wire_x, true_labels.tolist(), classifiers=("logreg",),
+                           seed=seed)
+    return {"floor_accuracy": scores["logreg"]["accuracy"], "floor_macro_f1": scores["logreg"]["macro_f1"]}
 
 
-__all__ = ["advantage", "attribute_inference", "majority_accuracy", "pool_representations", "privatized_features",
-           "run_attribute_attack"]
+
+
+@dataclass(frozen=True)
+class AttributeOptions:
+    attribute: str = field(default="gender", metadata={"help": "the author attribute inferred: gender or age_group"})
+    aux_limit: int = field(default=1000, metadata={
+        "help": "the vendor's labelled auxiliary sample: rows of the dataset's train split"})
+    classifiers: tuple = field(default=CLASSIFIERS, metadata={
+        "help": f"classifiers trained on the auxiliary sample, any of {CLASSIFIERS}"})
+
+
+@ATTACKS.register("aia")
+class AttributeEntry(Attack):
+    description = "an author attribute (gender, age group) from pooled privatized representations"
+    kind = "attribute"
+    Options = AttributeOptions
+
+    @staticmethod
+    def run(evaluation, options):
+        """Auxiliary sample = ``aux_limit`` rows of train, victims = ``limit`` rows of test. A dataset without
+        author attributes (sst2) falls back to blog_authorship, recorded in ``metrics["note"]``. With CTI the
+        customer fits it on its own (victim) texts and task labels, and the vendor is assumed to know the selected
+        set (:mod:`splitpriv.privacy.cti`), so it privatizes its auxiliary sample with the same per-token scales."""
+        from splitpriv.data import load_dataset
+        from splitpriv.data.loaders import canonical_dataset_name
+
+        requested, attribute = evaluation.dataset, options.attribute
+        key = canonical_dataset_name(requested)
+        note = None
+        if key not in ATTRIBUTE_DATASETS:
+            note = f"{requested!r} has no author attributes; attribute inference ran on blog_authorship instead"
+            key = "blog_authorship"
+        knowledge = evaluation.knowledge(public_text=False)
+        aux = load_dataset(key, "train", limit=options.aux_limit, seed=evaluation.seed)
+        victim = load_dataset(key, "test", limit=evaluation.limit, seed=evaluation.seed)
+        aux = aux.subset(_attribute_rows(aux, attribute))
+        victim = victim.subset(_attribute_rows(victim, attribute))
+        scale_fn = None
+        if evaluation.cti:
+            from splitpriv.batching import encode_texts
+            from splitpriv.privacy import ContributingTokens, CTIConfig
+
+            if victim.labels is None:
+                raise ValueError(f"CTI needs the customer's task labels, and {key!r} has none")
+            encodings = encode_texts(knowledge.tokenizer, victim.texts, evaluation.max_length)
+            selected = ContributingTokens.fit(encodings, victim.labels,
+                                              config=CTIConfig(eta_multiplier=evaluation.cti_multiplier),
+                                              special_ids=knowledge.tokenizer.all_special_ids)
+            scale_fn = selected.noise_scale
+        mech = evaluation.mechanism.to_config()
+        if evaluation.progress:
+            print(f"[aia] {key}/{attribute}: {len(aux)} auxiliary, {len(victim)} victims, "
+                  f"k={evaluation.n_bottom_layers}, mechanism={mech}", flush=True)
+        result = attribute_inference(
+            knowledge, aux.texts, aux.attributes[attribute], victim.texts, victim.attributes[attribute],
+            seed=evaluation.seed, classifiers=tuple(options.classifiers), aux_noise_scale_fn=scale_fn,
+            victim_noise_scale_fn=scale_fn)
+        result.metrics.update(dataset=key, requested_dataset=requested, attribute=attribute,
+                              n_bottom_layers=evaluation.n_bottom_layers, mechanism=mech, cti=evaluation.cti,
+                              seed=evaluation.seed)
+        if note:
+            result.metrics["note"] = note
+        return result
+
+
+__all__ = ["AttributeOptions", "advantage", "attribute_inference", "fit_and_score", "majority_accuracy",
+           "pool_representations", "privatized_features", "representation_floor"]

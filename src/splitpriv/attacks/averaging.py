@@ -23,31 +23,21 @@ accuracy and the recovery of a single observation for comparison.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
 from splitpriv.attacks.base import AttackerKnowledge, AttackResult, InversionAttack, recovery_metrics
+from splitpriv.attacks.learned import LearnedInversion, LearnedOptions, shared_inverter
+from splitpriv.attacks.nearest import MAPInversion
 from splitpriv.attacks.observe import EpochObservations
-from splitpriv.privacy.mechanisms import DChi, Gaussian, Identity, Laplace, Mechanism
-
-
-def noise_variance_per_coordinate(mechanism: Mechanism, d: int) -> float:
-    """``E‖n‖² / d`` of one draw of the mechanism's noise."""
-    if isinstance(mechanism, DChi):
-        if torch.is_tensor(mechanism.eta):
-            raise ValueError("per-token eta: give a scalar-eta mechanism")
-        return (d + 1) / mechanism.eta ** 2  # radius ~ Gamma(d, 1/η): E r² = d(d+1)/η²
-    if isinstance(mechanism, Gaussian):
-        return mechanism.sigma ** 2
-    if isinstance(mechanism, Laplace):
-        return 2 * mechanism.scale ** 2
-    if isinstance(mechanism, Identity):
-        return 0.0
-    raise ValueError(f"noise variance of {type(mechanism).__name__}")
+from splitpriv.attacks.registry import ATTACKS, Attack
+from splitpriv.privacy import Gaussian, Mechanism
 
 
 def averaged_mechanism(mechanism: Mechanism, d: int, n_average: int) -> Mechanism:
     """The noise model of the mean of ``n_average`` draws: Gaussian with the averaged variance (CLT)."""
-    var = noise_variance_per_coordinate(mechanism, d)
+    var = mechanism.coordinate_variance(d)
     if var == 0.0 or n_average <= 1:
         return mechanism
     return Gaussian(sigma=(var / n_average) ** 0.5)
@@ -135,7 +125,7 @@ class AveragingAttack:
 
 def effective_draws(mechanism: Mechanism, obs: EpochObservations) -> int:
     """How many independent noise draws an average of ``obs``'s epochs holds (1 without noise or noise once)."""
-    return 1 if obs.noise == "once" or isinstance(mechanism, Identity) else obs.epochs
+    return 1 if obs.noise == "once" or mechanism.is_noiseless else obs.epochs
 
 
 def averaging_attack(knowledge: AttackerKnowledge, obs: EpochObservations, *, extra_masks=None,
@@ -143,9 +133,6 @@ def averaging_attack(knowledge: AttackerKnowledge, obs: EpochObservations, *, ex
                      **learned_kw) -> AttackResult:
     """The averaging attack with the best base attack for the split depth: MAP at k = 0, learned at k ≥ 1
     (trained on averages of :func:`effective_draws` draws). ``base`` may also be a fitted attack to reuse."""
-    from splitpriv.attacks.learned import LearnedInversion
-    from splitpriv.attacks.nearest import MAPInversion
-
     d = obs.z[0].shape[-1]
     e = effective_draws(knowledge.mechanism, obs)
     single = None
@@ -159,3 +146,24 @@ def averaging_attack(knowledge: AttackerKnowledge, obs: EpochObservations, *, ex
     else:
         raise ValueError(f"base must be 'map', 'learned' or a fitted attack, got {base!r}")
     return AveragingAttack(avg_attack, single).run(obs, knowledge.tokenizer, extra_masks)
+
+
+@dataclass(frozen=True)
+class AveragingOptions(LearnedOptions):
+    epochs: int = field(default=3, metadata={"help": "observations of each text the vendor gets (training epochs)"})
+    noise: str = field(default="fresh", metadata={
+        "help": "fresh: the customer draws new noise every step; once: it privatizes each text once"})
+
+
+@ATTACKS.register("average")
+class AveragingEntry(Attack):
+    description = "link a text's observations across epochs, average away the noise, invert (any k)"
+    Options = AveragingOptions
+
+    @staticmethod
+    def run(evaluation, options):
+        obs = evaluation.epoch_observations(options.epochs, options.noise)
+        base = None
+        if evaluation.n_bottom_layers > 0:
+            base = shared_inverter(evaluation, options, effective_draws(evaluation.mechanism, obs))
+        return averaging_attack(evaluation.knowledge(), obs, extra_masks=evaluation.extra(obs.input_ids), base=base)

@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from splitpriv.split import Bottom
+from splitpriv.candidates import (  # noqa: F401  (re-exported: what the attacks have always imported from here)
+    VendorKnowledge,
+    apply_template,
+    fixed_positions,
+    special_ids,
+    template_tokens,
+)
+
+AttackerKnowledge = VendorKnowledge
 
 # Function words excluded from "content token" recovery (plus punctuation and subword pieces shorter than 2
 # characters). Sentiment and topic live in the remaining tokens, which is what a privacy figure must cover.
@@ -26,24 +34,6 @@ STOPWORDS = frozenset(
     when where which while who whom why will with would you your yours yourself yourselves 's 're 've 'd 'll n't
     s t d ll re ve m""".split()
 )
-
-
-@dataclass
-class AttackerKnowledge:
-    """What the honest-but-curious vendor knows besides the wire: its own bottom weights (as shipped), the
-    tokenizer, the mechanism and its parameters, and public text. Never the customer's text, labels, CTI token
-    set, noise seed or updated bottom."""
-
-    bottom: Bottom
-    tokenizer: object
-    mechanism: object
-    public_texts: list[str] = field(default_factory=list)
-    cti_multiplier: float | None = None
-    max_length: int = 64
-
-    @property
-    def n_bottom_layers(self) -> int:
-        return self.bottom.n_layers
 
 
 @dataclass
@@ -80,8 +70,7 @@ class InversionAttack(abc.ABC):
 
 def real_token_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer) -> torch.Tensor:
     """Real tokens: inside the attention mask and not special tokens ([CLS], [SEP], <s>, ...)."""
-    special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=input_ids.dtype)
-    return attention_mask.bool() & ~torch.isin(input_ids, special)
+    return attention_mask.bool() & ~torch.isin(input_ids, special_ids(tokenizer).to(input_ids.dtype))
 
 
 def content_token_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer) -> torch.Tensor:
@@ -126,54 +115,6 @@ def empirical_privacy(results: list[AttackResult]) -> dict:
     """1 − the strongest attack's success, and which attack that was."""
     best = max(results, key=lambda r: r.success)
     return {"empirical_privacy": 1.0 - best.success, "strongest_attack": best.attack, "success": best.success}
-
-
-# --- helpers shared by the inversion attacks (public knowledge: the tokenizer's template and the mask) ---------
-
-
-def special_ids(tokenizer) -> torch.Tensor:
-    """The tokenizer's special token ids ([CLS], [SEP], [PAD], [UNK], [MASK], <s>, ...), sorted."""
-    return torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
-
-
-def template_tokens(tokenizer) -> tuple[list[int], list[int]]:
-    """The ids the tokenizer puts before and after every single text (BERT: ``[CLS]`` / ``[SEP]``)."""
-    sentinel = -7
-    ids = list(tokenizer.build_inputs_with_special_tokens([sentinel]))
-    i = ids.index(sentinel)
-    return ids[:i], ids[i + 1:]
-
-
-def fixed_positions(tokenizer, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positions whose token the attacker knows from the tokenizer's template and the mask alone.
-
-    The first real positions hold the template's prefix ([CLS]) and the last real ones its suffix ([SEP]): the
-    mask is sent in the clear, so every attack may fix them. Returns ``(fixed [N, T] bool, ids [N, T] long)``;
-    ``ids`` is meaningful where ``fixed``.
-    """
-    prefix, suffix = template_tokens(tokenizer)
-    mask = attention_mask.bool()
-    rank = mask.long().cumsum(1) - 1  # index of each real position among the real positions of its row
-    length = mask.sum(1, keepdim=True)
-    fixed = torch.zeros_like(mask)
-    ids = torch.zeros(mask.shape, dtype=torch.long)
-    for i, tok in enumerate(prefix):
-        hit = mask & (rank == i)
-        fixed |= hit
-        ids[hit] = tok
-    for j, tok in enumerate(suffix):
-        hit = mask & (rank == length - len(suffix) + j)
-        fixed |= hit
-        ids[hit] = tok
-    return fixed, ids
-
-
-def apply_template(predicted: torch.Tensor, tokenizer, attention_mask: torch.Tensor) -> torch.Tensor:
-    """``predicted`` with the template's fixed positions set to their known ids and padding set to [PAD]."""
-    fixed, ids = fixed_positions(tokenizer, attention_mask)
-    out = torch.where(fixed, ids, predicted.cpu())
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return torch.where(attention_mask.bool().cpu(), out, torch.full_like(out, pad))
 
 
 def most_frequent_rate(input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer) -> float:

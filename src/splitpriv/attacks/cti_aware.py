@@ -10,8 +10,8 @@ others with ``η``. The vendor knows ``η`` and ``m`` but not the contributing s
 * k ≥ 1: ``√max(‖z‖² − E‖x‖², 0)``, with ``E‖x‖²`` the mean squared norm of clean representations of public text
   through the known bottom (``‖z‖² = ‖x‖² + ‖n‖² + 2x·n``).
 
-Detection: the log-likelihood ratio of the radius under the two Gamma laws,
-``LLR(r) = d log m − η (m − 1) r``, plus the log prior odds of the share ``π`` of contributing tokens, which the
+Detection: the log-likelihood ratio of the radius under the mechanism's two radius laws (noise scaled by ``1/m``
+and by 1; :meth:`~splitpriv.privacy.Mechanism.radius_log_prob`, for d_chi ``LLR(r) = d log m − η (m − 1) r``), plus the log prior odds of the share ``π`` of contributing tokens, which the
 attacker estimates by EM on the observed radii (only ``π`` is unknown; both component laws are known). The
 evaluator reports the detection ROC AUC (sklearn) against the true CTI set.
 
@@ -27,8 +27,11 @@ import math
 import torch
 
 from splitpriv.attacks.base import AttackerKnowledge, AttackResult, InversionAttack, real_token_mask, recovery_metrics
-from splitpriv.attacks.nearest import MAPInversion, NearestNeighbour, _targets
-from splitpriv.privacy.mechanisms import DChi, Identity
+from splitpriv.attacks.learned import LearnedInversion, LearnedOptions
+from splitpriv.attacks.nearest import MAPInversion, NearestNeighbour
+from splitpriv.attacks.observe import clean_hidden, tokenize
+from splitpriv.attacks.registry import ATTACKS, Attack
+from splitpriv.candidates import target_positions
 
 
 class CTIAwareInversion(InversionAttack):
@@ -49,17 +52,14 @@ class CTIAwareInversion(InversionAttack):
         self.m = float(self.multiplier or knowledge.cti_multiplier or 0.0)
         if self.m <= 0:
             raise ValueError("the CTI-aware attack needs the CTI eta multiplier (AttackerKnowledge.cti_multiplier)")
-        self.noisy = not isinstance(mech, Identity)
-        if self.noisy and (not isinstance(mech, DChi) or torch.is_tensor(mech.eta)):
-            raise ValueError("the CTI-aware attack models d_chi noise with a scalar eta")
+        self.noisy = not mech.is_noiseless
+        if self.noisy:
+            mech.require("radius", user="attack 'cti'")
         self.k = knowledge.n_bottom_layers
         if self.k == 0:
             self.nn = NearestNeighbour().fit(knowledge)
             self.map = MAPInversion().fit(knowledge)
         else:
-            from splitpriv.attacks.learned import LearnedInversion
-            from splitpriv.attacks.observe import clean_hidden, tokenize
-
             ids, mask, tt = tokenize(knowledge.tokenizer, knowledge.public_texts[:256], knowledge.max_length)
             h = clean_hidden(knowledge.bottom, ids, mask, tt)
             self.mean_sq_norm = float(h[mask.bool()].pow(2).sum(-1).mean())
@@ -85,9 +85,11 @@ class CTIAwareInversion(InversionAttack):
         return out
 
     def llr(self, r: torch.Tensor, d: int) -> torch.Tensor:
-        """log p(r | η·m) − log p(r | η) for radii ``r`` (Gamma(d, scale 1/η) laws)."""
-        eta = float(self.knowledge.mechanism.eta)
-        return d * math.log(self.m) - eta * (self.m - 1.0) * r
+        """log p(r | noise × 1/m) − log p(r | noise × 1) for radii ``r`` (float64, returned as ``r``'s dtype; a
+        radius of 0 is taken as the smallest positive one, where both laws' densities are finite)."""
+        law = self.knowledge.mechanism.radius_log_prob
+        r64 = r.double().clamp_min(torch.finfo(torch.float64).tiny)
+        return (law(r64, d, 1.0 / self.m) - law(r64, d, 1.0)).to(r.dtype)
 
     @torch.no_grad()
     def detect(self, hidden: torch.Tensor, attention_mask: torch.Tensor):
@@ -131,7 +133,7 @@ def cti_attack(knowledge: AttackerKnowledge, hidden: torch.Tensor, attention_mas
     pred = attack.invert(hidden, attention_mask)
     extra = {"contributing": contributing}
     metrics = recovery_metrics(pred, input_ids, attention_mask, tok, extra)
-    rows, cols = _targets(tok, attention_mask)
+    rows, cols = target_positions(tok, attention_mask)
     real = real_token_mask(input_ids, attention_mask, tok)
     sel = torch.zeros_like(real)
     sel[rows, cols] = True
@@ -151,3 +153,22 @@ def cti_attack(knowledge: AttackerKnowledge, hidden: torch.Tensor, attention_mas
         metrics["unaware_recovery"] = unaware["token_recovery"]
         metrics["unaware_contributing_recovery"] = unaware["contributing_recovery"]
     return AttackResult("cti", metrics["token_recovery"], metrics)
+
+
+def needs_cti(setting) -> str | None:
+    """Applicability of the CTI-aware attack: the customer must use CTI."""
+    return None if setting.cti else "it detects CTI's reduced-noise tokens, and this setting has no CTI"
+
+
+@ATTACKS.register("cti")
+class CTIEntry(Attack):
+    description = "detect CTI's reduced-noise positions from the noise radius, invert them with that noise (any k)"
+    Options = LearnedOptions
+    applies = staticmethod(needs_cti)
+
+    @staticmethod
+    def run(evaluation, options):
+        z, mask, ids = evaluation.observations()
+        return cti_attack(evaluation.knowledge(), z, mask, ids, evaluation.contributing.is_contributing(ids),
+                          progress=evaluation.progress,
+                          learned_kw={**options.inverter_kw(), "seed": evaluation.attacker_seed})

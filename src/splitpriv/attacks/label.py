@@ -1,10 +1,10 @@
 r"""Label inference: the vendor recovers the customer's private training labels from the gradients it receives.
 
-What the vendor observes (all through :class:`WireTap`, the ``tap`` of
-:class:`~splitpriv.transport.inprocess.InProcessTransport`): per training step the privatized representations and
-mask it receives, the outputs it returns, and the gradient of the customer's loss w.r.t. those outputs. It never
-sees labels; the evaluator aligns the true labels to the steps by replaying
-:func:`splitpriv.batching.training_order`, which is how the customer orders its batches.
+What the vendor observes (a transcript of the messages of a training run, read by
+:func:`~splitpriv.attacks.wire.read_transcript`): per training step the privatized representations and mask it
+receives, the outputs it returns, and the gradient of the customer's loss w.r.t. those outputs. It never sees
+labels; the evaluator runs the training (:mod:`splitpriv.simulation`) and aligns the true labels to the steps by
+replaying :func:`splitpriv.batching.training_order`, which is how the customer orders its batches.
 
 Attacks:
 
@@ -61,58 +61,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from splitpriv.attacks.attribute import representation_floor
 from splitpriv.attacks.base import AttackResult
-from splitpriv.protocol import BackwardRequest, BackwardResult, ForwardRequest, Message, Outputs, PredictRequest
+from splitpriv.attacks.registry import ATTACKS, Attack
+from splitpriv.attacks.wire import WireStep, WireTap, read_transcript  # noqa: F401  (WireTap: re-exported)
 
 LABEL_FREE_ATTACKS = ("exact", "whitebox_head", "norm", "cosine", "cluster")
-
-
-# -- what the vendor observes ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class WireStep:
-    """One training step as the vendor sees it."""
-
-    step: int
-    hidden: Tensor | None = None  # ForwardRequest.hidden: privatized representations [B, T, d]
-    attention_mask: Tensor | None = None
-    outputs: Tensor | None = None  # Outputs it returned: logits [B, C] or last hidden states [B, T, d]
-    grad_outputs: Tensor | None = None  # BackwardRequest.grad_outputs: ∂L/∂outputs, same shape as outputs
-
-
-@dataclass
-class WireTap:
-    """``tap`` for :class:`InProcessTransport`: keeps every training step's messages and the shape of every
-    tensor that crossed (``crossings``: ``(direction, kind, field, shape)``)."""
-
-    steps: dict[int, WireStep] = field(default_factory=dict)
-    crossings: list[tuple[str, str, str, tuple[int, ...]]] = field(default_factory=list)
-    _awaiting: int | None = None
-
-    def __call__(self, direction: str, message: Message) -> None:
-        for name in message.tensor_fields:
-            value = getattr(message, name)
-            if isinstance(value, Tensor):
-                self.crossings.append((direction, message.kind, name, tuple(value.shape)))
-        if isinstance(message, ForwardRequest):
-            step = self.steps.setdefault(message.step, WireStep(message.step))
-            step.hidden, step.attention_mask = message.hidden, message.attention_mask
-            self._awaiting = message.step
-        elif isinstance(message, PredictRequest):
-            self._awaiting = None
-        elif isinstance(message, Outputs) and direction == "to_customer":
-            if self._awaiting is not None and message.step == self._awaiting:
-                self.steps[message.step].outputs = message.outputs
-            self._awaiting = None
-        elif isinstance(message, BackwardRequest):
-            self.steps.setdefault(message.step, WireStep(message.step)).grad_outputs = message.grad_outputs
-        elif isinstance(message, BackwardResult):
-            pass
-
-    def observed(self) -> list[WireStep]:
-        """Completed training steps (with a gradient), in step order."""
-        return [self.steps[s] for s in sorted(self.steps) if self.steps[s].grad_outputs is not None]
 
 
 # -- the attacks ----------------------------------------------------------------------------------------------------
@@ -337,162 +291,102 @@ def label_inference(
     return AttackResult(attack="label_inference", success=metrics["accuracy"], metrics=metrics)
 
 
-# -- the floor: labels from the representations alone ---------------------------------------------------------------
+# -- the attack on a transcript, and its registry entry -------------------------------------------------------------
 
 
-def representation_floor(knowledge, public_texts, public_labels, observed: Sequence[WireStep], true_labels: Tensor, *,
-                         seed: int = 0, noise_scale_fn=None) -> dict:
-    """Accuracy of a classifier the vendor trains on *public* labelled texts (privatized by itself, pooled) when
-    applied to the privatized representations on the wire: what leaks without any gradient."""
-    from splitpriv.attacks.attribute import fit_and_score, pool_representations, privatized_features
-    from splitpriv.seeding import derive_seed, generator
-
-    train_x = privatized_features(knowledge, public_texts, generator=generator(derive_seed(seed, "label-floor")),
-                                  noise_scale_fn=noise_scale_fn)
-    wire_x = torch.cat([pool_representations(s.hidden, s.attention_mask) for s in observed]).double().numpy()
-    scores = fit_and_score(train_x, list(public_labels), wire_x, true_labels.tolist(), classifiers=("logreg",),
-                           seed=seed)
-    return {"floor_accuracy": scores["logreg"]["accuracy"], "floor_macro_f1": scores["logreg"]["macro_f1"]}
-
-
-# -- a real split training run, observed by the vendor -------------------------------------------------------------
-
-
-def observe_training(texts: Sequence[str], labels: Sequence[int], *, num_labels: int, head: str = "vendor",
-                     n_bottom_layers: int = 0, privacy=None, method: str = "lora", batch_size: int = 32,
-                     epochs: int = 1, seed: int = 0, model=None, progress: bool = False, vendor=None):
-    """Train a real Customer against a real Vendor in process; returns ``(tap, per-step true labels, customer)``.
-
-    The tap sees exactly the decoded messages; the labels per step come from replaying the customer's
-    :func:`~splitpriv.batching.training_order`. ``vendor`` lets a caller reuse a loaded :class:`Vendor`."""
-    from splitpriv.batching import num_steps, training_order
-    from splitpriv.config import PrivacyConfig, TrainConfig
-    from splitpriv.protocol import SessionConfig
-    from splitpriv.roles.customer import Customer
-    from splitpriv.roles.vendor import Vendor
-    from splitpriv.seeding import derive_seed
-    from splitpriv.transport.inprocess import InProcessTransport
-
-    privacy = privacy if privacy is not None else PrivacyConfig()
-    vendor = vendor if vendor is not None else Vendor(model)
-    tap = WireTap()
-    transport = InProcessTransport(vendor, tap=tap)
-    n = len(texts)
-    session = SessionConfig(n_bottom_layers=n_bottom_layers, num_labels=num_labels, tuning={"method": method},
-                            total_steps=num_steps(n, batch_size, epochs), seed=seed, head=head)
-    train = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed,
-                        noise_seed=derive_seed(seed, "customer-noise") % (2**62))
-    customer = Customer.open(transport, session, privacy, train)
-    try:
-        customer.fit(list(texts), list(labels), progress=progress)
-    finally:
-        transport.close()
-    y = torch.as_tensor(list(labels), dtype=torch.long)
-    per_step = [y[index] for _, _, index in training_order(n, batch_size, epochs, seed)]
-    return tap, per_step, customer
-
-
-def _split_public(full, limit: int, public_limit: int, seed: int):
+def split_public(full, limit: int, public_limit: int, seed: int):
+    """``(customer rows, public rows)`` of one split: the customer's ``limit`` rows are those of
+    ``load_dataset(..., limit=limit, seed=seed)``; ``public_limit`` others are the vendor's public labelled data."""
     from splitpriv.data.core import sample_indices
     from splitpriv.seeding import derive_seed
 
-    customer_idx = list(sample_indices(len(full), limit, seed))  # = load_dataset(..., limit=limit, seed=seed)
+    customer_idx = list(sample_indices(len(full), limit, seed))
     taken = set(customer_idx)
     rest = [i for i in range(len(full)) if i not in taken]
     public_idx = sorted(random.Random(derive_seed(seed, "public")).sample(rest, min(public_limit, len(rest))))
     return full.subset(customer_idx), full.subset(public_idx)
 
 
-def run_label_attack(
-    *,
-    dataset: str = "sst2",
-    head: str = "vendor",
-    n_bottom_layers: int = 0,
-    mechanism: str = "none",
-    eta: float | None = None,
-    sigma: float | None = None,
-    scale: float | None = None,
-    label_dp_epsilon: float | None = None,
-    limit: int = 256,
-    seed: int = 0,
-    model=None,
-    progress: bool = True,
-    method: str = "lora",
-    batch_size: int = 32,
-    epochs: int = 1,
-    public_limit: int = 1000,
-    cti: bool = False,
-    cti_multiplier: float | None = None,
-    vendor=None,
-    **_,
-) -> AttackResult:
-    """A real short split training run on ``limit`` rows of ``dataset``'s train split, attacked from the vendor's
-    tap; the floor uses ``public_limit`` other rows of the same split as the vendor's public labelled data.
-
-    ``label_dp_epsilon`` is passed to :class:`~splitpriv.config.PrivacyConfig` (an error if this version has no
-    label DP). With ``cti`` the floor privatizes the public data with the customer's CTI scales (the vendor is
-    assumed to know the selected set, see :mod:`splitpriv.privacy.cti`)."""
-    from splitpriv.attacks.attribute import _privacy_config, attacker_knowledge
-    from splitpriv.data import load_dataset
-    from splitpriv.split import Head
-
-    if head not in ("vendor", "customer"):
-        raise ValueError(f"head must be 'vendor' or 'customer', got {head!r}")
-    try:
-        privacy = _privacy_config(mechanism, eta, sigma, scale, cti, cti_multiplier, label_dp_epsilon=label_dp_epsilon)
-    except ValueError as exc:
-        if label_dp_epsilon is not None and "label_dp_epsilon" in str(exc):
-            raise ValueError(
-                "label_dp_epsilon was given but splitpriv.config.PrivacyConfig has no 'label_dp_epsilon' field: "
-                "label DP is not available in this version"
-            ) from None
-        raise
-    full = load_dataset(dataset, "train")
-    if full.labels is None:
-        raise ValueError(f"dataset {dataset!r} has no labels in its train split")
-    data, public = _split_public(full, limit, public_limit, seed)
-    C = full.num_labels
-    if progress:
-        print(f"[lia] {full.name}: {len(data)} customer samples, head={head}, k={n_bottom_layers}, "
-              f"mechanism={privacy.mechanism}, label_dp_epsilon={label_dp_epsilon}", flush=True)
-    tap, per_step, customer = observe_training(
-        data.texts, data.labels, num_labels=C, head=head, n_bottom_layers=n_bottom_layers, privacy=privacy,
-        method=method, batch_size=batch_size, epochs=epochs, seed=seed, model=model, progress=progress, vendor=vendor,
-    )
+def transcript_attack(messages, labels_per_step: Sequence[Tensor], knowledge, *, head: str, num_labels: int,
+                      public_texts: Sequence[str], public_labels: Sequence[int], whitebox_head=None,
+                      noise_scale_fn=None, seed: int = 0) -> AttackResult:
+    """Every label attack on a training run's wire transcript (``[(direction, message), ...]``), with the vendor's
+    public knowledge: its ``knowledge`` of the bottom and mechanism, public labelled data (prior and floor) and,
+    for a customer-held head, its copy of the head it shipped. ``labels_per_step`` only scores."""
+    tap = read_transcript(messages)
     observed = tap.observed()
-
-    # The vendor's own knowledge: the bottom and head exactly as shipped, and the public label prior.
-    from splitpriv import load_model
-
-    net, tokenizer = load_model(model, num_labels=C, seed=0)  # the vendor's base: what it shipped, as shipped
-    net.requires_grad_(False)
-    knowledge = attacker_knowledge(model, n_bottom_layers, privacy, loaded=(net, tokenizer))
-    counts = Counter(public.labels)
-    prior = [counts.get(c, 0) / len(public) for c in range(C)]
-    whitebox = Head(net).eval() if head == "customer" else None
-
-    result = label_inference(observed, per_step, head=head, num_labels=C, prior=prior, whitebox_head=whitebox,
-                             seed=seed)
-    y = torch.cat(per_step)
-    floor = representation_floor(knowledge, public.texts, public.labels, observed, y, seed=seed,
-                                 noise_scale_fn=customer.cti.noise_scale if customer.cti is not None else None)
+    counts = Counter(public_labels)
+    prior = [counts.get(c, 0) / len(public_labels) for c in range(num_labels)]
+    result = label_inference(observed, labels_per_step, head=head, num_labels=num_labels, prior=prior,
+                             whitebox_head=whitebox_head, seed=seed)
+    floor = representation_floor(knowledge, public_texts, public_labels, observed, torch.cat(list(labels_per_step)),
+                                 seed=seed, noise_scale_fn=noise_scale_fn)
     m = result.metrics
     m.update(floor)
     m["leakage_above_floor"] = result.success - floor["floor_accuracy"]
     crossed = {(kind, name, len(shape)) for _, kind, name, shape in tap.crossings}
     m["wire"] = sorted(f"{kind}.{name}:rank{rank}" for kind, name, rank in crossed)
-    m["logits_crossed"] = any(kind in ("outputs", "backward") and len(shape) == 2 and shape[-1] == C
+    m["logits_crossed"] = any(kind in ("outputs", "backward") and len(shape) == 2 and shape[-1] == num_labels
                               for _, kind, _n, shape in tap.crossings)
-    m.update(dataset=full.name, n_bottom_layers=n_bottom_layers, mechanism=privacy.mechanism, eta=eta, sigma=sigma,
-             scale=scale, cti=privacy.cti, label_dp_epsilon=label_dp_epsilon, method=method, batch_size=batch_size,
-             epochs=epochs, seed=seed, n_public=len(public))
-    if label_dp_epsilon is not None:
-        from splitpriv.privacy.label_dp import keep_probability
-
-        m["expected_rr_accuracy"] = keep_probability(float(label_dp_epsilon), C)
     return result
 
 
-__all__ = ["WireStep", "WireTap", "cluster_attack", "cosine_attack", "exact_label_attack", "label_inference",
-           "norm_attack", "norm_attack_scores", "observe_training", "oracle_cluster_accuracy", "representation_floor",
-           "run_label_attack", "whitebox_head_attack"]
+@dataclass(frozen=True)
+class LabelOptions:
+    head: str = field(default="vendor", metadata={"help": "who holds the classification head: vendor or customer"})
+    label_dp_epsilon: float | None = field(default=None, metadata={
+        "help": "the customer's label DP (randomized response on its labels); None: none"})
+    method: str = field(default="lora", metadata={"help": "the vendor's tuning method in the attacked run"})
+    batch_size: int = field(default=32, metadata={"help": "the attacked run's batch size"})
+    epochs: int = field(default=1, metadata={"help": "the attacked run's epochs"})
+    public_limit: int = field(default=1000, metadata={
+        "help": "public labelled rows of the task (disjoint from the customer's): the vendor's prior and floor"})
+
+
+@ATTACKS.register("label")
+class LabelEntry(Attack):
+    description = "the customer's training labels from the gradients of a short split training run"
+    kind = "label"
+    Options = LabelOptions
+
+    @staticmethod
+    def run(evaluation, options):
+        from splitpriv.data import load_dataset
+        from splitpriv.split import Head
+
+        if options.head not in ("vendor", "customer"):
+            raise ValueError(f"head must be 'vendor' or 'customer', got {options.head!r}")
+        full = load_dataset(evaluation.dataset, "train")
+        if full.labels is None:
+            raise ValueError(f"dataset {evaluation.dataset!r} has no labels in its train split")
+        data, public = split_public(full, evaluation.limit, options.public_limit, evaluation.seed)
+        C = full.num_labels
+        mech = evaluation.mechanism.to_config()
+        if evaluation.progress:
+            print(f"[lia] {full.name}: {len(data)} customer samples, head={options.head}, "
+                  f"k={evaluation.n_bottom_layers}, mechanism={mech}, label_dp_epsilon={options.label_dp_epsilon}",
+                  flush=True)
+        run = evaluation.training_run(data.texts, data.labels, num_labels=C, head=options.head, method=options.method,
+                                      batch_size=options.batch_size, epochs=options.epochs,
+                                      label_dp_epsilon=options.label_dp_epsilon)
+        shipped = evaluation.shipped_model(C)
+        cti = run.customer.cti  # the vendor is assumed to know the selected set (see splitpriv.privacy.cti)
+        result = transcript_attack(
+            run.messages, run.labels_per_step, evaluation.knowledge(public_text=False, loaded=shipped),
+            head=options.head, num_labels=C, public_texts=public.texts, public_labels=public.labels,
+            whitebox_head=Head(shipped[0]).eval() if options.head == "customer" else None,
+            noise_scale_fn=cti.noise_scale if cti is not None else None, seed=evaluation.seed)
+        result.metrics.update(dataset=full.name, n_bottom_layers=evaluation.n_bottom_layers, mechanism=mech,
+                              cti=evaluation.cti, label_dp_epsilon=options.label_dp_epsilon, method=options.method,
+                              batch_size=options.batch_size, epochs=options.epochs, seed=evaluation.seed,
+                              n_public=len(public))
+        if options.label_dp_epsilon is not None:
+            from splitpriv.privacy.label_dp import keep_probability
+
+            result.metrics["expected_rr_accuracy"] = keep_probability(float(options.label_dp_epsilon), C)
+        return result
+
+
+__all__ = ["LabelOptions", "WireStep", "WireTap", "cluster_attack", "cosine_attack", "exact_label_attack",
+           "label_inference", "norm_attack", "norm_attack_scores", "oracle_cluster_accuracy", "read_transcript",
+           "representation_floor", "split_public", "transcript_attack", "whitebox_head_attack"]

@@ -10,7 +10,7 @@ input LayerNorm + linear to ``width`` + learned position embeddings + a ``layers
 encoder over the positions of the sentence (context lets it denoise, like a masked LM learned on public text) +
 a linear map back to ``d`` whose weights start at zero; ``arch="mlp"`` is the same per token, without attention.
 Output: for position ``p``, ``logit_t = −s·‖u − e_{t,p}‖ + b_t`` where ``e_{t,p}`` is token ``t``'s *embedding-layer*
-output at ``p`` (exact distances from :class:`~splitpriv.attacks.nearest.CandidateSpace`, no table per position),
+output at ``p`` (exact distances from :class:`~splitpriv.candidates.CandidateSpace`, no table per position),
 ``s`` and the per-token bias ``b`` are learned, ``b`` starts at the public log prior and ``s`` at the value that best
 explains the public training pairs. So before any training the inverter *is* the MAP attack (for d_chi at k = 0,
 ``s = η`` exactly) or, at k ≥ 1, nearest neighbour against layer-0 candidates, which MiniLM's residual stream makes
@@ -33,14 +33,16 @@ from __future__ import annotations
 import math
 import random
 import time
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import nn
 
-from splitpriv.attacks.base import AttackerKnowledge, InversionAttack, apply_template, fixed_positions, torch_threads
-from splitpriv.attacks.nearest import CandidateSpace, fit_candidates, token_log_prior
+from splitpriv.attacks.base import AttackerKnowledge, InversionAttack, torch_threads
 from splitpriv.attacks.observe import clean_hidden, tokenize
-from splitpriv.privacy.mechanisms import privatize
+from splitpriv.attacks.registry import ATTACKS, Attack
+from splitpriv.candidates import CandidateSpace, apply_template, fit_candidates, fixed_positions, shared_log_prior
+from splitpriv.privacy import privatize
 
 
 class Inverter(nn.Module):
@@ -140,10 +142,7 @@ class LearnedInversion(InversionAttack):
         ids, mask, tt = tokenize(tok, texts, knowledge.max_length)
         h = clean_hidden(bottom, ids, mask, tt, batch_size=64)
         space, self.penalty = fit_candidates(knowledge)
-        prior = getattr(knowledge, "_token_log_prior", None)
-        if prior is None:
-            prior = token_log_prior(tok, knowledge.public_texts, space.vocab_size)
-            knowledge._token_log_prior = prior
+        prior = shared_log_prior(knowledge, space.vocab_size)
         torch.manual_seed(self.seed)  # inverter init (the attacker's own randomness)
         self.model = Inverter(space, prior - self.penalty.clamp(max=1e4), arch=self.arch, width=self.width,
                               layers=self.layers, max_positions=max(knowledge.max_length, ids.shape[1]))
@@ -244,3 +243,39 @@ class LearnedInversion(InversionAttack):
         if rows.numel():
             pred[rows, cols] = self.log_probs(hidden, attention_mask, rows, cols).argmax(1)
         return apply_template(pred, tok, attention_mask)
+
+
+@dataclass(frozen=True)
+class LearnedOptions:
+    n_public: int = field(default=2000, metadata={"help": "public sentences the inverter is trained on"})
+    learned_epochs: int = field(default=2, metadata={"help": "training epochs of the inverter"})
+    arch: str = field(default="transformer", metadata={
+        "help": "inverter: transformer (reads the sentence's context) or mlp (per token)"})
+    learned_batch_size: int = field(default=32, metadata={"help": "inverter training batch size"})
+
+    def inverter_kw(self) -> dict:
+        """These options as :class:`LearnedInversion` arguments."""
+        return dict(n_public=self.n_public, epochs=self.learned_epochs, arch=self.arch,
+                    batch_size=self.learned_batch_size)
+
+
+def shared_inverter(evaluation, options: LearnedOptions, n_average: int = 1) -> LearnedInversion:
+    """The inverter for averages of ``n_average`` draws, trained once per evaluation and inverter options (the
+    learned and averaging attacks share it)."""
+    key = ("learned", n_average, *(getattr(options, f.name) for f in fields(LearnedOptions)))
+    return evaluation.memo(key, lambda: LearnedInversion(
+        **options.inverter_kw(), n_average=n_average, seed=evaluation.attacker_seed,
+        progress=evaluation.progress).fit(evaluation.knowledge()))
+
+
+@ATTACKS.register("learned")
+class LearnedEntry(Attack):
+    description = "an inverter trained on public text through the known bottom and mechanism (any k)"
+    Options = LearnedOptions
+
+    @staticmethod
+    def run(evaluation, options):
+        attack = shared_inverter(evaluation, options)
+        return evaluation.score("learned", attack, {
+            "train_seconds": attack.train_seconds, "arch": attack.arch, "n_public": options.n_public,
+            "epochs": attack.epochs, "final_train_loss": attack.history[-1] if attack.history else None})

@@ -11,12 +11,12 @@ wire), and the mask is sent in the clear, so the padded form carries exactly wha
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
 
-from splitpriv.privacy.mechanisms import Mechanism, privatize
+from splitpriv.candidates import eval_mode
+from splitpriv.privacy import Mechanism, privatize
 from splitpriv.split import Bottom
 
 
@@ -26,19 +26,6 @@ def tokenize(tokenizer, texts: list[str], max_length: int = 64) -> tuple[torch.T
     ids = enc["input_ids"]
     tt = enc.get("token_type_ids")
     return ids, enc["attention_mask"], (tt if tt is not None else torch.zeros_like(ids))
-
-
-@contextlib.contextmanager
-def eval_mode(module: torch.nn.Module):
-    """Run ``module`` without dropout, restoring every submodule's own train/eval flag afterwards (a bottom
-    grafted from an eval-mode model is itself flagged as training; ``.train(flag)`` would turn dropout on)."""
-    flags = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield module
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 @torch.no_grad()

@@ -24,27 +24,21 @@ sentence, whichever of the optimized and the initial guess has the lower objecti
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 
-from splitpriv.attacks.base import AttackerKnowledge, InversionAttack, apply_template, fixed_positions, torch_threads
-from splitpriv.attacks.nearest import fit_candidates, shared_log_prior
-from splitpriv.attacks.observe import eval_mode
-from splitpriv.privacy.mechanisms import DChi, Gaussian, Identity, Laplace, Mechanism
+from splitpriv.attacks.base import AttackerKnowledge, InversionAttack, torch_threads
+from splitpriv.attacks.registry import ATTACKS, Attack
+from splitpriv.candidates import apply_template, eval_mode, fit_candidates, fixed_positions, shared_log_prior
+from splitpriv.privacy import Identity, Mechanism
 
 
 def token_nll(mechanism: Mechanism | None, z: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    """Differentiable ``−log p(z | f)`` per token up to a constant (last axis reduced): d_chi ``η‖z − f‖``,
-    Gaussian ``‖z − f‖² / 2σ²``, Laplace ``‖z − f‖₁ / b``; without noise (or unknown) the plain L2 distance."""
-    diff = z - f
-    if isinstance(mechanism, Gaussian):
-        return diff.pow(2).sum(-1) / (2 * mechanism.sigma ** 2)
-    if isinstance(mechanism, Laplace):
-        return diff.abs().sum(-1) / mechanism.scale
-    dist = (diff.pow(2).sum(-1) + 1e-8).sqrt()
-    if isinstance(mechanism, DChi) and not torch.is_tensor(mechanism.eta):
-        return mechanism.eta * dist
-    return dist
+    """Differentiable ``−log p(z | f)`` per token up to a constant (last axis reduced): the mechanism's own
+    :meth:`~splitpriv.privacy.Mechanism.nll` (d_chi ``η‖z − f‖``, Gaussian ``‖z − f‖² / 2σ²``, Laplace
+    ``‖z − f‖₁ / b``, no noise: the L2 distance). ``None`` stands for no noise."""
+    return (Identity() if mechanism is None else mechanism).nll(z, f)
 
 
 class OptimizationInversion(InversionAttack):
@@ -70,7 +64,7 @@ class OptimizationInversion(InversionAttack):
         prior = shared_log_prior(knowledge, self.space.vocab_size)
         self.frequent = (prior - self.penalty).topk(self.n_prior).indices if self.n_prior else None
         self.log_prior = prior
-        noisy = knowledge.mechanism is not None and not isinstance(knowledge.mechanism, Identity)
+        noisy = knowledge.mechanism is not None and not knowledge.mechanism.is_noiseless
         self.prior_w = self.prior_weight if noisy else 0.0  # a point-mass likelihood leaves no room for a prior
         return self
 
@@ -180,3 +174,26 @@ def _bar(total: int, progress: bool, desc: str):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, leave=False)
+
+
+@dataclass(frozen=True)
+class OptimizationOptions:
+    steps: int = field(default=200, metadata={"help": "Adam steps per batch of sentences"})
+    top_k: int = field(default=256, metadata={"help": "candidate tokens per position"})
+    n_prior: int = field(default=64, metadata={"help": "of the candidates, the most frequent public-text tokens"})
+    opt_batch_size: int = field(default=16, metadata={"help": "sentences optimised together"})
+    init: str = field(default="nn", metadata={
+        "help": "start from the standardized layer-0 nearest-neighbour scores (nn) or from uniform logits (zeros)"})
+
+
+@ATTACKS.register("opt")
+class OptimizationEntry(Attack):
+    description = "gradient search over relaxed tokens through the attacker's copy of the bottom (any k)"
+    Options = OptimizationOptions
+
+    @staticmethod
+    def run(evaluation, options):
+        attack = OptimizationInversion(steps=options.steps, top_k=options.top_k, n_prior=options.n_prior,
+                                       batch_size=options.opt_batch_size, init=options.init,
+                                       progress=evaluation.progress).fit(evaluation.knowledge())
+        return evaluation.score("opt", attack, {"steps": options.steps, "top_k": options.top_k, "init": options.init})

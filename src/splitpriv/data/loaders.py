@@ -63,7 +63,8 @@ def data_dir() -> Path | None:
     return Path(value).expanduser() if value else None
 
 
-def _canonical(name: str) -> str:
+def canonical_dataset_name(name: str) -> str:
+    """The registered key of a dataset name or one of its aliases; ValueError naming the available ones."""
     key = str(name).strip().lower()
     if key in _SPECS:
         return key
@@ -72,6 +73,9 @@ def _canonical(name: str) -> str:
     if key not in _SPECS:
         raise ValueError(f"unknown dataset {name!r}; available: {available_datasets()}")
     return key
+
+
+_canonical = canonical_dataset_name
 
 
 def _check_source(source: str) -> None:
@@ -127,7 +131,7 @@ def load_dataset(
     ``limit`` keeps a ``seed``-ed random subset of that many rows (in file order).
     Option: ``agreement=50|66|75|100`` (financial_phrasebank) keeps rows with at least that agreement.
     """
-    key = _canonical(name)
+    key = canonical_dataset_name(name)
     _check_source(source)
     spec = _SPECS[key]
     if source == "embedded" and key == "sst2":

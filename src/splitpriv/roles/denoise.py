@@ -6,13 +6,13 @@ sees inputs from the distribution it was pretrained on instead of off-manifold n
 the token nearest to ``z``; ``method="map"`` the most probable one, ``argmax_t log p(z | e_{t,p}) + log prior(t)``
 under the customer's declared mechanism (d_chi: ``−η‖z − e‖``) and a unigram prior from public text (WikiText-2).
 
-Threat model: the projection is exactly the nearest-neighbour or MAP inversion attack
-(:mod:`splitpriv.attacks.nearest`) used as pre-processing, computed only from the vendor's own weights, public text,
-the mechanism (which every attack is assumed to know) and what it receives. It gives the vendor nothing an attacker
-does not already have, so it costs no privacy (the d_chi guarantee is a property of what the customer sends, not of
-what the vendor does with it, and empirical privacy is measured against that same attack and stronger ones); it can
-only change utility. It is not differentiable, so it needs a frozen bottom (the customer gets no gradient to train
-it with).
+Threat model: the projection is exactly the nearest-neighbour or MAP inversion attack used as pre-processing
+(both decode with :mod:`splitpriv.candidates`, the kernel they share), computed only from the vendor's own
+weights, public text, the mechanism (which every attack is assumed to know) and what it receives. It gives the
+vendor nothing an attacker does not already have, so it costs no privacy (the d_chi guarantee is a property of
+what the customer sends, not of what the vendor does with it, and empirical privacy is measured against that same
+attack and stronger ones); it can only change utility. It is not differentiable, so it needs a frozen bottom (the
+customer gets no gradient to train it with).
 """
 
 from __future__ import annotations
@@ -25,31 +25,29 @@ class TokenProjection:
     (the template's special tokens at their fixed positions); padding positions are left as they are."""
 
     def __init__(self, bottom, tokenizer, *, method: str = "nn", declared_noise: dict | None = None):
-        from splitpriv.attacks.base import AttackerKnowledge
-        from splitpriv.attacks.nearest import MAPInversion, NearestNeighbour
+        from splitpriv.candidates import MAPDecoder, NearestDecoder, VendorKnowledge
         from splitpriv.privacy import Identity, build_mechanism
 
         if bottom.n_layers != 0:
             raise ValueError(f"token projection needs a split at k = 0, the bottom has {bottom.n_layers} blocks")
         self.bottom = bottom
         if method == "nn":
-            self.attack = NearestNeighbour().fit(AttackerKnowledge(bottom, tokenizer, Identity()))
+            self.decoder = NearestDecoder(VendorKnowledge(bottom, tokenizer, Identity()))
         elif method == "map":
             from splitpriv.data import public_corpus
 
             if not declared_noise:
                 raise ValueError("MAP projection needs the customer's declared mechanism")
-            knowledge = AttackerKnowledge(bottom, tokenizer, build_mechanism(declared_noise),
-                                          public_texts=public_corpus())
-            self.attack = MAPInversion().fit(knowledge)
+            mechanism = build_mechanism(declared_noise)
+            self.decoder = MAPDecoder(VendorKnowledge(bottom, tokenizer, mechanism, public_texts=public_corpus()))
         else:
             raise ValueError(f"unknown projection {method!r}: choose 'nn' or 'map'")
 
     @torch.no_grad()
     def __call__(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        from splitpriv.attacks.observe import eval_mode
+        from splitpriv.candidates import eval_mode
 
-        ids = self.attack.invert(hidden, attention_mask)
+        ids = self.decoder.decode(hidden, attention_mask)
         with eval_mode(self.bottom):
             projected = self.bottom.embed(input_ids=ids, token_type_ids=torch.zeros_like(ids)).to(hidden.dtype)
         return torch.where(attention_mask.bool().unsqueeze(-1), projected, hidden)

@@ -1,0 +1,179 @@
+"""The evaluator of one setting: it plays the customer and scores what the attacks recover.
+
+:class:`Evaluation` simulates the customer — fits the CTI set on the dataset's *training* split, draws the noise with
+the customer's generator, privatizes the evaluation texts through :func:`~splitpriv.attacks.observe.observe`, runs a
+short split training through the harness (:mod:`splitpriv.simulation`) and keeps its wire transcript — and hands an
+attack only the vendor's view: public knowledge (:meth:`Evaluation.knowledge`) and what crossed the wire. The truth
+(token ids, the CTI set, the labels per step) stays with the evaluator, for scoring.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import torch
+
+from splitpriv.attacks.base import AttackResult, most_frequent_rate, recovery_metrics
+from splitpriv.seeding import derive_seed
+
+
+def _load(model):
+    from splitpriv.models import load_model
+
+    if isinstance(model, tuple) and len(model) == 2:
+        return model
+    return load_model(model)
+
+
+class Evaluation:
+    """One setting, evaluated: the customer's side (made lazily, once) and the scorer.
+
+    Attacks read the setting (``n_bottom_layers``, ``cti``, ``mechanism``, ``dataset``, ``limit``, ``seed``, ...)
+    and ask for what the vendor observes: :meth:`observations`, :meth:`epoch_observations`, :meth:`training_run`
+    (a transcript of the wire), with :meth:`knowledge` (public). The truth (``input_ids``, :attr:`contributing`,
+    labels per step) is for scoring only.
+    """
+
+    def __init__(self, *, dataset="sst2", split="dev", n_bottom_layers=0, mechanism=None, cti=False,
+                 cti_multiplier=2.0, limit=200, seed=0, model=None, progress=True, max_length=64,
+                 public_splits=("valid", "test"), vendor=None):
+        from splitpriv.privacy import build_mechanism
+
+        self.dataset, self.split, self.limit, self.seed = dataset, split, limit, seed
+        self.n_bottom_layers, self.cti, self.cti_multiplier = int(n_bottom_layers), bool(cti), float(cti_multiplier)
+        self.mechanism = build_mechanism(mechanism)
+        self.model, self.progress, self.max_length = model, progress, int(max_length)
+        self.public_splits, self.vendor = tuple(public_splits), vendor
+        self.customer_seed = derive_seed("customer-noise", seed)
+        self.attacker_seed = derive_seed("attacker", seed) % (2 ** 31)
+        self._memo: dict = {}
+
+    def memo(self, key, compute):
+        """``compute()`` once per ``key`` and evaluation (e.g. an inverter several attacks use)."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    # ------------------------------------------------------------------------------------ the customer's side
+    @cached_property
+    def loaded(self):
+        return _load(self.model)
+
+    @property
+    def tokenizer(self):
+        return self.loaded[1]
+
+    @cached_property
+    def bottom(self):
+        from splitpriv.split import split_model
+
+        return split_model(self.loaded[0], self.n_bottom_layers).bottom
+
+    @cached_property
+    def data(self):
+        from splitpriv.data import load_dataset
+
+        return load_dataset(self.dataset, self.split, limit=self.limit, seed=self.seed)
+
+    @cached_property
+    def contributing(self):
+        """The customer's CTI set, fitted on its *training* data (never shown to the attacks); None without CTI."""
+        if not self.cti:
+            return None
+        from splitpriv.data import load_dataset
+        from splitpriv.privacy import ContributingTokens, CTIConfig
+
+        train = load_dataset(self.dataset, "train")
+        if train.labels is None:
+            raise ValueError(f"CTI needs task labels; {self.dataset!r} train has none")
+        return ContributingTokens.fit_texts(train.texts, train.labels, self.tokenizer,
+                                            config=CTIConfig(eta_multiplier=self.cti_multiplier),
+                                            max_length=self.max_length)
+
+    def observations(self):
+        """What the vendor receives for the evaluation texts: ``(z, mask, input_ids)`` (ids: truth)."""
+        from splitpriv.attacks.observe import observe
+
+        def make():
+            gen = torch.Generator().manual_seed(self.customer_seed)
+            return observe(self.bottom, self.tokenizer, self.mechanism, self.data.texts, generator=gen,
+                           cti=self.contributing, max_length=self.max_length)
+
+        return self.memo("observations", make)
+
+    def epoch_observations(self, epochs: int, noise: str):
+        """``epochs`` shuffled passes over the evaluation texts as the vendor receives them."""
+        from splitpriv.attacks.observe import observe_epochs
+
+        gen = torch.Generator().manual_seed(derive_seed("customer-epochs", self.seed))
+        return observe_epochs(self.bottom, self.tokenizer, self.mechanism, self.data.texts, epochs=epochs,
+                              generator=gen, noise=noise, cti=self.contributing, max_length=self.max_length)
+
+    @property
+    def model_source(self):
+        """What the vendor loads its model from: the name given, or a loaded model's own path."""
+        if isinstance(self.model, tuple):
+            return self.model[0].config.name_or_path
+        return self.model
+
+    def training_run(self, texts, labels, *, num_labels: int, head: str, method: str, batch_size: int,
+                     epochs: int, label_dp_epsilon=None):
+        """A short split training of the customer on ``texts``/``labels`` against a vendor, with its wire
+        transcript (:func:`splitpriv.simulation.simulate_training`)."""
+        from splitpriv.config import PrivacyConfig
+        from splitpriv.simulation import simulate_training
+
+        privacy = PrivacyConfig(mechanism=self.mechanism, cti=self.cti, cti_multiplier=self.cti_multiplier,
+                                label_dp_epsilon=label_dp_epsilon).validate()
+        return simulate_training(texts, labels, num_labels=num_labels, head=head, n_bottom_layers=self.n_bottom_layers,
+                                 privacy=privacy, method=method, batch_size=batch_size, epochs=epochs, seed=self.seed,
+                                 max_length=self.max_length, model=self.model_source, progress=self.progress,
+                                 vendor=self.vendor)
+
+    def shipped_model(self, num_labels: int):
+        """The vendor's base model exactly as it ships it (head initialised under seed 0), frozen."""
+        from splitpriv.models import load_model
+
+        net, tokenizer = load_model(self.model_source, num_labels=num_labels, seed=0)
+        net.requires_grad_(False)
+        return net, tokenizer
+
+    # --------------------------------------------------------------------------------------- the vendor's side
+    def knowledge(self, *, public_text: bool = True, loaded=None):
+        """What the vendor knows besides the wire: its bottom as shipped (of ``loaded``, default the evaluation's
+        model), the tokenizer, the mechanism, the CTI multiplier if CTI is on and (``public_text``) public text."""
+        if loaded is None:
+            return self.memo(("knowledge", public_text),
+                             lambda: self._knowledge(self.bottom, self.tokenizer, public_text))
+        from splitpriv.split import split_model
+
+        return self._knowledge(split_model(loaded[0], self.n_bottom_layers).bottom, loaded[1], public_text)
+
+    def _knowledge(self, bottom, tokenizer, public_text: bool):
+        from splitpriv.attacks.base import AttackerKnowledge
+        from splitpriv.data import public_corpus
+
+        return AttackerKnowledge(bottom=bottom, tokenizer=tokenizer, mechanism=self.mechanism,
+                                 public_texts=public_corpus(self.public_splits) if public_text else [],
+                                 cti_multiplier=self.cti_multiplier if self.cti else None, max_length=self.max_length)
+
+    # ------------------------------------------------------------------------------------------------ scoring
+    def extra(self, ids):
+        return {"contributing": self.contributing.is_contributing(ids)} if self.contributing is not None else {}
+
+    def score(self, name: str, attack, extra_metrics: dict | None = None) -> AttackResult:
+        """Invert the observations with a fitted inversion ``attack`` and score the guess against the truth."""
+        z, mask, ids = self.observations()
+        metrics = recovery_metrics(attack.invert(z, mask), ids, mask, self.tokenizer, self.extra(ids))
+        metrics.update(extra_metrics or {})
+        return AttackResult(name, metrics["token_recovery"], metrics)
+
+    def describe(self) -> dict:
+        z, mask, ids = self.observations()
+        return {
+            "dataset": self.data.name, "split": self.data.split, "n_texts": len(self.data),
+            "n_bottom_layers": self.n_bottom_layers, "mechanism": self.mechanism.to_config(), "cti": self.cti,
+            "cti_multiplier": self.cti_multiplier if self.cti else None,
+            "n_contributing_ids": len(self.contributing) if self.cti else None,
+            "seed": self.seed, "chance_recovery": most_frequent_rate(ids, mask, self.tokenizer),
+        }
