@@ -78,3 +78,21 @@ def test_pareto_front_keeps_only_undominated_points():
               "f": (0.30, 0.49), "g": (0.10, nan)}
     rows = [{"name": n, "accuracy_loss": loss, "empirical_privacy": priv} for n, (loss, priv) in points.items()]
     assert [r["name"] for r in pareto_front(rows)] == ["a", "b", "d", "e"]
+
+
+def test_committed_records_keep_their_keys():
+    """Every point of every committed grid finds its record: refactors of the config layout must not orphan the
+    results (they take hours to recompute)."""
+    from splitpriv.experiments.grid import _attack_specs, _config_key, _key, load_experiment
+
+    root = Path(__file__).resolve().parents[1]
+    missing = []
+    for path in sorted((root / "experiments" / "configs").glob("*.json")):
+        exp = load_experiment(path)
+        for point in exp.runs():
+            config = run_config(point["config"])
+            key = _key({"config": _config_key(config), "attacks": _attack_specs(exp.attacks, config),
+                        "attack_limit": exp.attack_limit})
+            if not (root / "results" / "runs" / exp.name / f"{key}.json").is_file():
+                missing.append((exp.name, point["grid"], point["seed"]))
+    assert not missing

@@ -126,7 +126,8 @@ PRIVACY_FIELDS = {f.name for f in fields(PrivacyConfig)}
 
 # RunConfig fields added after records were first written, with their default. At the default they do not change
 # what a run computes, so they are left out of its key: existing records and caches stay valid.
-_NEUTRAL_DEFAULTS = {"denoise": "none", "robust_top": None}
+_NEUTRAL_DEFAULTS = {"denoise": "none", "robust_top": None, "task": "sequence-classification", "tail_layers": 0,
+                     "eval_before": False}
 
 
 def _config_key(config: RunConfig) -> dict:
@@ -139,15 +140,13 @@ def _key(obj) -> str:
 
 
 def _attack_specs(attacks: list, config: RunConfig) -> list[dict]:
-    specs = []
-    for a in attacks:
-        spec = {"attack": a} if isinstance(a, str) else dict(a)
-        if spec["attack"] in {"nn", "map"} and config.bottom_layers != 0:
-            continue
-        if spec["attack"] == "cti" and not config.privacy.cti:
-            continue
-        specs.append(spec)
-    return specs
+    """The registered attacks of the config that apply to the point (options checked by the attack registry)."""
+    from splitpriv.attacks.registry import Setting
+    from splitpriv.attacks.runner import attack_specs
+
+    setting = Setting(n_bottom_layers=config.bottom_layers, cti=config.privacy.cti,
+                      mechanism=config.privacy.build_mechanism())
+    return attack_specs(attacks, setting)
 
 
 CACHE_DIRS = ("baselines", "utility", "attacks")
@@ -202,7 +201,9 @@ def measure_privacy(config: RunConfig, specs: list[dict], limit: int, *, progres
         path = cache_dir / f"{_key({'attack': spec['attack'], **kw, **mech_key})}.json" if cache_dir is not None else None
         results[name] = _cached(path, lambda: run_attack(spec["attack"], progress=progress,
                                                          mechanism=p.mechanism_config, **kw), force)
-    inversion = {k: v for k, v in results.items() if k.split("-")[0] in {"nn", "map", "opt", "learned", "average", "cti"}}
+    from splitpriv.attacks.registry import names_of_kind
+
+    inversion = {k: v for k, v in results.items() if k.split("-")[0] in names_of_kind("inversion")}
     out = {"attacks": results}
     if inversion:
         best = max(inversion, key=lambda k: inversion[k]["success"])
