@@ -270,3 +270,17 @@ def test_cli_reports_bad_input_without_traceback(data_dir):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, result.output
         assert message in result.output and "Traceback" not in result.output
+
+
+def test_noise_is_drawn_once_per_sentence_by_default_when_training_repeats_it():
+    dchi = PrivacyConfig(mechanism="dchi", eta=10.0)
+    assert dchi.for_training(TrainConfig(epochs=1)).noise == "per-step"
+    assert dchi.for_training(TrainConfig(epochs=3)).noise == "once"
+    with pytest.warns(UserWarning, match="independent noisy looks"):
+        assert PrivacyConfig(mechanism="dchi", eta=10.0, noise="per-step").for_training(
+            TrainConfig(epochs=2)).noise == "per-step"
+    with pytest.warns(UserWarning, match="independent noisy looks"):  # a trained bottom cannot re-send old vectors
+        assert dchi.for_training(TrainConfig(epochs=2, bottom="trained")).noise == "per-step"
+    from splitpriv.run import RunConfig
+
+    assert RunConfig(privacy=dchi, train=TrainConfig(epochs=2)).to_dict()["privacy"]["noise"] == "once"

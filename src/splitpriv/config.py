@@ -7,6 +7,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 NOISE_MODES = ("per-step", "once")
+NOISE_CHOICES = ("auto", *NOISE_MODES)  # auto: once per sentence when training sees a sentence more than once
 BOTTOM_MODES = ("frozen", "trained")
 # Parameters of the mechanisms whose records predate the registry: their keys hash the flat layout (see legacy_layout).
 LEGACY_PARAMETERS = ("eta", "sigma", "scale")
@@ -52,11 +53,11 @@ class PrivacyConfig:
     cti: bool = False
     cti_fraction: float = 0.005
     cti_multiplier: float = 2.0
-    noise: str = "per-step"
+    noise: str = "auto"
     label_dp_epsilon: float | None = None
 
     def __init__(self, mechanism="none", *, mechanism_params: dict | None = None, cti: bool = False,
-                 cti_fraction: float = 0.005, cti_multiplier: float = 2.0, noise: str = "per-step",
+                 cti_fraction: float = 0.005, cti_multiplier: float = 2.0, noise: str = "auto",
                  label_dp_epsilon: float | None = None, **params):
         config = _mechanism_config(mechanism, {**(mechanism_params or {}), **params})
         name = config.pop("name", None)
@@ -78,8 +79,8 @@ class PrivacyConfig:
         if self.mechanism not in MECHANISMS:
             raise ValueError(f"unknown mechanism {self.mechanism!r}: choose one of {MECHANISMS.names()}")
         mech = self.build_mechanism(validate=False)
-        if self.noise not in NOISE_MODES:
-            raise ValueError(f"noise must be one of {NOISE_MODES}, got {self.noise!r}")
+        if self.noise not in NOISE_CHOICES:
+            raise ValueError(f"noise must be one of {NOISE_CHOICES}, got {self.noise!r}")
         if self.cti:
             if mech.is_noiseless:
                 raise ValueError("CTI reallocates noise, so it needs a mechanism other than 'none'")
@@ -105,6 +106,22 @@ class PrivacyConfig:
                 needed = ", ".join(f"--{p}" for p in _required(self.mechanism) if p not in self.mechanism_params)
                 raise ValueError(f"mechanism {self.mechanism!r} needs {needed}") from None
             raise ValueError(f"mechanism {self.mechanism!r}: {exc}") from None
+
+    def for_training(self, train: "TrainConfig") -> "PrivacyConfig":
+        """This config with ``noise`` resolved for ``train``: "auto" becomes "once" when the customer sends a
+        sentence more than once (epochs > 1) with a frozen bottom, else "per-step". Per-step noise over several
+        epochs of a noisy mechanism is allowed but warned about: it hands the vendor independent looks to average."""
+        import warnings
+        from dataclasses import replace
+
+        noise = self.noise
+        if noise == "auto":
+            noise = "once" if train.epochs > 1 and train.bottom == "frozen" else "per-step"
+        if noise == "per-step" and train.epochs > 1 and not self.is_noiseless:
+            warnings.warn(f"fresh noise at each of {train.epochs} epochs gives the vendor {train.epochs} independent "
+                          "noisy looks at every sentence, which it can average (use noise 'once' with a frozen "
+                          "bottom)", UserWarning, stacklevel=2)
+        return self if noise == self.noise else replace(self, noise=noise)
 
     @property
     def is_noiseless(self) -> bool:

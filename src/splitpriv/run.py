@@ -45,6 +45,10 @@ class RunConfig:
     baseline: bool = False
     vendor_url: str | None = None
 
+    def __post_init__(self):
+        if isinstance(self.privacy, PrivacyConfig) and isinstance(self.train, TrainConfig):
+            object.__setattr__(self, "privacy", self.privacy.for_training(self.train))  # records hold the mode used
+
     def validate(self) -> "RunConfig":
         from splitpriv.tuning import tuning_config
 

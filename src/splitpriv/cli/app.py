@@ -8,7 +8,7 @@ import os
 
 import typer
 
-from splitpriv.config import BOTTOM_MODES, NOISE_MODES
+from splitpriv.config import BOTTOM_MODES, NOISE_CHOICES
 from splitpriv.options import choices
 from splitpriv.privacy import MECHANISMS
 from splitpriv.protocol import DENOISERS, HEADS, WIRE_DTYPES
@@ -20,7 +20,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 Mechanism = choices("Mechanism", MECHANISMS.names())
 Method = choices("Method", TUNING_METHODS.names())
 BottomMode = choices("BottomMode", BOTTOM_MODES)
-NoiseMode = choices("NoiseMode", NOISE_MODES)
+NoiseMode = choices("NoiseMode", NOISE_CHOICES)
 WireDtype = choices("WireDtype", WIRE_DTYPES)
 Head = choices("Head", HEADS)
 Denoise = choices("Denoise", DENOISERS)

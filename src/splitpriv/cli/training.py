@@ -40,7 +40,9 @@ def train(
     cti_fraction: float = typer.Option(0.005, help="share of seen token ids selected by CTI"),
     cti_multiplier: float = typer.Option(2.0, help="eta multiplier for contributing tokens"),
     bottom: BottomMode = typer.Option(BottomMode.frozen, help="freeze the bottom or train it from returned gradients"),
-    noise: NoiseMode = typer.Option(NoiseMode.per_step, help="fresh noise every step, or once per sample"),
+    noise: NoiseMode = typer.Option("auto", help="once: each sentence privatized once and re-sent every epoch; "
+                                    "per-step: fresh noise every step (with several epochs the vendor can average "
+                                    "its looks: warned); auto: once when epochs > 1 and the bottom is frozen"),
     head: Head = typer.Option(Head.vendor, help="who holds pooler + classifier (customer keeps labels' gradients home)"),
     label_dp_epsilon: Optional[float] = typer.Option(None, help="label DP by randomized response"),
     denoise: Denoise = typer.Option("none", help="nn / map: the vendor maps each received vector to its nearest "

@@ -44,8 +44,8 @@ class Customer:
                  files: dict[str, bytes] | None = None):
         self.transport = transport
         self.session = session.validate()
-        self.privacy = privacy.validate()
-        self.train_config = train.validate(privacy)
+        self.privacy = privacy.validate().for_training(train)
+        self.train_config = train.validate(self.privacy)
         if (train.bottom == "trained") != session.train_bottom:
             raise ValueError("the session's train_bottom must match the customer's bottom mode")
         self.mechanism = privacy.build_mechanism()
