@@ -5,18 +5,18 @@ A new mechanism is one module in this package that subclasses :class:`Mechanism`
 """
 
 from splitpriv.privacy.cti import ContributingTokens, CTIConfig
-from splitpriv.privacy.mechanisms import (
+from splitpriv.privacy.base import (
     MECHANISMS,
-    DChi,
-    Gaussian,
-    Identity,
-    Laplace,
     Mechanism,
     MechanismCapabilityError,
     build_mechanism,
     mechanism_parameters,
     privatize,
 )
+from splitpriv.privacy.dchi import DChi
+from splitpriv.privacy.gaussian import Gaussian
+from splitpriv.privacy.identity import Identity
+from splitpriv.privacy.laplace import Laplace
 
 __all__ = ["MECHANISMS", "Mechanism", "MechanismCapabilityError", "DChi", "Gaussian", "Laplace", "Identity",
            "build_mechanism", "mechanism_parameters", "privatize", "ContributingTokens", "CTIConfig"]
