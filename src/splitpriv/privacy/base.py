@@ -215,7 +215,6 @@ class Mechanism(abc.ABC):
         check_positive_tensor("noise_scale", noise_scale)
         return noise_scale.detach().to(device=device, dtype=dtype).unsqueeze(-1)
 
-    @abc.abstractmethod
     def sample_noise(
         self,
         shape: Sequence[int],
@@ -225,7 +224,20 @@ class Mechanism(abc.ABC):
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
     ) -> Tensor:
-        """Draw noise of ``shape`` (last axis = d); ``noise_scale`` has shape ``shape[:-1]``."""
+        """Draw noise of ``shape`` (last axis = d); ``noise_scale`` has shape ``shape[:-1]``. By default i.i.d.
+        coordinates from :meth:`draw`, each token's scaled by its ``noise_scale``; a mechanism whose noise is not
+        i.i.d. per coordinate overrides this."""
+        shape = tuple(shape)
+        g = make_generator(generator, device)
+        scale = self._prepare_scale(noise_scale, shape, dtype, device)
+        noise = self.draw(shape, g, compute_dtype(dtype)).to(device)
+        if scale is not None:
+            noise = noise * scale
+        return noise.to(dtype)
+
+    def draw(self, shape: tuple[int, ...], generator: torch.Generator, dtype: torch.dtype) -> Tensor:
+        """Noise of ``shape`` at ``noise_scale`` 1 on the generator's device, from ``generator`` only."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither sample_noise nor draw")
 
     @abc.abstractmethod
     def log_likelihood(self, z: Tensor, x: Tensor) -> Tensor:

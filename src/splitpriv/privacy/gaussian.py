@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from splitpriv.privacy.base import MECHANISMS, Mechanism, check_dim, check_scalar, compute_dtype, make_generator
+from splitpriv.privacy.base import MECHANISMS, Mechanism, check_dim, check_scalar
 
 
 @dataclass(frozen=True)
@@ -38,14 +38,8 @@ class Gaussian(Mechanism):
     def __init__(self, sigma: float):
         self.sigma = check_scalar("sigma", sigma)
 
-    def sample_noise(self, shape, *, generator=None, noise_scale=None, dtype=torch.float32, device="cpu"):
-        shape = tuple(shape)
-        g = make_generator(generator, device)
-        scale = self._prepare_scale(noise_scale, shape, dtype, device)
-        noise = torch.randn(shape, generator=g, dtype=compute_dtype(dtype), device=g.device).to(device) * self.sigma
-        if scale is not None:
-            noise = noise * scale
-        return noise.to(dtype)
+    def draw(self, shape, generator, dtype):
+        return torch.randn(shape, generator=generator, dtype=dtype, device=generator.device) * self.sigma
 
     def log_likelihood(self, z, x):
         diff = self._diff(z, x)

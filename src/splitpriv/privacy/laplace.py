@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from splitpriv.privacy.base import MECHANISMS, Mechanism, check_dim, check_scalar, compute_dtype, make_generator
+from splitpriv.privacy.base import MECHANISMS, Mechanism, check_dim, check_scalar
 
 
 @dataclass(frozen=True)
@@ -33,17 +33,10 @@ class Laplace(Mechanism):
     def __init__(self, scale: float):
         self.scale = check_scalar("scale", scale)
 
-    def sample_noise(self, shape, *, generator=None, noise_scale=None, dtype=torch.float32, device="cpu"):
-        shape = tuple(shape)
-        g = make_generator(generator, device)
-        scale = self._prepare_scale(noise_scale, shape, dtype, device)
-        work = compute_dtype(dtype)
+    def draw(self, shape, generator, dtype):
         # Inverse CDF: with V uniform on (-1/2, 1/2), -b sign(V) log(1 - 2|V|) ~ Laplace(0, b).
-        v = torch.rand(shape, generator=g, dtype=work, device=g.device).to(device) - 0.5
-        noise = -self.scale * torch.sign(v) * torch.log1p(-2.0 * v.abs())
-        if scale is not None:
-            noise = noise * scale
-        return noise.to(dtype)
+        v = torch.rand(shape, generator=generator, dtype=dtype, device=generator.device) - 0.5
+        return -self.scale * torch.sign(v) * torch.log1p(-2.0 * v.abs())
 
     def log_likelihood(self, z, x):
         diff = self._diff(z, x)
