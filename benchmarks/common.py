@@ -99,13 +99,15 @@ def rss_bytes(pid: int | None = None) -> int:
 
 
 @contextmanager
-def vendor_service(extra: str = "", env: dict | None = None):
+def vendor_service(extra: str = "", env: dict | None = None, model: str | None = None):
     """A vendor service (``splitpriv.service.serve``) in a separate process on a free loopback port; yields
-    ``(url, process)`` and stops it afterwards. ``extra`` is Python run before serving, ``env`` extra environment."""
+    ``(url, process)`` and stops it afterwards. ``extra`` is Python run before serving, ``env`` extra environment,
+    ``model`` the model it serves (default MiniLM)."""
     import httpx
 
     port = free_port()
-    code = f"{extra}\nfrom splitpriv.service import serve; serve(port={port}, log_level='warning', checkpoint_every=None)"
+    code = (f"{extra}\nfrom splitpriv.service import serve; "
+            f"serve(model={model!r}, port={port}, log_level='warning', checkpoint_every=None)")
     proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     try:

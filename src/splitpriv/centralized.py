@@ -25,9 +25,9 @@ class CentralizedTrainer:
 
         self.session = session.validate()
         self.train_config = train.validate()
-        base, self.tokenizer = load_model(model, num_labels=session.num_labels, seed=0)
+        base, self.tokenizer = load_model(model, num_labels=session.num_labels, seed=0, task=session.task)
         base.requires_grad_(False)
-        self.parts = split_model(base, session.n_bottom_layers)
+        self.parts = split_model(base, session.n_bottom_layers, session.n_tail_layers if session.causal else None)
         with step_rng(session.seed, "vendor-init"):
             self.tuned = apply_tuning(self.parts.top, session.tuning)
         groups = [(self.tuned.parameters(), session.lr)]
@@ -51,6 +51,15 @@ class CentralizedTrainer:
         with step_rng(self.session.seed, "vendor", step):
             return self.tuned.module(hidden, mask)
 
+    def _update(self, loss: torch.Tensor) -> float:
+        """Back-propagate ``loss`` and step every optimizer once; returns the loss."""
+        loss.backward()
+        for opt, sched in self.optimizers:
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
     def fit(self, texts, labels, *, progress: bool = True) -> dict:
         from tqdm.auto import tqdm
 
@@ -64,12 +73,7 @@ class CentralizedTrainer:
             for step, _, index in training_order(len(encodings), cfg.batch_size, cfg.epochs, cfg.seed):
                 ids, mask = collate(encodings, index, self.tokenizer.pad_token_id)
                 loss = F.cross_entropy(self._logits(ids, mask, step, True), label_tensor[index])
-                loss.backward()
-                for opt, sched in self.optimizers:
-                    opt.step()
-                    sched.step()
-                    opt.zero_grad(set_to_none=True)
-                losses.append(float(loss.detach()))
+                losses.append(self._update(loss))
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
         seconds = time.perf_counter() - start

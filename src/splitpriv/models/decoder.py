@@ -22,7 +22,8 @@ def run_rotary_block(block: nn.Module, hidden: torch.Tensor, inputs: BlockInputs
     """A Llama-style decoder layer with the part's own causal mask (by layer type) and rotary cos/sin."""
     mask = inputs.mask[block.attention_type] if isinstance(inputs.mask, dict) else inputs.mask
     out = block(hidden, attention_mask=mask, position_ids=inputs.position_ids,
-                position_embeddings=inputs.position_embeddings)
+                position_embeddings=inputs.position_embeddings, past_key_values=inputs.cache,
+                use_cache=inputs.cache is not None, cache_position=inputs.cache_position)
     return out[0] if isinstance(out, tuple) else out
 
 

@@ -31,6 +31,8 @@ class BlockInputs:
     mask: Any  # as the blocks take it; a dict by layer type when a model mixes full and sliding-window attention
     position_ids: torch.Tensor | None = None
     position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None  # rotary (cos, sin)
+    cache: Any = None  # a transformers Cache the blocks extend with this call's keys and values (generation)
+    cache_position: torch.Tensor | None = None  # indices of this call's tokens in the cached sequence
 
 
 @dataclass(frozen=True)
@@ -92,13 +94,28 @@ class Family:
         hidden: torch.Tensor,
         attention_mask: torch.Tensor | None,
         position_ids: torch.Tensor | None = None,
+        cache=None,
+        past_length: int = 0,
     ) -> BlockInputs:
-        """Mask, positions and rotary tables for ``part``'s blocks, as the unsplit model builds them."""
+        """Mask, positions and rotary tables for ``part``'s blocks, as the unsplit model builds them.
+
+        With a ``cache`` (incremental decoding of one unpadded sequence) the tokens sit at ``past_length ..``: the
+        first call builds the causal mask over its own tokens, a later call brings one token, which attends to
+        everything cached (no mask needed).
+        """
+        length = hidden.shape[1]
+        if cache is not None and past_length > 0:
+            if length != 1 or attention_mask is not None and not bool(attention_mask.all()):
+                raise ValueError("a cached decoding step takes one new, unpadded token per call")
+            positions = torch.arange(past_length, past_length + 1, device=hidden.device)
+            rotary = part.get_submodule(self.rotary)(hidden, positions[None]) if self.rotary else None
+            return BlockInputs(None, positions[None], rotary, cache, positions)
         if position_ids is None:
-            position_ids = self.position_ids(attention_mask, hidden.shape[1], hidden.device)
+            position_ids = self.position_ids(attention_mask, length, hidden.device)
         build = _causal_mask if self.causal else self._bidirectional_mask
         rotary = part.get_submodule(self.rotary)(hidden, position_ids) if self.rotary else None
-        return BlockInputs(build(config, hidden, attention_mask, position_ids), position_ids, rotary)
+        positions = torch.arange(length, device=hidden.device) if cache is not None else None
+        return BlockInputs(build(config, hidden, attention_mask, position_ids), position_ids, rotary, cache, positions)
 
     def _bidirectional_mask(self, config, hidden, attention_mask, position_ids):
         if attention_mask is None:

@@ -18,7 +18,8 @@ def embed(part: nn.Module, input_ids, inputs_embeds, token_type_ids, position_id
 
 
 def run_block(block: nn.Module, hidden: torch.Tensor, inputs: BlockInputs) -> torch.Tensor:
-    return block(hidden, attention_mask=inputs.mask)[0]
+    return block(hidden, attention_mask=inputs.mask, past_key_values=inputs.cache, use_cache=inputs.cache is not None,
+                 cache_position=inputs.cache_position)[0]
 
 
 FAMILY = FAMILIES.register("gpt2")(Family(

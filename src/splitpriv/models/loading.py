@@ -28,9 +28,14 @@ def default_model_path() -> Path:
 
 
 def resolve_model_name(name: str | os.PathLike | None) -> str:
-    """``None`` or the default's names map to the packaged MiniLM folder; anything else is a Hub id or a folder."""
+    """``None`` or the default's names map to the packaged MiniLM folder, SmolLM2's names to its converted folder
+    (:mod:`splitpriv.models.smollm2`); anything else is a Hub id or a folder."""
+    from splitpriv.models import smollm2
+
     if name is None or str(name) in {DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}", "minilm"}:
         return str(default_model_path())
+    if str(name) in smollm2.ALIASES:
+        return str(smollm2.model_folder())
     return str(name)
 
 

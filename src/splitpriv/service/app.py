@@ -9,6 +9,7 @@ GET      ``/v1/sessions/{id}/bottom``        the bottom package (zip: weights, c
 POST     ``/v1/sessions/{id}/forward``       ``ForwardRequest`` bytes → ``Outputs`` bytes
 POST     ``/v1/sessions/{id}/backward``      ``BackwardRequest`` bytes → ``BackwardResult`` bytes
 POST     ``/v1/sessions/{id}/predict``       ``PredictRequest`` bytes → ``Outputs`` bytes
+POST     ``/v1/sessions/{id}/decode``        ``DecodeRequest`` bytes → ``Outputs`` bytes (causal-LM generation)
 POST     ``/v1/sessions/{id}/checkpoint``    write the session to the state dir now → ``{"path", ...}``
 GET      ``/v1/sessions/{id}/status``        JSON status (completed step, lr, trainable parameters, ...)
 DELETE   ``/v1/sessions/{id}``               close the session (and delete its saved state)
@@ -59,6 +60,7 @@ from starlette.requests import ClientDisconnect
 from splitpriv.errors import ERROR_CLASSES, PayloadTooLarge, ProtocolError, status_of
 from splitpriv.protocol import (
     BackwardRequest,
+    DecodeRequest,
     ForwardRequest,
     Message,
     PredictRequest,
@@ -293,6 +295,12 @@ def create_app(vendor: Vendor, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) 
     async def predict(session_id: str, request: Request):
         """Outputs of the tuned top for privatized representations; no state changes."""
         return await message_route(request, session_id, vendor.predict, PredictRequest)
+
+    @app.post(f"{API}/sessions/{{session_id}}/decode", response_class=Response, summary="Private generation step",
+              responses={200: _BINARY, **_ERRORS}, openapi_extra=_message_body("decode"))
+    async def decode_step(session_id: str, request: Request):
+        """Run the middle on the next tokens of the session's sequence, with its key/value cache (causal LM)."""
+        return await message_route(request, session_id, vendor.decode, DecodeRequest)
 
     @app.post(f"{API}/sessions/{{session_id}}/checkpoint", summary="Checkpoint the session", responses=_ERRORS)
     async def checkpoint(session_id: str, request: Request) -> dict:

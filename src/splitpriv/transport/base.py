@@ -24,6 +24,7 @@ from typing import Any, ClassVar, TypeVar
 from splitpriv.protocol import (
     BackwardRequest,
     BackwardResult,
+    DecodeRequest,
     ForwardRequest,
     Message,
     Outputs,
@@ -175,6 +176,9 @@ class TransportBase(ABC):
 
     def predict(self, req: PredictRequest) -> Outputs:
         return self._exchange("predict", req, Outputs)
+
+    def decode(self, req: DecodeRequest) -> Outputs:
+        return self._exchange("decode", req, Outputs)
 
     def status(self) -> dict:
         token = self._token()

@@ -7,14 +7,14 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from splitpriv.protocol import BackwardRequest, ForwardRequest, PredictRequest, SessionConfig, SessionInfo, decode
+from splitpriv.protocol import BackwardRequest, DecodeRequest, ForwardRequest, PredictRequest, SessionConfig, SessionInfo, decode
 from splitpriv.transport.base import Tap, TransportBase
 from splitpriv.transport.registry import TRANSPORTS
 
 if TYPE_CHECKING:
     from splitpriv.roles.vendor import Vendor
 
-REQUESTS = {"forward": ForwardRequest, "backward": BackwardRequest, "predict": PredictRequest}
+REQUESTS = {"forward": ForwardRequest, "backward": BackwardRequest, "predict": PredictRequest, "decode": DecodeRequest}
 
 
 @TRANSPORTS.register("inprocess", aliases=("in-process", "local"))

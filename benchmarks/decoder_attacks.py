@@ -1,0 +1,50 @@
+"""Token inversion on SmolLM2-135M-Instruct (d = 576, embedding rows of norm ≈ 3.2, nearest other row ≈ 2.1 away):
+nearest-neighbour and MAP at k = 0, learned inversion at k = 2 and 4, without noise and under d_chi at η suited to
+d = 576. The noise norm is d/η (58, 23, 12, 5.8 at η = 10, 25, 50, 100), but in d = 576 it is nearly orthogonal to
+the differences between rows: nearest-neighbour stays exact until ‖n‖ ≈ √d·‖Δ‖/2 ≈ 25, i.e. η ≈ 25.
+
+    python benchmarks/decoder_attacks.py [--limit 100] [--quick]
+
+Writes ``results/decoder_attacks.json`` (token recovery = the attack's success; empirical privacy = 1 − success).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import common
+from common import machine, print_table, write_result
+
+GRID = [("nn", 0, None), ("map", 0, None)] + [(a, 0, eta) for eta in (10, 25, 50, 100) for a in ("nn", "map")] + [
+    ("learned", 2, None), ("learned", 4, None), ("learned", 2, 50), ("learned", 4, 50)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--limit", type=int, default=100, help="SST-2 dev sentences attacked")
+    parser.add_argument("--quick", action="store_true", help="k = 0 attacks only")
+    args = parser.parse_args()
+    common.quiet()
+    from splitpriv import load_model
+    from splitpriv.attacks.runner import run_attack
+
+    pair = load_model("smollm2-135m-instruct", task="causal-lm")
+    rows, results = [], []
+    for attack, k, eta in GRID:
+        if args.quick and k:
+            continue
+        noise = {"mechanism": "dchi", "eta": eta} if eta else {}
+        started = time.perf_counter()
+        r = run_attack(attack, model=pair, n_bottom_layers=k, limit=args.limit, progress=False, **noise)
+        keep = {key: v for key, v in r.items() if not isinstance(v, (list, dict))}
+        results.append({"attack": attack, "k": k, "eta": eta, **keep, "wall_s": time.perf_counter() - started})
+        rows.append([attack, k, eta or "none", r["token_recovery"], r["top5_token_recovery"], r["empirical_privacy"]])
+        print_table(rows[-1:], ["attack", "k", "eta", "token recovery", "top-5", "empirical privacy"])
+        write_result("decoder_attacks", {"model": "smollm2-135m-instruct", "dataset": "sst2 dev", "limit": args.limit,
+                                         "results": results, "machine": machine()})  # a stopped run keeps its rows
+    print_table(rows, ["attack", "k", "eta", "token recovery", "top-5", "empirical privacy"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""``splitpriv generate``: private generation with a finished causal-LM run (the customer drives decoding; the
+vendor's middle keeps the key/value cache), and the summary ``splitpriv train --task causal-lm`` prints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from splitpriv.cli.app import app, clean_errors, quiet_libraries
+
+
+@app.command()
+@clean_errors
+def generate(
+    run_dir: Path = typer.Option(..., "--run", help="folder of a finished `splitpriv train --task causal-lm --out` "
+                                 "run"),
+    prompt: str = typer.Option(..., help="the user's message (wrapped in the model's chat template)"),
+    vendor: Optional[str] = typer.Option(None, help="vendor service URL (default: the run's vendor)"),
+    max_new_tokens: int = typer.Option(64, min=1, help="tokens to generate at most (stops at the end of turn)"),
+    temperature: float = typer.Option(0.0, min=0.0, help="0 = greedy; else sample from softmax(logits / T)"),
+    top_p: float = typer.Option(1.0, min=0.0, max=1.0, help="nucleus sampling: keep the smallest set reaching p"),
+    seed: Optional[int] = typer.Option(None, help="sampling seed (default: fresh)"),
+    raw: bool = typer.Option(False, "--raw", help="send the prompt as is, without the chat template"),
+    as_json: bool = typer.Option(False, "--json", help="print {prompt, answer, tokens, bytes_sent, ...} as JSON"),
+):
+    """Generate privately: each token costs one privatized d-vector up and one d-vector down."""
+    import time
+
+    import torch
+
+    from splitpriv.run import open_run
+
+    quiet_libraries()
+    if not prompt.strip():
+        raise ValueError("the prompt is empty")
+    customer = open_run(run_dir, vendor)
+    if not hasattr(customer, "generate"):
+        raise ValueError(f"{run_dir} is a sequence-classification run: use `splitpriv predict`")
+    tokenizer = customer.tokenizer
+    if raw or not getattr(tokenizer, "chat_template", None):
+        ids = tokenizer(prompt)["input_ids"]
+    else:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
+    limit = int(customer.bottom.hf_config.get("max_position_embeddings", 0) or 0)
+    if limit and len(ids) + max_new_tokens > limit:
+        raise ValueError(f"the prompt has {len(ids)} tokens: with --max-new-tokens {max_new_tokens} it exceeds the "
+                         f"model's maximum of {limit}")
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    sent, started = customer.transport.bytes_sent, time.perf_counter()
+    tokens = customer.generate(ids, max_new_tokens, temperature=temperature, top_p=top_p, generator=generator)
+    seconds = time.perf_counter() - started
+    answer = tokenizer.decode(tokens, skip_special_tokens=True)
+    if as_json:
+        typer.echo(json.dumps({"prompt": prompt, "answer": answer, "tokens": tokens, "prompt_tokens": len(ids),
+                               "bytes_sent": customer.transport.bytes_sent - sent, "seconds": seconds}))
+    else:
+        typer.echo(answer)
+
+
+def print_lm_summary(metrics: dict, out: Path | None) -> None:
+    cfg = metrics["config"]
+    setting = f"{metrics['mode']}, k={cfg['bottom_layers']}, j={cfg['tail_layers']}, {cfg['method']}"
+    lines = [f"splitpriv causal-lm: {metrics['dataset']} ({metrics['n_train']} train / {metrics['n_eval']} eval), "
+             f"{setting}"]
+    for name, scores in (("before", metrics.get("before")), ("after", metrics),
+                         ("centralized", metrics.get("baseline"))):
+        if scores:
+            em = f", exact match {scores['exact_match']:.3f}" if "exact_match" in scores else ""
+            lines.append(f"  {name}: perplexity {scores['perplexity']:.3f}{em}")
+    lines.append(f"  train samples/s {metrics['train_samples_per_s']:.2f}; wall time {metrics['wall_time_s']:.1f} s"
+                 + (f"; run folder {out}" if out else ""))
+    typer.echo("\n".join(lines))
