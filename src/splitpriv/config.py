@@ -55,16 +55,18 @@ class PrivacyConfig:
     cti_multiplier: float = 2.0
     noise: str = "auto"
     label_dp_epsilon: float | None = None
+    privatizer: dict | None = None  # a learned privatizer before the mechanism (splitpriv.privacy.privatizer)
 
     def __init__(self, mechanism="none", *, mechanism_params: dict | None = None, cti: bool = False,
                  cti_fraction: float = 0.005, cti_multiplier: float = 2.0, noise: str = "auto",
-                 label_dp_epsilon: float | None = None, **params):
+                 label_dp_epsilon: float | None = None, privatizer: dict | str | None = None, **params):
         config = _mechanism_config(mechanism, {**(mechanism_params or {}), **params})
         name = config.pop("name", None)
         if not isinstance(name, str):
             raise ValueError(f"mechanism config needs a 'name', got {mechanism!r}")
         for key, value in dict(name=name, params=config, cti=cti, cti_fraction=cti_fraction,
-                               cti_multiplier=cti_multiplier, noise=noise, label_dp_epsilon=label_dp_epsilon).items():
+                               cti_multiplier=cti_multiplier, noise=noise, label_dp_epsilon=label_dp_epsilon,
+                               privatizer=_privatizer_config(privatizer)).items():
             object.__setattr__(self, "mechanism" if key == "name" else "mechanism_params" if key == "params" else key,
                                value)
 
@@ -129,7 +131,8 @@ class PrivacyConfig:
 
     def to_dict(self) -> dict:
         return {"mechanism": self.mechanism_config, "cti": self.cti, "cti_fraction": self.cti_fraction,
-                "cti_multiplier": self.cti_multiplier, "noise": self.noise, "label_dp_epsilon": self.label_dp_epsilon}
+                "cti_multiplier": self.cti_multiplier, "noise": self.noise, "label_dp_epsilon": self.label_dp_epsilon,
+                **({"privatizer": self.privatizer} if self.privatizer is not None else {})}
 
     @classmethod
     def from_dict(cls, data: dict) -> "PrivacyConfig":
@@ -147,6 +150,15 @@ class PrivacyConfig:
             return self.to_dict()
         flat = {"mechanism": self.mechanism, **{p: self.mechanism_params.get(p) for p in LEGACY_PARAMETERS}}
         return {**flat, **{k: v for k, v in self.to_dict().items() if k != "mechanism"}}
+
+
+def _privatizer_config(privatizer) -> dict | None:
+    """A privatizer spec (``"bottleneck:r=16"``) or config dict, canonical and validated; None stays None."""
+    if privatizer is None:
+        return None
+    from splitpriv.privacy.privatizer import privatizer_config
+
+    return privatizer_config(privatizer)
 
 
 def _required(name: str) -> list[str]:

@@ -35,6 +35,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 HEADS = ("vendor", "customer")
+TASKS = ("sequence-classification", "causal-lm")
 DENOISERS = ("none", "nn", "map")  # vendor-side input projection, see splitpriv.roles.denoise
 WIRE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # The largest [B, T, d] a packed message may rebuild to: the element count of the largest float16 padded hidden a
@@ -67,12 +68,18 @@ class SessionConfig:
     # the customer's declared mechanism (``Mechanism.to_config()``: {"name": "dchi", "eta": 10}); only denoise="map"
     # uses it (every attack assumes the vendor knows it anyway)
     declared_noise: dict | None = None
+    task: str = "sequence-classification"  # or "causal-lm": a three-part split, the customer keeps the tail
+    n_tail_layers: int = 0  # causal LM: blocks in the customer's tail (besides the final norm and LM head)
+    # a learned privatizer (``Privatizer.to_config()``: {"name": "bottleneck", "r": 16, ...}); its output width (r)
+    # is the width the vendor accepts (splitpriv.privacy.privatizer, splitpriv.split_privatizer)
+    privatizer: dict | None = None
 
     def validate(self) -> "SessionConfig":
         from splitpriv.tuning import tuning_config
 
         if isinstance(self.n_bottom_layers, bool) or not isinstance(self.n_bottom_layers, int):
             raise ValueError(f"n_bottom_layers must be an integer, got {self.n_bottom_layers!r}")
+        self._validate_task()
         if not isinstance(self.num_labels, int) or self.num_labels < 2:
             raise ValueError(f"num_labels must be an integer >= 2, got {self.num_labels!r}")
         tuning_config(self.tuning)
@@ -99,7 +106,37 @@ class SessionConfig:
                 raise ValueError("denoise='map' needs declared_noise, the customer's mechanism and its parameter "
                                  "(e.g. {'name': 'dchi', 'eta': 10})")
             build_mechanism(noise)  # names a bad mechanism or parameter
+        if self.privatizer is not None:
+            self._validate_privatizer()
         return self
+
+    def _validate_privatizer(self) -> None:
+        from splitpriv.privacy.privatizer import privatizer_config
+
+        privatizer_config(self.privatizer)
+        if self.denoise != "none" or self.causal:
+            raise ValueError(f"a privatizer sends r-dimensional vectors: it works with sequence classification "
+                             f"and no vendor denoising (got task={self.task!r}, denoise={self.denoise!r})")
+
+    def _validate_task(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}: choose one of {list(TASKS)}")
+        if isinstance(self.n_tail_layers, bool) or not isinstance(self.n_tail_layers, int) or self.n_tail_layers < 0:
+            raise ValueError(f"n_tail_layers must be an integer >= 0, got {self.n_tail_layers!r}")
+        if self.task != "causal-lm":
+            if self.n_tail_layers:
+                raise ValueError(f"n_tail_layers={self.n_tail_layers} needs task 'causal-lm' (a classifier's head "
+                                 "stays with the top)")
+            return
+        if self.head != "vendor":
+            raise ValueError("a causal-lm session returns hidden states to the customer's tail: it has no "
+                             f"classification head to hold (head={self.head!r})")
+        if self.denoise != "none":
+            raise ValueError(f"denoise={self.denoise!r} is for sequence classification; a causal-lm session takes none")
+
+    @property
+    def causal(self) -> bool:
+        return self.task == "causal-lm"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -178,6 +215,21 @@ class PredictRequest(Message):
 
 
 @dataclass(frozen=True)
+class DecodeRequest(Message):
+    """Privatized representations [1, t, d] of the next tokens of one sequence being generated (causal LM); the
+    vendor runs its middle on them with the session's key/value cache. ``reset`` starts a new sequence (the prompt),
+    discarding the previous cache; a later request brings one token."""
+
+    session_id: str
+    hidden: torch.Tensor
+    attention_mask: torch.Tensor
+    reset: bool = False
+    kind: ClassVar[str] = "decode"
+    tensor_fields: ClassVar[tuple[str, ...]] = ("hidden", "attention_mask")
+    packed: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
 class Outputs(Message):
     """The top's outputs: logits [B, C] (vendor-held head) or last hidden states [B, T, d] (customer-held head)."""
 
@@ -209,7 +261,7 @@ class BackwardResult(Message):
 
 
 MESSAGES: dict[str, type[Message]] = {
-    m.kind: m for m in (ForwardRequest, PredictRequest, Outputs, BackwardRequest, BackwardResult)
+    m.kind: m for m in (ForwardRequest, PredictRequest, DecodeRequest, Outputs, BackwardRequest, BackwardResult)
 }
 
 
@@ -353,7 +405,7 @@ def message_summary(msg: Message) -> dict:
 
 
 __all__ = [
-    "BackwardRequest", "BackwardResult", "ForwardRequest", "HEADS", "MESSAGES", "Message", "Outputs",
-    "MAX_UNPACKED_ELEMENTS", "PredictRequest", "ProtocolError", "SessionConfig", "SessionInfo", "WIRE_DTYPES",
+    "BackwardRequest", "BackwardResult", "DecodeRequest", "ForwardRequest", "HEADS", "MESSAGES", "Message", "Outputs",
+    "MAX_UNPACKED_ELEMENTS", "PredictRequest", "ProtocolError", "SessionConfig", "SessionInfo", "TASKS", "WIRE_DTYPES",
     "asdict", "decode", "message_summary", "pack_files", "pack_hidden", "unpack_files", "unpack_hidden",
 ]

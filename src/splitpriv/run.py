@@ -35,6 +35,9 @@ class RunConfig:
     head: str = "vendor"
     denoise: str = "none"
     robust_top: dict | None = None
+    task: str = "sequence-classification"  # "causal-lm": splitpriv.causal_run
+    tail_layers: int = 0  # causal LM: blocks of the customer's tail
+    eval_before: bool = False  # causal LM: also score the untuned model through the same split
     lr: float = 2e-3
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
@@ -101,6 +104,9 @@ class RunConfig:
             declared_noise=self.privacy.build_mechanism().to_config() if self.denoise == "map" else None,
             train_bottom=self.train.bottom == "trained",
             dropout=self.dropout,
+            task=self.task,
+            n_tail_layers=self.tail_layers,
+            privatizer=self.privacy.privatizer,
         ).validate()
 
     def to_dict(self) -> dict:
@@ -178,6 +184,10 @@ def train_centralized(config: RunConfig, train, evaluation, *, progress: bool = 
 def run(config: RunConfig, out_dir: str | Path | None = None, *, progress: bool = True, transport=None) -> dict:
     """Train and evaluate as configured; write ``metrics.json`` (and artifacts) to ``out_dir`` when given."""
     config = config.validate()
+    if config.task == "causal-lm":
+        from splitpriv.causal_run import run_causal
+
+        return run_causal(config, out_dir, progress=progress, transport=transport)
     started = time.perf_counter()
     train, evaluation = load_data(config)
     if out_dir is not None:
@@ -208,7 +218,9 @@ def run(config: RunConfig, out_dir: str | Path | None = None, *, progress: bool 
         "git_commit": git_commit(),
     }
     if config.baseline and not config.centralized:
-        reference = replace(config, centralized=True, robust_top=None)
+        from splitpriv.roles.robust_top import base_model_of
+
+        reference = replace(config, centralized=True, robust_top=None, model=base_model_of(config.model))
         base = train_centralized(reference, train, evaluation, progress=progress)
         metrics["baseline_accuracy"] = base["accuracy"]
         metrics["baseline_macro_f1"] = base["macro_f1"]
@@ -236,4 +248,6 @@ def open_run(run_dir: str | Path, vendor_url: str | None = None):
     config = replace(config, vendor_url=vendor_url or config.vendor_url)
     transport = make_transport(config, out_dir=run_dir)
     transport.attach(SessionInfo(**json.loads((run_dir / SESSION_FILE).read_text())))
+    if config.task == "causal-lm":
+        from splitpriv.roles.causal_customer import CausalCustomer as Customer
     return Customer.restore(transport, run_dir / "customer", config.privacy, config.train)

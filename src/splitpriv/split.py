@@ -1,7 +1,10 @@
-"""The exact split of a sequence-classification model into a customer-held bottom and a vendor-held top.
+"""The exact split of a model into a customer-held bottom, a vendor-held top and (causal LM) a customer-held tail.
 
 ``bottom`` = embeddings + the first ``k`` blocks; ``top`` = the remaining blocks + the final norm (decoders) + the
-classification head, so that ``top(bottom(x))`` is the unsplit model's forward pass. Where the parts live and how they
+classification head, so that ``top(bottom(x))`` is the unsplit model's forward pass. A causal LM is cut in three:
+``top`` is the vendor's middle (blocks ``k .. n - j``, hidden states in and out) and ``tail`` the last ``j`` blocks,
+the final norm and the LM head, back on the customer's side, so ``tail(top(bottom(x)))`` is the unsplit logits and
+neither the next-token labels nor V-sized logits ever reach the vendor. Where the parts live and how they
 run is the model's :class:`~splitpriv.models.Family`; only hidden states and the 2-D mask cross the split, and each
 part rebuilds positions, block masks and rotary tables from the mask itself. Both parts keep every submodule under
 its name in the original model, so their state dicts are slices of the original one: the bottom file, the disclosure
@@ -16,17 +19,20 @@ mechanism those outputs are close to invertible (see ``splitpriv.attacks``); the
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from splitpriv.models import FAMILIES, SEQUENCE_CLASSIFICATION, BlockInputs, Family, family_of, num_blocks
+from splitpriv.disclosure import Disclosure
+from splitpriv.models import CAUSAL_LM, FAMILIES, SEQUENCE_CLASSIFICATION, BlockInputs, Family, family_of, num_blocks
+from splitpriv.split_privatizer import attach_privatizer, customer_half
 
 BOTTOM_WEIGHTS = "bottom.safetensors"
 BOTTOM_CONFIG = "bottom.json"
 HEAD_WEIGHTS = "head.safetensors"
+TAIL_WEIGHTS = "tail.safetensors"
 FORMAT_VERSION = 1
 
 
@@ -71,8 +77,10 @@ class _Part(nn.Module):
             hidden = self.family.run_block(self.get_submodule(path), hidden, inputs)
         return hidden
 
-    def _block_inputs(self, hidden, attention_mask, position_ids=None) -> BlockInputs:
-        return self.family.block_inputs(self, self.model_config, hidden, attention_mask, position_ids)
+    def _block_inputs(self, hidden, attention_mask, position_ids=None, cache=None) -> BlockInputs:
+        past = cache.length if cache is not None else 0
+        return self.family.block_inputs(self, self.model_config, hidden, attention_mask, position_ids,
+                                        cache=None if cache is None else cache.cache, past_length=past)
 
 
 def _optional(*paths: str | None) -> list[str]:
@@ -90,6 +98,7 @@ class Bottom(_Part):
         self.n_layers = n_layers
         self.task = family.task_of(model)
         self.hf_config = model.config.to_dict()
+        self.privatizer = None  # a learned privatizer's customer half: the bottom then outputs u [B, T, r]
 
     def embed(
         self,
@@ -117,40 +126,67 @@ class Bottom(_Part):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        cache=None,
     ) -> torch.Tensor:
         if input_ids is None and inputs_embeds is None:
             raise ValueError("bottom needs input_ids or inputs_embeds")
         positions = self._positions(input_ids, inputs_embeds, attention_mask)
+        if cache is not None and cache.length and positions is not None:
+            positions = positions + cache.length
         hidden = self.embed(input_ids, token_type_ids, inputs_embeds, positions)
         check_mask(hidden, attention_mask)
-        return self._run_blocks(self.block_paths, hidden, self._block_inputs(hidden, attention_mask, positions))
+        inputs = self._block_inputs(hidden, attention_mask, positions, cache)
+        hidden = _advanced(cache, self._run_blocks(self.block_paths, hidden, inputs))
+        return hidden if self.privatizer is None else self.privatizer(hidden, attention_mask)
+
+
+def _advanced(cache, hidden: torch.Tensor) -> torch.Tensor:
+    if cache is not None:
+        cache.advance(hidden.shape[1])
+    return hidden
 
 
 class Top(_Part):
     """The remaining blocks + final norm + head: ``top(hidden, attention_mask) -> [B, num_labels]`` logits.
 
     ``encode`` stops after the last block and the final norm (the vendor's output when the customer holds the head)
-    and ``classify`` applies the head alone (decoders pool at the last real token of ``attention_mask``).
+    and ``classify`` applies the head alone (decoders pool at the last real token of ``attention_mask``). A causal
+    LM's top is the middle: blocks ``k .. n - j`` alone, ``top(hidden, attention_mask) -> [B, T, d]``.
     """
 
-    def __init__(self, model: nn.Module, n_bottom_layers: int, attn_implementation: str):
+    def __init__(self, model: nn.Module, n_bottom_layers: int, attn_implementation: str, n_tail_layers: int = 0):
         family = family_of(model)
-        self.block_paths = family.block_paths(num_blocks(model))[n_bottom_layers:]
-        paths = [*_optional(family.rotary), *self.block_paths, *_optional(family.final_norm), *family.head]
-        super().__init__(model, paths, family, attn_implementation)
-        self.num_labels = int(model.config.num_labels)
+        self.task = family.task_of(model)
+        n = num_blocks(model)
+        self.block_paths = family.block_paths(n)[n_bottom_layers:n - n_tail_layers]
+        ends = [*_optional(family.final_norm), *family.head] if self.task == SEQUENCE_CLASSIFICATION else []
+        super().__init__(model, [*_optional(family.rotary), *self.block_paths, *ends], family, attn_implementation)
+        self.num_labels = int(model.config.num_labels) if self.task == SEQUENCE_CLASSIFICATION else None
+        self.privatizer_up = None  # a learned privatizer's vendor half r -> d, trained like the head
 
-    def encode(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        check_mask(hidden, attention_mask, self.d_model)
-        hidden = self._run_blocks(self.block_paths, hidden, self._block_inputs(hidden, attention_mask))
-        if self.family.final_norm is not None:
+    @property
+    def input_width(self) -> int:
+        return self.d_model if self.privatizer_up is None else self.privatizer_up.in_features
+
+    def encode(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               cache=None) -> torch.Tensor:
+        check_mask(hidden, attention_mask, self.input_width)
+        hidden = hidden if self.privatizer_up is None else self.privatizer_up(hidden)
+        inputs = self._block_inputs(hidden, attention_mask, cache=cache)
+        hidden = _advanced(cache, self._run_blocks(self.block_paths, hidden, inputs))
+        if self.family.final_norm is not None and self.task == SEQUENCE_CLASSIFICATION:
             hidden = self.get_submodule(self.family.final_norm)(hidden)
         return hidden
 
     def classify(self, last_hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.task != SEQUENCE_CLASSIFICATION:
+            raise ValueError("a causal-LM top has no classification head: it returns hidden states for the tail")
         return self.family.run_head(self, last_hidden, attention_mask)
 
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                cache=None) -> torch.Tensor:
+        if self.task == CAUSAL_LM:
+            return self.encode(hidden, attention_mask, cache)
         return self.classify(self.encode(hidden, attention_mask), attention_mask)
 
 
@@ -175,91 +211,98 @@ def _unique_parameters(module: nn.Module) -> dict[str, nn.Parameter]:
     return out
 
 
-@dataclass(frozen=True)
-class Disclosure:
-    """What the vendor ships to the customer (the bottom) against what it keeps (the top)."""
-
-    model_type: str
-    n_bottom_layers: int
-    n_layers: int
-    shipped_parameters: int
-    kept_parameters: int
-    shipped_names: list[str] = field(repr=False)
-
-    @property
-    def total_parameters(self) -> int:
-        return self.shipped_parameters + self.kept_parameters
-
-    @property
-    def shipped_share(self) -> float:
-        return self.shipped_parameters / self.total_parameters
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "total_parameters": self.total_parameters, "shipped_share": self.shipped_share}
-
-    def __str__(self) -> str:
-        return (
-            f"{self.model_type}: bottom = embeddings + {self.n_bottom_layers}/{self.n_layers} blocks; "
-            f"shipped {self.shipped_parameters:,} of {self.total_parameters:,} parameters "
-            f"({100 * self.shipped_share:.1f}%), kept {self.kept_parameters:,}"
-        )
-
-
 @dataclass
 class SplitModel:
-    """A model cut after ``n_bottom_layers`` blocks; ``top(bottom(x))`` equals the unsplit forward pass."""
+    """A model cut after ``n_bottom_layers`` blocks (and, causal LM, before its last ``n_tail_layers``);
+    ``top(bottom(x))`` (``tail(top(bottom(x)))``) equals the unsplit forward pass."""
 
     bottom: Bottom
     top: Top
     n_bottom_layers: int
     n_layers: int
     config: object  # the Hugging Face config of the full model
+    tail: nn.Module | None = None  # splitpriv.causal.Tail
+    n_tail_layers: int = 0
 
     @property
     def family(self) -> Family:
         return self.bottom.family
 
+    @property
+    def task(self) -> str:
+        return self.top.task
+
     def disclosure(self) -> Disclosure:
-        shipped = _unique_parameters(self.bottom)
-        kept = _unique_parameters(self.top)
+        """Shipped = bottom ∪ tail (a weight tied between them, as SmolLM2's embeddings and LM head, counts once)."""
+        shipped: dict[int, tuple[str, nn.Parameter]] = {}
+        for part in (self.bottom, self.tail):
+            for name, p in (_unique_parameters(part).items() if part is not None else ()):
+                shipped.setdefault(id(p), (name, p))
+        kept = [p for p in _unique_parameters(self.top).values() if id(p) not in shipped]
         return Disclosure(
             model_type=self.family.model_type,
             n_bottom_layers=self.n_bottom_layers,
             n_layers=self.n_layers,
-            shipped_parameters=sum(p.numel() for p in shipped.values()),
-            kept_parameters=sum(p.numel() for p in kept.values()),
-            shipped_names=sorted(shipped),
+            shipped_parameters=sum(p.numel() for _, p in shipped.values()),
+            kept_parameters=sum(p.numel() for p in kept),
+            shipped_names=sorted(name for name, _ in shipped.values()),
+            n_tail_layers=self.n_tail_layers,
         )
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
         hidden = self.bottom(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        if self.tail is not None:
+            return self.tail(self.top(hidden, attention_mask=attention_mask), attention_mask=attention_mask)
         return self.top(hidden, attention_mask=attention_mask)
 
     __call__ = forward
 
 
-def split_model(model: nn.Module, n_bottom_layers: int) -> SplitModel:
-    """Cut ``model`` after ``n_bottom_layers`` blocks (0 = embeddings only, up to the number of blocks).
+def split_model(model: nn.Module, n_bottom_layers: int, n_tail_layers: int | None = None, *,
+                privatizer=None, privatizer_seed: int = 0) -> SplitModel:
+    """Cut ``model`` after ``n_bottom_layers`` blocks (0 = embeddings only, up to the number of blocks); a causal LM
+    also before its last ``n_tail_layers`` blocks (default 0: the tail is the final norm and LM head), with
+    ``k + j`` at most the number of blocks.
 
-    The parts share the model's parameter tensors (no copy): training the top trains the model.
+    The parts share the model's parameter tensors (no copy): training the top trains the model. ``privatizer``:
+    :func:`~splitpriv.split_privatizer.attach_privatizer`.
     """
     family = family_of(model)
     n_layers = num_blocks(model)
+    causal = family.task_of(model) == CAUSAL_LM
     if isinstance(n_bottom_layers, bool) or not isinstance(n_bottom_layers, int):
         raise ValueError(f"n_bottom_layers must be an integer, got {n_bottom_layers!r}")
-    if not 0 <= n_bottom_layers <= n_layers:
+    j = n_tail_layers or 0
+    if isinstance(j, bool) or not isinstance(j, int) or j < 0:
+        raise ValueError(f"n_tail_layers must be an integer >= 0, got {n_tail_layers!r}")
+    if j and not causal:
+        raise ValueError(f"n_tail_layers={j} needs a causal LM; this {family.model_type} model is a "
+                         "sequence classifier (its head stays with the top)")
+    if not 0 <= n_bottom_layers <= n_layers - j:
+        tail = f" + n_tail_layers={j}" if j else ""
         raise ValueError(
-            f"n_bottom_layers={n_bottom_layers} is out of range: this {family.model_type} model has "
-            f"{n_layers} blocks, so k must be in 0..{n_layers}"
+            f"n_bottom_layers={n_bottom_layers}{tail} is out of range: this {family.model_type} model has "
+            f"{n_layers} blocks, so k must be in 0..{n_layers - j}" + (f" (k + j at most {n_layers})" if j else "")
         )
     attn = getattr(model.config, "_attn_implementation", None) or "eager"
-    return SplitModel(
+    parts = SplitModel(
         bottom=Bottom(model, n_bottom_layers, attn),
-        top=Top(model, n_bottom_layers, attn),
+        top=Top(model, n_bottom_layers, attn, j),
         n_bottom_layers=n_bottom_layers,
         n_layers=n_layers,
         config=model.config,
+        tail=_tail(model, j, attn) if causal else None,
+        n_tail_layers=j,
     )
+    if privatizer is not None:
+        attach_privatizer(parts, privatizer, seed=privatizer_seed)
+    return parts
+
+
+def _tail(model: nn.Module, n_tail_layers: int, attn: str):
+    from splitpriv.causal import Tail
+
+    return Tail(model, n_tail_layers, attn)
 
 
 def save_bottom(bottom: Bottom, directory: str | Path, tokenizer=None, extra: dict | None = None) -> Path:
@@ -280,6 +323,7 @@ def save_bottom(bottom: Bottom, directory: str | Path, tokenizer=None, extra: di
         "task": bottom.task,
         "attn_implementation": bottom.attn_implementation,
         "hf_config": bottom.hf_config,
+        **({"privatizer": bottom.privatizer.privatizer_config} if bottom.privatizer is not None else {}),
         **(extra or {}),
     }
     (directory / BOTTOM_CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True))
@@ -301,6 +345,8 @@ def load_bottom(directory: str | Path) -> Bottom:
     k = int(meta["n_bottom_layers"])
     bottom = Bottom(_skeleton(meta, meta_path, k), k, meta.get("attn_implementation", "eager"))
     bottom.hf_config = meta["hf_config"]
+    if meta.get("privatizer") is not None:
+        bottom.privatizer = customer_half(meta["privatizer"], bottom.d_model)
     _load_exact(bottom, load_file(str(weights_path)), weights_path)
     bottom.eval()
     return bottom

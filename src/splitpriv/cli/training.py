@@ -17,6 +17,7 @@ from splitpriv.cli.app import (
     Mechanism,
     Method,
     NoiseMode,
+    Task,
     WireDtype,
     app,
     clean_errors,
@@ -30,7 +31,13 @@ from splitpriv.options import with_mechanism_parameters
 @clean_errors
 @with_mechanism_parameters
 def train(
-    dataset: str = typer.Option("sst2-sample", help="sst2, sst2-sample (embedded), financial_phrasebank, blog_authorship"),
+    dataset: str = typer.Option("sst2-sample", help="sst2, sst2-sample (embedded), financial_phrasebank, blog_authorship; "
+                                "causal-lm: sst2, financial_phrasebank (as instructions), wikitext2, or a .jsonl file "
+                                "with prompt/response"),
+    task: Task = typer.Option("sequence-classification", help="causal-lm: the customer keeps bottom and tail, the "
+                              "vendor tunes the middle; next-token loss on the responses at home"),
+    tail_layers: int = typer.Option(0, "--tail-layers", "-j", help="causal-lm: blocks in the customer's tail"),
+    eval_before: bool = typer.Option(False, "--eval-before", help="causal-lm: also score the untuned model"),
     method: Method = typer.Option("lora", help="tuning method on the vendor's top"),
     bottom_layers: int = typer.Option(0, "--bottom-layers", "-k", help="blocks in the customer's bottom"),
     mechanism: Mechanism = typer.Option("none", help="privacy mechanism on token representations "
@@ -48,11 +55,13 @@ def train(
     denoise: Denoise = typer.Option("none", help="nn / map: the vendor maps each received vector to its nearest "
                                     "(map: most probable, given the declared noise) token embedding before its top "
                                     "(k = 0, frozen bottom; costs no privacy)"),
+    privatizer: Optional[str] = typer.Option(None, help="learned privatizer before the mechanism, e.g. "
+                                             "bottleneck:r=16,clip=1 (noise then in r dimensions)"),
     train_limit: Optional[int] = typer.Option(None, help="train on a seeded random subset of this size"),
     eval_limit: Optional[int] = typer.Option(None, help="evaluate on a seeded random subset of this size"),
     epochs: int = typer.Option(1),
     batch_size: int = typer.Option(32),
-    max_length: int = typer.Option(64),
+    max_length: Optional[int] = typer.Option(None, help="tokens per example (default 64; causal-lm 256)"),
     wire_dtype: WireDtype = typer.Option(WireDtype.float32, help="dtype of the representations on the wire "
                                          "(float16/bfloat16 halve the bytes; the vendor computes in float32)"),
     lr: float = typer.Option(2e-3, help="learning rate of the vendor's top (and a customer-held head)"),
@@ -74,19 +83,25 @@ def train(
 
     quiet_libraries()
     method_params = {"r": lora_r} if method.value == "lora" else {}
+    max_length = max_length or (256 if task.value == "causal-lm" else 64)
     config = RunConfig(
-        dataset=dataset, train_limit=train_limit, eval_limit=eval_limit, model=model, method=method.value,
+        dataset=dataset, task=task.value, tail_layers=tail_layers, eval_before=eval_before, train_limit=train_limit,
+        eval_limit=eval_limit, model=model, method=method.value,
         method_params=method_params, bottom_layers=bottom_layers, head=head.value, denoise=denoise.value, lr=lr,
         centralized=centralized,
         baseline=baseline, vendor_url=vendor,
         privacy=PrivacyConfig(mechanism=mechanism.value, **mechanism_params, cti=cti,
                               cti_fraction=cti_fraction, cti_multiplier=cti_multiplier, noise=noise.value,
-                              label_dp_epsilon=label_dp_epsilon),
+                              label_dp_epsilon=label_dp_epsilon, privatizer=privatizer),
         train=TrainConfig(epochs=epochs, batch_size=batch_size, max_length=max_length, bottom=bottom.value,
                           bottom_lr=bottom_lr, seed=seed, noise_seed=noise_seed, wire_dtype=wire_dtype.value),
     )
     metrics = run(config, out, progress=progress)
-    if as_json:
+    if task.value == "causal-lm" and not as_json:
+        from splitpriv.cli.causal import print_lm_summary
+
+        print_lm_summary(metrics, out)
+    elif as_json:
         typer.echo(json.dumps({k: v for k, v in metrics.items() if k != "losses"}, default=str))
     else:
         _print_summary(metrics, out)
@@ -106,6 +121,8 @@ def _print_summary(metrics: dict, out: Path | None) -> None:
         setting += f", {noise}, noise {priv['noise']}, head {cfg['head']}"
         if cfg.get("denoise", "none") != "none":
             setting += f", vendor denoise {cfg['denoise']}"
+        if priv.get("privatizer"):
+            setting += ", privatizer " + ",".join(f"{k}={v}" for k, v in priv["privatizer"].items())
     table = Table(title=f"splitpriv: {metrics['dataset']} ({metrics['n_train']} train / {metrics['n_eval']} eval)")
     table.add_column("run")
     table.add_column("accuracy", justify="right")

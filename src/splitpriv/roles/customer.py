@@ -54,6 +54,10 @@ class Customer:
         self.cti = None
         self._cache: dict[int, torch.Tensor] = {}
         self._load_files(files if files is not None else unpack_files(transport.bottom_package()))
+        shipped = getattr(self.bottom.privatizer, "privatizer_config", None)
+        if shipped != self.privacy.privatizer or shipped != session.privatizer:
+            raise ValueError(f"the bottom holds privatizer {shipped}, but this customer privatizes with "
+                             f"{self.privacy.privatizer} and the session declares {session.privatizer}")
         self.bottom_optimizer = self.bottom_scheduler = None
         self.head_optimizer = self.head_scheduler = None
         if train.bottom == "trained":
@@ -125,7 +129,7 @@ class Customer:
     def _representations(self, step: int, index: torch.Tensor | None, ids, mask, train: bool):
         """Privatized representations to send, and the bottom's output when it is being trained."""
         if index is not None and self.privacy.noise == "once" and all(int(i) in self._cache for i in index):
-            z = torch.zeros(ids.shape[0], ids.shape[1], self.bottom.d_model)
+            z = torch.zeros(ids.shape[0], ids.shape[1], next(iter(self._cache.values())).shape[-1])
             for row, i in enumerate(index.tolist()):
                 cached = self._cache[i]
                 z[row, : cached.shape[0]] = cached
@@ -224,8 +228,7 @@ class Customer:
         bar = _progress(len(encodings), "predict", progress)
         for index in eval_batches(len(encodings), self.train_config.eval_batch_size):
             ids, mask = collate(encodings, index, self.tokenizer.pad_token_id)
-            z, _ = self._representations(0, None, ids, mask, train=False)
-            request = PredictRequest(session_id=sid, hidden=self._to_wire(z), attention_mask=mask)
+            request = PredictRequest(session_id=sid, hidden=self.outgoing(ids, mask), attention_mask=mask)
             outputs = self.transport.predict(request).outputs
             if self.head is not None:
                 self.head.eval()
@@ -234,6 +237,12 @@ class Customer:
             bar.update(len(index))
         bar.close()
         return torch.cat(out) if out else torch.zeros(0, self.session.num_labels)
+
+    @torch.no_grad()
+    def outgoing(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """What private inference sends for one batch: bottom (and privatizer) → mechanism, in the wire dtype."""
+        z, _ = self._representations(0, None, ids, mask, train=False)
+        return self._to_wire(z)
 
     def predict(self, texts: list[str]) -> list[int]:
         return self.predict_logits(texts).argmax(-1).tolist()

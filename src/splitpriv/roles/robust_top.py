@@ -177,8 +177,6 @@ def distill_robust_top(config: RobustTopConfig, out_dir: str | Path, *, model: s
     """Adapt the top's blocks of ``model`` to ``config``'s noise on public text; write the model folder to
     ``out_dir`` (``save_pretrained`` format of the encoder, its tokenizer, and ``robust_top.json`` with the config
     and the held-out representation error before/after). Returns that metadata."""
-    from transformers import get_linear_schedule_with_warmup
-
     from splitpriv.models import load_model, resolve_model_name
     from splitpriv.provenance import versions
     from splitpriv.split import split_model
@@ -210,24 +208,12 @@ def distill_robust_top(config: RobustTopConfig, out_dir: str | Path, *, model: s
     heldout = [_encode(tokenizer, heldout_texts[i:i + 64], config, teacher) for i in range(0, len(heldout_texts), 64)]
     error_before = _heldout_error(student.top, mechanism, heldout, config.seed + 1, projection)
 
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.0)
-    schedule = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * config.steps), config.steps)
     rng = torch.Generator().manual_seed(config.seed)
     noise_rng = torch.Generator().manual_seed(config.seed + 2)
     batches = _batches(tokenizer, train_texts, config, teacher, rng)
-    losses = []
-    from tqdm.auto import tqdm
-
-    bar = tqdm(range(config.steps), desc=f"robust top ({config.privacy.mechanism})", disable=not progress)
-    for _ in bar:
-        loss = _representation_error(student.top, mechanism, next(batches), noise_rng, projection)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    losses = fit_steps(trainable, lambda batch: _representation_error(student.top, mechanism, batch, noise_rng,
+                                                                      projection),
+                       batches, config, f"robust top ({config.privacy.mechanism})", progress)
     error_after = _heldout_error(student.top, mechanism, heldout, config.seed + 1, projection)
 
     after = student.bottom.state_dict()
@@ -240,20 +226,51 @@ def distill_robust_top(config: RobustTopConfig, out_dir: str | Path, *, model: s
         "final_loss": sum(losses[-20:]) / len(losses[-20:]), "wall_time_s": time.perf_counter() - started,
         "versions": versions(),
     }
+    write_model_folder(out_dir, student_model, tokenizer, meta)
+    return meta
+
+
+def fit_steps(trainable, loss_of, batches, config, desc: str, progress: bool) -> list[float]:
+    """``config.steps`` AdamW steps on ``loss_of(next(batches))`` (gradient norm clipped to 1, linear warm-up over
+    ``config.warmup_ratio`` then decay); returns the losses."""
+    from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.0)
+    schedule = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * config.steps), config.steps)
+    losses = []
+    bar = tqdm(range(config.steps), desc=desc, disable=not progress)
+    for _ in bar:
+        loss = loss_of(next(batches))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    return losses
+
+
+def write_model_folder(out_dir: str | Path, model, tokenizer, meta: dict, write_more=None) -> Path:
+    """Atomically replace ``out_dir`` (only an adapted model folder, see :func:`_check_writable`) with the encoder
+    of ``model``, its tokenizer, ``robust_top.json`` = ``meta`` and whatever ``write_more(tmp_dir)`` adds."""
     out_dir = Path(out_dir)
     _check_writable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
-        student_model.base_model.save_pretrained(tmp)
+        model.base_model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        if write_more is not None:
+            write_more(tmp)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return meta
+    return out_dir
 
 
 def cache_dir() -> Path:
@@ -274,3 +291,10 @@ def adaptation_of(folder: str | Path) -> dict | None:
     """The ``robust_top.json`` metadata of an adapted model folder (None for any other model)."""
     path = Path(folder) / META_FILE
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def base_model_of(model: str | None) -> str | None:
+    """The clean model an adapted folder (this module's, or a pre-trained privatizer's) was distilled from: what its
+    centralized baseline must train; any other model is its own base."""
+    meta = adaptation_of(model) if model is not None and Path(model).is_dir() else None
+    return meta.get("base_model") if meta is not None else model

@@ -21,6 +21,7 @@ from splitpriv.protocol import (
     WIRE_DTYPES,
     BackwardRequest,
     BackwardResult,
+    DecodeRequest,
     ForwardRequest,
     Outputs,
     PredictRequest,
@@ -109,7 +110,7 @@ class VendorSession:
         self.parts = parts
         self.tuned = tuned
         self.projection = projection  # TokenProjection when config.denoise != "none" (shared by the vendor's sessions)
-        self.d_model = parts.top.d_model
+        self.d_model = parts.top.input_width  # r with a privatizer: the width the session accepts
         self.max_tokens = int(getattr(parts.config, "max_position_embeddings", 512))
         self.optimizer = torch.optim.AdamW(tuned.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = get_linear_schedule_with_warmup(
@@ -121,6 +122,7 @@ class VendorSession:
         self.closed = False
         self._pending: _Pending | None = None
         self.last_backward: BackwardResult | None = None
+        self.decode_cache = None  # causal LM: the middle's key/value cache of the one sequence being generated
         self.lock = threading.Lock()
 
     def check_token(self, token: str | None) -> bool:
@@ -193,6 +195,34 @@ class VendorSession:
             self.tuned.module.eval()
             outputs = self._run_top(hidden, mask)
         return Outputs(step=self.completed_step, outputs=outputs)
+
+    def decode(self, req: DecodeRequest) -> Outputs:
+        """One generation step of the middle: ``reset`` replaces the cache with a new sequence's (the prompt), a
+        later request appends one token. One cache per session bounds the vendor's memory to one sequence each."""
+        from splitpriv.causal import PartCache
+
+        if not self.config.causal:
+            raise ProtocolError(f"decode needs a causal-lm session; this one is {self.config.task!r} (use predict)")
+        hidden, mask = check_representations(req.hidden, req.attention_mask, self.d_model, self.max_tokens)
+        if hidden.shape[0] != 1 or not bool(mask.all()):
+            raise ProtocolError(f"decode takes one unpadded sequence [1, t, d], got {list(hidden.shape)} with padding "
+                                f"{int((mask == 0).sum())}")
+        with self.lock, torch.no_grad():
+            self.check_open()
+            if req.reset:
+                self.decode_cache = None
+                self.decode_cache = PartCache()
+            elif self.decode_cache is None:
+                raise OutOfOrder("decode without a prompt: send the prompt first with reset=True")
+            elif hidden.shape[1] != 1:
+                raise ProtocolError(f"after the prompt, decode takes one token at a time, got {hidden.shape[1]}")
+            cache = self.decode_cache
+            if cache.length + hidden.shape[1] > self.max_tokens:
+                raise ProtocolError(f"the sequence would reach {cache.length + hidden.shape[1]} tokens, above this "
+                                    f"model's maximum of {self.max_tokens}")
+            self.tuned.module.eval()
+            outputs = self.tuned.module(hidden, None, cache)
+        return Outputs(step=cache.length, outputs=outputs)
 
     def status(self) -> dict:
         return {

@@ -30,14 +30,15 @@ from pathlib import Path
 import torch
 
 from splitpriv.errors import Forbidden, ProtocolError, SessionLimit, UnknownSession
-from splitpriv.models import load_model
-from splitpriv.protocol import BackwardRequest, BackwardResult, ForwardRequest, Outputs, PredictRequest
+from splitpriv.models import SEQUENCE_CLASSIFICATION, load_model
+from splitpriv.protocol import BackwardRequest, BackwardResult, DecodeRequest, ForwardRequest, Outputs, PredictRequest
 from splitpriv.protocol import SessionConfig, SessionInfo, pack_files
 from splitpriv.roles.checkpoint import CHECKPOINT_FORMAT, SESSIONS_DIR, TOP_DIR, CheckpointStore, read_state
 from splitpriv.roles.memory import return_freed_memory
 from splitpriv.roles.session import RNG_LOCK, VendorSession, check_representations, check_tuning_size, token_hash
 from splitpriv.seeding import step_rng
-from splitpriv.split import HEAD_WEIGHTS, SplitModel, save_bottom, split_model
+from splitpriv.split import HEAD_WEIGHTS, TAIL_WEIGHTS, SplitModel, save_bottom, split_model
+from splitpriv.split_privatizer import load_privatizer, pretrained_privatizer
 from splitpriv.tuning import TunedTop, apply_tuning
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class Vendor:
         self.checkpoint_every = checkpoint_every or None
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self.store = CheckpointStore(self.state_dir) if self.state_dir is not None else None
-        self._bases: dict[int, tuple[torch.nn.Module, object]] = {}
+        self._bases: dict[tuple[str, int], tuple[torch.nn.Module, object]] = {}
         self._projections: dict[str, object] = {}
         self._sessions: dict[str, VendorSession] = {}
         self._lock = threading.RLock()
@@ -68,14 +69,15 @@ class Vendor:
         if self.store is not None:
             self._load_sessions()
 
-    def base(self, num_labels: int):
-        """The frozen base model and tokenizer for ``num_labels`` (loaded once, then shared)."""
+    def base(self, num_labels: int, task: str = SEQUENCE_CLASSIFICATION):
+        """The frozen base model and tokenizer for ``task`` (and ``num_labels``), loaded once, then shared."""
+        key = (task, num_labels if task == SEQUENCE_CLASSIFICATION else 0)
         with self._lock:
-            if num_labels not in self._bases:
-                model, tokenizer = load_model(self.model_name, num_labels=num_labels, seed=0)
+            if key not in self._bases:
+                model, tokenizer = load_model(self.model_name, num_labels=num_labels, seed=0, task=task)
                 model.requires_grad_(False)
-                self._bases[num_labels] = (model, tokenizer)
-            return self._bases[num_labels]
+                self._bases[key] = (model, tokenizer)
+            return self._bases[key]
 
     def open_session(self, config: SessionConfig) -> SessionInfo:
         config = config.validate()
@@ -113,8 +115,14 @@ class Vendor:
             return self._projections[key]
 
     def _build(self, config: SessionConfig) -> tuple[SplitModel, TunedTop]:
-        model, _ = self.base(config.num_labels)
-        parts = split_model(model, config.n_bottom_layers)
+        model, _ = self.base(config.num_labels, config.task)
+        parts = split_model(model, config.n_bottom_layers, config.n_tail_layers if config.causal else None,
+                            privatizer=config.privatizer, privatizer_seed=config.seed)
+        if pretrained_privatizer(self.model_folder) is not None:  # its top reads that privatizer's output only
+            load_privatizer(parts, self.model_folder)  # the pre-trained halves; refused for another split or none
+        if config.causal and not parts.top.block_paths:
+            raise ValueError(f"n_bottom_layers={config.n_bottom_layers} + n_tail_layers={config.n_tail_layers} leave "
+                             f"the vendor no block of this model's {parts.n_layers}: k + j must be below {parts.n_layers}")
         check_tuning_size(config.tuning, parts.top.d_model)
         with RNG_LOCK, step_rng(config.seed, "vendor-init"):
             tuned = apply_tuning(parts.top, config.tuning)
@@ -151,9 +159,14 @@ class Vendor:
         from safetensors.torch import save as st_save
 
         session = self.session(session_id, token)
-        _, tokenizer = self.base(session.config.num_labels)
+        _, tokenizer = self.base(session.config.num_labels, session.config.task)
+        extra = {"head": session.config.head, "n_tail_layers": session.config.n_tail_layers}
         with tempfile.TemporaryDirectory() as tmp:
-            save_bottom(session.parts.bottom, tmp, tokenizer, extra={"head": session.config.head})
+            save_bottom(session.parts.bottom, tmp, tokenizer, extra=extra)
+            if session.parts.tail is not None:
+                from splitpriv.causal import save_tail
+
+                save_tail(session.parts.tail, Path(tmp) / TAIL_WEIGHTS)
             files = {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
         if session.config.head == "customer":
             prefixes = _head_prefixes(session.parts)
@@ -182,6 +195,9 @@ class Vendor:
 
     def predict(self, req: PredictRequest, token: str | None) -> Outputs:
         return self.session(req.session_id, token).predict(req)
+
+    def decode(self, req: DecodeRequest, token: str | None) -> Outputs:
+        return self.session(req.session_id, token).decode(req)
 
     def status(self, session_id: str, token: str | None) -> dict:
         return self.session(session_id, token).status()
@@ -270,6 +286,12 @@ class Vendor:
         session.checkpointed_step, session.checkpoint_path = session.completed_step, directory
         self.store.keep_only(directory)
         return session
+
+    @property
+    def model_folder(self) -> str:
+        from splitpriv.models import resolve_model_name
+
+        return resolve_model_name(self.model_name)
 
     @property
     def open_sessions(self) -> int:

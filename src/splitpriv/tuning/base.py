@@ -32,8 +32,12 @@ def share_frozen_copy(module: nn.Module, clone: set[str] = frozenset()) -> nn.Mo
 
 
 def head_modules(top: Top) -> list[str]:
-    """The head's modules that carry weights (the classification head is trained by every method)."""
-    return [p for p in top.family.head if any(True for _ in top.get_submodule(p).parameters())]
+    """The head's modules that carry weights, and a privatizer's up-projection (``privatizer_up``): every method
+    trains them. A causal LM's middle has no head: its LM head is in the customer's tail."""
+    lift = ["privatizer_up"] if getattr(top, "privatizer_up", None) is not None else []
+    if top.num_labels is None:
+        return lift
+    return lift + [p for p in top.family.head if any(True for _ in top.get_submodule(p).parameters())]
 
 
 @dataclass(frozen=True)
