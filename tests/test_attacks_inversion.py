@@ -149,9 +149,10 @@ def test_cti_aware_detects_reduced_noise(minilm, dev, public, data_dir):
 
 def test_run_attack_all_reports_the_strongest(minilm, data_dir):
     out = run_attack("all", n_bottom_layers=0, mechanism="dchi", eta=20.0, limit=6, model=minilm, progress=False,
-                     steps=5, n_public=40, learned_epochs=1, epochs=2, public_splits=["valid"])
+                     steps=5, n_public=40, learned_epochs=1, epochs=2, public_splits=["valid"], n_in_domain=20,
+                     adaptive_epochs=1, adaptive_layers=1, adaptive_width=64)
     json.dumps(out, allow_nan=False)
-    assert set(out["results"]) == {"nn", "map", "opt", "learned", "average"}
+    assert set(out["results"]) == {"floor", "nn", "map", "opt", "learned", "adaptive", "average"}
     for r in out["results"].values():
         assert {"attack", "success", "empirical_privacy"} <= set(r)
         assert 0.0 <= r["success"] <= 1.0

@@ -296,7 +296,10 @@ def shared_log_prior(knowledge: VendorKnowledge, vocab_size: int) -> torch.Tenso
 def shared_space(knowledge: VendorKnowledge) -> CandidateSpace:
     """One :class:`CandidateSpace` per knowledge (its bottom), built on first use."""
     if knowledge._space is None:
-        knowledge._space = CandidateSpace(knowledge.bottom, knowledge.tokenizer)
+        space = CandidateSpace
+        if knowledge.bottom.family.causal:  # decoders: no LayerNorm after the embedding sum
+            from splitpriv.decoder_candidates import AdditiveCandidateSpace as space
+        knowledge._space = space(knowledge.bottom, knowledge.tokenizer)
     return knowledge._space
 
 

@@ -3,10 +3,12 @@
 Threat model. The vendor is **honest-but-curious** (it runs the protocol faithfully) and **white-box**:
 
 * it knows the bottom's *initial* weights (it shipped them), the tokenizer, the privacy mechanism and its
-  parameters (η, σ, the CTI η multiplier);
+  parameters (η, σ, the CTI η multiplier), and the *final* weights of any privatizer folded into the bottom
+  (Kerckhoffs: it trained, shipped or could reconstruct it);
 * it sees everything on the wire: the privatized token representations (padding zeroed), the attention masks
   (hence every sequence's length), the gradients returned to it and its own outputs;
-* it has public text (WikiText-2) and, for attribute inference, a small labelled auxiliary sample.
+* it has public text (WikiText-2, plus the dataset's public test sentences for ``floor`` and ``adaptive``) and,
+  for attribute inference, a small labelled auxiliary sample.
 
 It does **not** see the customer's text, labels, noise seed, CTI token set, or the customer's updated bottom.
 
@@ -19,10 +21,15 @@ says.
 One module per attack, each registering itself in :data:`splitpriv.attacks.registry.ATTACKS` (name, description,
 options, kind, what it applies to, ``run``); a new attack is one new module here:
 
+* :mod:`.floor` — ``floor``: the prior-only floor, the most probable public token per position from the mask alone;
 * :mod:`.nearest` — ``nn`` and ``map``: nearest neighbour and MAP against the embedding layer's outputs, k = 0
   (on the candidate kernel :mod:`splitpriv.candidates`, which the vendor's denoiser shares);
 * :mod:`.optimization` — ``opt``: gradient search over relaxed tokens through the attacker's copy of the bottom;
 * :mod:`.learned` — ``learned``: an inverter trained on public text through the known bottom and mechanism;
+* :mod:`.adaptive` — ``adaptive``: a generic inverter trained from scratch through the bottom as shipped (any
+  privatizer, any width), on public and in-domain public text (loop and ranked decoding shared with ``learned`` in
+  :mod:`.training`);
+* :mod:`.image_space` — with a privatizer at k = 0, nn/map/opt decode against its image of every token;
 * :mod:`.averaging` — ``average``: link a sentence's observations across epochs (fresh noise), average, invert;
 * :mod:`.cti_aware` — ``cti``: detect CTI's reduced-noise positions from the noise radius, invert accordingly;
 * :mod:`.attribute` — ``aia``: author attributes from pooled representations;
@@ -31,11 +38,13 @@ options, kind, what it applies to, ``run``); a new attack is one new module here
 * :mod:`.runner` — :func:`run_attack`, one setting end to end, JSON out; :func:`attack_specs` for the grid.
 """
 
-# The order of these imports is the registry's order (help texts, ``"all"``, result tables): nn, map, opt,
-# learned, average, cti, aia, label.
+# The order of these imports is the registry's order (help texts, ``"all"``, result tables): floor, nn, map, opt,
+# learned, adaptive, average, cti, aia, label.
+from splitpriv.attacks.floor import PriorFloor  # isort: skip
 from splitpriv.attacks.nearest import CandidateSpace, MAPInversion, NearestNeighbour  # isort: skip
 from splitpriv.attacks.optimization import OptimizationInversion  # isort: skip
 from splitpriv.attacks.learned import LearnedInversion  # isort: skip
+from splitpriv.attacks.adaptive import AdaptiveInversion  # isort: skip
 from splitpriv.attacks.averaging import AveragingAttack, averaging_attack, link_epochs  # isort: skip
 from splitpriv.attacks.cti_aware import CTIAwareInversion, cti_attack  # isort: skip
 from splitpriv.attacks import attribute, label  # isort: skip  # noqa: F401
@@ -53,6 +62,7 @@ from splitpriv.attacks.runner import applicable, attack_specs, run_attack
 __all__ = [
     "ATTACKS",
     "INVERSION_ATTACKS",
+    "AdaptiveInversion",
     "AttackResult",
     "AttackerKnowledge",
     "AveragingAttack",
@@ -64,6 +74,7 @@ __all__ = [
     "MAPInversion",
     "NearestNeighbour",
     "OptimizationInversion",
+    "PriorFloor",
     "applicable",
     "attack_option_help",
     "attack_specs",

@@ -31,7 +31,7 @@ from splitpriv.attacks.base import AttackerKnowledge, AttackResult, InversionAtt
 from splitpriv.attacks.learned import LearnedInversion, LearnedOptions, shared_inverter
 from splitpriv.attacks.nearest import MAPInversion
 from splitpriv.attacks.observe import EpochObservations
-from splitpriv.attacks.registry import ATTACKS, Attack
+from splitpriv.attacks.registry import ATTACKS, Attack, in_model_space
 from splitpriv.privacy import Gaussian, Mechanism
 
 
@@ -159,6 +159,7 @@ class AveragingOptions(LearnedOptions):
 class AveragingEntry(Attack):
     description = "link a text's observations across epochs, average away the noise, invert (any k)"
     Options = AveragingOptions
+    applies = staticmethod(in_model_space)
 
     @staticmethod
     def run(evaluation, options):

@@ -18,6 +18,7 @@ from splitpriv.candidates import (  # noqa: F401  (re-exported: what the attacks
     apply_template,
     fixed_positions,
     special_ids,
+    target_positions,
     template_tokens,
 )
 
@@ -87,9 +88,20 @@ def _is_content(token: str) -> bool:
 
 
 def recovery_metrics(predicted: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer,
-                     extra_masks: dict[str, torch.Tensor] | None = None) -> dict:
-    """Token recovery over real tokens, over content tokens (and any ``extra_masks``), and exact sentences."""
-    hit = predicted.to(input_ids.device) == input_ids
+                     extra_masks: dict[str, torch.Tensor] | None = None, ranked: torch.Tensor | None = None) -> dict:
+    """Token recovery over real tokens, over content tokens (and any ``extra_masks``), and exact sentences.
+
+    ``ranked`` [N, T, K] (an attack's K best guesses per position, best first) adds ``top{K}_recovery`` (the true
+    token among them) on the same masks."""
+    out = _rates(predicted.to(input_ids.device) == input_ids, input_ids, attention_mask, tokenizer, extra_masks)
+    if ranked is not None:
+        hit_k = (ranked.to(input_ids.device) == input_ids[..., None]).any(-1)
+        top = _rates(hit_k, input_ids, attention_mask, tokenizer, extra_masks)
+        out.update({f"top{ranked.shape[-1]}_{k}": v for k, v in top.items() if k.endswith("_recovery")})
+    return out
+
+
+def _rates(hit: torch.Tensor, input_ids, attention_mask, tokenizer, extra_masks) -> dict:
     real = real_token_mask(input_ids, attention_mask, tokenizer)
     content = content_token_mask(input_ids, attention_mask, tokenizer)
 
@@ -108,6 +120,20 @@ def recovery_metrics(predicted: torch.Tensor, input_ids: torch.Tensor, attention
     for name, mask in (extra_masks or {}).items():
         out[f"{name}_recovery"] = rate(real & mask)
         out[f"n_{name}_tokens"] = int((real & mask).sum())
+    return out
+
+
+@torch.no_grad()
+def rank_targets(scores, hidden: torch.Tensor, attention_mask: torch.Tensor, tokenizer, k: int = 5,
+                 chunk: int = 512) -> torch.Tensor:
+    """The ``k`` best-scored tokens [N, T, k] at every position to guess (``scores(z [n, r], positions [n])`` ->
+    [n, V], higher = more likely); the template's ids at its fixed positions."""
+    rows, cols = target_positions(tokenizer, attention_mask)
+    _, ids = fixed_positions(tokenizer, attention_mask)
+    out = ids[..., None].repeat(1, 1, k)
+    for s in range(0, rows.numel(), chunk):
+        r, c = rows[s:s + chunk], cols[s:s + chunk]
+        out[r, c] = scores(hidden[r, c].float(), c).topk(k, dim=1).indices
     return out
 
 

@@ -30,7 +30,7 @@ from splitpriv.attacks.base import AttackerKnowledge, AttackResult, InversionAtt
 from splitpriv.attacks.learned import LearnedInversion, LearnedOptions
 from splitpriv.attacks.nearest import MAPInversion, NearestNeighbour
 from splitpriv.attacks.observe import clean_hidden, tokenize
-from splitpriv.attacks.registry import ATTACKS, Attack
+from splitpriv.attacks.registry import ATTACKS, Attack, in_model_space
 from splitpriv.candidates import target_positions
 
 
@@ -156,8 +156,9 @@ def cti_attack(knowledge: AttackerKnowledge, hidden: torch.Tensor, attention_mas
 
 
 def needs_cti(setting) -> str | None:
-    """Applicability of the CTI-aware attack: the customer must use CTI."""
-    return None if setting.cti else "it detects CTI's reduced-noise tokens, and this setting has no CTI"
+    """Applicability of the CTI-aware attack: the customer must use CTI (and no privatizer)."""
+    return in_model_space(setting) or (
+        None if setting.cti else "it detects CTI's reduced-noise tokens, and this setting has no CTI")
 
 
 @ATTACKS.register("cti")

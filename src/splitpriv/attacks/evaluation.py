@@ -16,6 +16,8 @@ import torch
 from splitpriv.attacks.base import AttackResult, most_frequent_rate, recovery_metrics
 from splitpriv.seeding import derive_seed
 
+TOP_K = 5
+
 
 def _load(model):
     from splitpriv.models import load_model
@@ -36,7 +38,7 @@ class Evaluation:
 
     def __init__(self, *, dataset="sst2", split="dev", n_bottom_layers=0, mechanism=None, cti=False,
                  cti_multiplier=2.0, limit=200, seed=0, model=None, progress=True, max_length=64,
-                 public_splits=("valid", "test"), vendor=None):
+                 public_splits=("valid", "test"), vendor=None, privatizer=None, bottom=None):
         from splitpriv.privacy import build_mechanism
 
         self.dataset, self.split, self.limit, self.seed = dataset, split, limit, seed
@@ -44,6 +46,7 @@ class Evaluation:
         self.mechanism = build_mechanism(mechanism)
         self.model, self.progress, self.max_length = model, progress, int(max_length)
         self.public_splits, self.vendor = tuple(public_splits), vendor
+        self.privatizer_spec, self.shipped_bottom = privatizer, bottom
         self.customer_seed = derive_seed("customer-noise", seed)
         self.attacker_seed = derive_seed("attacker", seed) % (2 ** 31)
         self._memo: dict = {}
@@ -65,9 +68,21 @@ class Evaluation:
 
     @cached_property
     def bottom(self):
+        """The bottom as shipped: ``bottom`` if given (e.g. a finished run's, privatizer weights included), else the
+        model's first k blocks, with a freshly attached ``privatizer`` (a spec) if one is given."""
+        if self.shipped_bottom is not None:
+            return self.shipped_bottom
         from splitpriv.split import split_model
 
-        return split_model(self.loaded[0], self.n_bottom_layers).bottom
+        extra = {} if self.privatizer_spec is None else {"privatizer": self.privatizer_spec}
+        return split_model(self.loaded[0], self.n_bottom_layers, **extra).bottom
+
+    @property
+    def privatized(self) -> bool:
+        """Whether a privatizer is folded into the bottom (its output then lives in the privatizer's space)."""
+        from splitpriv.attacks.image_space import privatizer_of
+
+        return privatizer_of(self.bottom) is not None
 
     @cached_property
     def data(self):
@@ -89,6 +104,14 @@ class Evaluation:
         return ContributingTokens.fit_texts(train.texts, train.labels, self.tokenizer,
                                             config=CTIConfig(eta_multiplier=self.cti_multiplier),
                                             max_length=self.max_length)
+
+    @cached_property
+    def in_domain_texts(self) -> list[str]:
+        """Public in-domain text the vendor may hold: the dataset's test split
+        (:func:`splitpriv.data.public_in_domain`), none when the evaluation itself is on the test split."""
+        from splitpriv.data import public_in_domain
+
+        return [] if self.split == "test" else public_in_domain(self.dataset)
 
     def observations(self):
         """What the vendor receives for the evaluation texts: ``(z, mask, input_ids)`` (ids: truth)."""
@@ -151,20 +174,26 @@ class Evaluation:
 
     def _knowledge(self, bottom, tokenizer, public_text: bool):
         from splitpriv.attacks.base import AttackerKnowledge
+        from splitpriv.attacks.image_space import PrivatizedSpace, privatizer_of
         from splitpriv.data import public_corpus
 
-        return AttackerKnowledge(bottom=bottom, tokenizer=tokenizer, mechanism=self.mechanism,
-                                 public_texts=public_corpus(self.public_splits) if public_text else [],
-                                 cti_multiplier=self.cti_multiplier if self.cti else None, max_length=self.max_length)
+        kn = AttackerKnowledge(bottom=bottom, tokenizer=tokenizer, mechanism=self.mechanism,
+                               public_texts=public_corpus(self.public_splits) if public_text else [],
+                               cti_multiplier=self.cti_multiplier if self.cti else None, max_length=self.max_length)
+        if privatizer_of(bottom) is not None and bottom.n_layers == 0:
+            kn._space = PrivatizedSpace(bottom, tokenizer)
+        return kn
 
     # ------------------------------------------------------------------------------------------------ scoring
     def extra(self, ids):
         return {"contributing": self.contributing.is_contributing(ids)} if self.contributing is not None else {}
 
     def score(self, name: str, attack, extra_metrics: dict | None = None) -> AttackResult:
-        """Invert the observations with a fitted inversion ``attack`` and score the guess against the truth."""
+        """Invert the observations with a fitted inversion ``attack`` and score the guess against the truth (and
+        its ``TOP_K`` best guesses when the attack ranks candidates: a ``rank(hidden, mask, k)`` method)."""
         z, mask, ids = self.observations()
-        metrics = recovery_metrics(attack.invert(z, mask), ids, mask, self.tokenizer, self.extra(ids))
+        ranked = attack.rank(z, mask, TOP_K) if callable(getattr(attack, "rank", None)) else None
+        metrics = recovery_metrics(attack.invert(z, mask), ids, mask, self.tokenizer, self.extra(ids), ranked)
         metrics.update(extra_metrics or {})
         return AttackResult(name, metrics["token_recovery"], metrics)
 
@@ -176,4 +205,5 @@ class Evaluation:
             "cti_multiplier": self.cti_multiplier if self.cti else None,
             "n_contributing_ids": len(self.contributing) if self.cti else None,
             "seed": self.seed, "chance_recovery": most_frequent_rate(ids, mask, self.tokenizer),
+            "output_width": int(z.shape[-1]), "privatized": self.privatized,
         }

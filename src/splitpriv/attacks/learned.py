@@ -40,7 +40,8 @@ from torch import nn
 
 from splitpriv.attacks.base import AttackerKnowledge, InversionAttack, torch_threads
 from splitpriv.attacks.observe import clean_hidden, tokenize
-from splitpriv.attacks.registry import ATTACKS, Attack
+from splitpriv.attacks.registry import ATTACKS, Attack, in_model_space
+from splitpriv.attacks.training import batched_log_probs, contextual_top_k, sampled_candidates, train_loop
 from splitpriv.candidates import CandidateSpace, apply_template, fit_candidates, fixed_positions, shared_log_prior
 from splitpriv.privacy import privatize
 
@@ -160,51 +161,23 @@ class LearnedInversion(InversionAttack):
         decay = [p for n, p in self.model.named_parameters() if n not in ("bias", "log_scale")]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
                                  {"params": [self.model.bias, self.model.log_scale], "weight_decay": 0.0}], lr=self.lr)
-        total = self.epochs * math.ceil(len(texts) / self.batch_size)
-        warm = max(1, total // 10)  # linear warm-up, then linear decay to 0
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda i: min((i + 1) / warm, max(0.0, (total - i) / max(total - warm, 1))))
-        bar = None
-        if self.progress and total:
-            from tqdm.auto import tqdm
 
-            bar = tqdm(total=total, desc=f"learned inverter k={knowledge.n_bottom_layers}", leave=False)
-        self.model.train()
-        for _ in range(self.epochs):
-            perm = torch.randperm(len(texts), generator=gen)
-            for s in range(0, len(texts), self.batch_size):
-                idx = perm[s:s + self.batch_size]
-                t = int(mask[idx].sum(1).max())
-                m, sel = mask[idx, :t], target_mask[idx, :t]
-                u = self.model.features(self._noisy(h[idx, :t], m, gen), m)
-                target = ids[idx, :t][sel]
-                cand = None
-                if self.n_sampled and self.n_sampled < len(allowed):
-                    cand, target = self._sample_candidates(target, frequent, allowed, gen)
-                logits = self.model.logits(u[sel], positions[idx, :t][sel], self.train_dtype, cand)
-                loss = nn.functional.cross_entropy(logits, target)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-                opt.step()
-                sched.step()
-                self.history.append(loss.item())
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{self.history[-1]:.3f}")
-        if bar is not None:
-            bar.close()
-        self.model.eval()
+        def step(idx):
+            t = int(mask[idx].sum(1).max())
+            m, sel = mask[idx, :t], target_mask[idx, :t]
+            u = self.model.features(self._noisy(h[idx, :t], m, gen), m)
+            target = ids[idx, :t][sel]
+            cand = None
+            if self.n_sampled and self.n_sampled < len(allowed):
+                cand, target = sampled_candidates(target, frequent, allowed, self.n_sampled, gen)
+            logits = self.model.logits(u[sel], positions[idx, :t][sel], self.train_dtype, cand)
+            return nn.functional.cross_entropy(logits, target)
+
+        self.history = train_loop(self.model, opt, step, n=len(texts), epochs=self.epochs,
+                                  batch_size=self.batch_size, generator=gen,
+                                  progress=f"learned inverter k={knowledge.n_bottom_layers}" if self.progress else None)
         self.train_seconds = time.perf_counter() - t0
         self.n_train_tokens = int(target_mask.sum()) * self.epochs
-
-    def _sample_candidates(self, target, frequent, allowed, gen):
-        """Sampled softmax: this batch's targets + the most frequent public tokens (the usual confusers under
-        noise) + uniformly drawn others, ``n_sampled`` in all; returns (sorted ids, targets' indices in them)."""
-        half = self.n_sampled // 2
-        rand = allowed[torch.randint(len(allowed), (self.n_sampled - half,), generator=gen)]
-        cand = torch.unique(torch.cat([target, frequent[:half], rand]))
-        return cand, torch.searchsorted(cand, target)
 
     def _noisy(self, h: torch.Tensor, mask: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """What the vendor would receive for clean ``h``: privatize (mean of ``n_average`` draws; CTI mix)."""
@@ -224,25 +197,15 @@ class LearnedInversion(InversionAttack):
     @torch.no_grad()
     def log_probs(self, hidden: torch.Tensor, attention_mask: torch.Tensor, rows, cols) -> torch.Tensor:
         """Log-probabilities [n, V] of the tokens at (rows, cols) (given in row-major order)."""
-        out = []
-        for s in range(0, hidden.shape[0], 32):
-            sel = (rows >= s) & (rows < s + 32)
-            if not sel.any():
-                continue
-            t = int(attention_mask[s:s + 32].sum(1).max())
-            u = self.model.features(hidden[s:s + 32, :t].float(), attention_mask[s:s + 32, :t])
-            out.append(torch.log_softmax(self.model.logits(u[rows[sel] - s, cols[sel]], cols[sel]), dim=1))
-        return torch.cat(out) if out else torch.empty(0, self.penalty.numel())
+        return batched_log_probs(self.model.features, self.model.logits, hidden, attention_mask, rows, cols,
+                                 self.penalty.numel())
 
-    @torch.no_grad()
+    def rank(self, hidden: torch.Tensor, attention_mask: torch.Tensor, k: int = 5) -> torch.Tensor:
+        """The ``k`` most probable tokens [N, T, k] (template ids at fixed positions)."""
+        return contextual_top_k(self.log_probs, hidden, attention_mask, self.knowledge.tokenizer, k)
+
     def invert(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        tok = self.knowledge.tokenizer
-        fixed, _ = fixed_positions(tok, attention_mask)
-        rows, cols = (attention_mask.bool() & ~fixed).nonzero(as_tuple=True)  # row-major: batches stay in order
-        pred = torch.zeros(attention_mask.shape, dtype=torch.long)
-        if rows.numel():
-            pred[rows, cols] = self.log_probs(hidden, attention_mask, rows, cols).argmax(1)
-        return apply_template(pred, tok, attention_mask)
+        return apply_template(self.rank(hidden, attention_mask, 1)[..., 0], self.knowledge.tokenizer, attention_mask)
 
 
 @dataclass(frozen=True)
@@ -272,6 +235,7 @@ def shared_inverter(evaluation, options: LearnedOptions, n_average: int = 1) -> 
 class LearnedEntry(Attack):
     description = "an inverter trained on public text through the known bottom and mechanism (any k)"
     Options = LearnedOptions
+    applies = staticmethod(in_model_space)
 
     @staticmethod
     def run(evaluation, options):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from splitpriv.attacks.base import AttackerKnowledge, InversionAttack
+from splitpriv.attacks.base import AttackerKnowledge, InversionAttack, rank_targets
 from splitpriv.attacks.registry import ATTACKS, Attack
 from splitpriv.candidates import (  # noqa: F401  (re-exported: the kernel's names as the attacks have used them)
     CHUNK,
@@ -64,6 +64,10 @@ class NearestNeighbour(InversionAttack):
     def scores(self, z: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Score of every candidate for vectors ``z`` [n, d] at ``positions`` (higher = more likely) [n, V]."""
         return self.decoder.scores(z, positions)
+
+    def rank(self, hidden: torch.Tensor, attention_mask: torch.Tensor, k: int = 5) -> torch.Tensor:
+        """The ``k`` nearest candidates [N, T, k] (exact search)."""
+        return rank_targets(self.decoder.scores, hidden, attention_mask, self.knowledge.tokenizer, k)
 
     @torch.no_grad()
     def invert(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -220,6 +224,10 @@ class MAPInversion(InversionAttack):
     def scores(self, z: torch.Tensor, positions: torch.Tensor, noise_scale: torch.Tensor | None = None):
         """Log posterior (up to a per-row constant) of every candidate [n, V]."""
         return self.decoder.scores(z, positions, noise_scale)
+
+    def rank(self, hidden: torch.Tensor, attention_mask: torch.Tensor, k: int = 5) -> torch.Tensor:
+        """The ``k`` most probable tokens [N, T, k]."""
+        return rank_targets(self.decoder.scores, hidden, attention_mask, self.knowledge.tokenizer, k)
 
     def invert(self, hidden: torch.Tensor, attention_mask: torch.Tensor,
                noise_scale: torch.Tensor | None = None) -> torch.Tensor:

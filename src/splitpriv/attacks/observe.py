@@ -31,8 +31,9 @@ def tokenize(tokenizer, texts: list[str], max_length: int = 64) -> tuple[torch.T
 @torch.no_grad()
 def clean_hidden(bottom: Bottom, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  token_type_ids: torch.Tensor | None = None, *, batch_size: int = 64) -> torch.Tensor:
-    """The bottom's output ``h`` [N, T, d] before any mechanism (zeros at padding), computed per batch."""
-    out = torch.zeros(*input_ids.shape, bottom.d_model)
+    """The bottom's output ``h`` [N, T, r] before any mechanism (zeros at padding), computed per batch; ``r`` is the
+    bottom's output width (``d``, or a privatizer's ``r`` when one is folded into the bottom)."""
+    out = None
     with eval_mode(bottom):
         for start in range(0, input_ids.shape[0], batch_size):
             sl = slice(start, start + batch_size)
@@ -40,8 +41,10 @@ def clean_hidden(bottom: Bottom, input_ids: torch.Tensor, attention_mask: torch.
             t = max(int(mask.sum(1).max()), 1)
             tt = token_type_ids[sl, :t] if token_type_ids is not None else None
             h = bottom(input_ids=input_ids[sl, :t], attention_mask=mask[:, :t], token_type_ids=tt)
+            if out is None:
+                out = torch.zeros(*input_ids.shape, h.shape[-1])
             out[sl, :t] = h.float() * mask[:, :t, None]
-    return out
+    return out if out is not None else torch.zeros(*input_ids.shape, bottom.d_model)
 
 
 def _noise_scale(cti, input_ids: torch.Tensor) -> torch.Tensor | None:

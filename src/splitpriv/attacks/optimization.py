@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from splitpriv.attacks.base import AttackerKnowledge, InversionAttack, torch_threads
-from splitpriv.attacks.registry import ATTACKS, Attack
+from splitpriv.attacks.registry import ATTACKS, Attack, in_model_space
 from splitpriv.candidates import apply_template, eval_mode, fit_candidates, fixed_positions, shared_log_prior
 from splitpriv.privacy import Identity, Mechanism
 
@@ -190,6 +190,11 @@ class OptimizationOptions:
 class OptimizationEntry(Attack):
     description = "gradient search over relaxed tokens through the attacker's copy of the bottom (any k)"
     Options = OptimizationOptions
+
+    @staticmethod
+    def applies(setting):
+        """Any k; with a privatizer only at k = 0 (its shortlist comes from the privatizer's image space)."""
+        return in_model_space(setting) if setting.n_bottom_layers else None
 
     @staticmethod
     def run(evaluation, options):

@@ -30,7 +30,8 @@ from dataclasses import MISSING, dataclass, fields, is_dataclass
 
 from splitpriv.registry import Registry, dataclass_from_dict, field_help
 
-__all__ = ["ATTACKS", "KINDS", "Attack", "NoOptions", "Setting", "attack_option_help", "names_of_kind"]
+__all__ = ["ATTACKS", "KINDS", "Attack", "NoOptions", "Setting", "attack_option_help", "in_model_space",
+           "names_of_kind"]
 
 KINDS = ("inversion", "label", "attribute")
 
@@ -38,11 +39,13 @@ KINDS = ("inversion", "label", "attribute")
 @dataclass(frozen=True)
 class Setting:
     """What decides whether an attack applies: the split depth k, whether the customer uses CTI, its mechanism
-    (a :class:`~splitpriv.privacy.Mechanism`, or None when unknown)."""
+    (a :class:`~splitpriv.privacy.Mechanism`, or None when unknown), whether a privatizer is folded into the
+    bottom."""
 
     n_bottom_layers: int = 0
     cti: bool = False
     mechanism: object = None
+    privatized: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,14 @@ class Attack:
 
 
 ATTACKS: Registry[type[Attack]] = Registry("attack", "splitpriv.attacks")
+
+
+def in_model_space(setting) -> str | None:
+    """Applicability of attacks that score against the model's own representation space: not when a privatizer
+    is folded into the bottom (``setting.privatized``; the adaptive attack and, at k = 0, nn/map judge those)."""
+    if getattr(setting, "privatized", False):
+        return "the bottom has a privatizer: its output is not in the model's representation space"
+    return None
 
 
 def names_of_kind(kind: str) -> list[str]:

@@ -2,7 +2,9 @@
 
 The runner is the evaluator and plays both sides (:class:`~splitpriv.attacks.evaluation.Evaluation`: it
 simulates the customer, hands the attacks only the vendor's view and scores their guesses against the truth).
-Empirical privacy of a setting is ``1 − max(success)`` over the applicable inversion attacks.
+Empirical privacy of a setting is ``1 − max(success)`` over the applicable inversion attacks, the prior-only floor
+among them (it sets the max only when no attack beats a blind guess); ``"all"`` also reports the floor, each attack's
+advantage over it, and the privacy of content words and of CTI's contributing words (:func:`summary`).
 
 Attacks come from the registry (:mod:`splitpriv.attacks.registry`): each declares its kind, its options and what
 it applies to. ``"all"`` runs every registered inversion attack that applies (token recovery is comparable across
@@ -35,7 +37,7 @@ from splitpriv.attacks.registry import ATTACKS as REGISTRY
 from splitpriv.attacks.registry import Setting, attack_option_help, names_of_kind
 
 __all__ = ["Evaluation", "applicable", "attack_option_help", "attack_specs", "evaluate", "run_attack",
-           "run_label_attack"]
+           "run_label_attack", "summary"]
 
 
 def __getattr__(name: str):
@@ -124,14 +126,16 @@ def run_label_attack(**kw) -> AttackResult:
 
 def run_attack(attack: str, *, dataset="sst2", split="dev", n_bottom_layers=0, mechanism="none", cti=False,
                cti_multiplier=2.0, limit=200, seed=0, model=None, progress=True, max_length=64,
-               public_splits=("valid", "test"), vendor=None, **kw) -> dict:
+               public_splits=("valid", "test"), vendor=None, privatizer=None, bottom=None, **kw) -> dict:
     """Run ``attack`` (a registered name or ``"all"``) on ``limit`` texts of ``dataset``/``split``; a JSON-able dict
     with at least ``attack``, ``success`` (0–1) and ``empirical_privacy``; for ``"all"`` also ``results`` (per
-    attack) and ``strongest_attack``. ``model`` is a model name/folder (``None`` = MiniLM) or a loaded
+    attack) and ``strongest_attack``. ``privatizer`` (a spec, attached fresh) or ``bottom`` (a bottom as shipped, its
+    privatizer's final weights included) evaluate a privatized split. ``model`` is a model name/folder (``None`` = MiniLM) or a loaded
     ``(model, tokenizer)`` pair. ``kw``: mechanism parameters and attack options (module docstring)."""
     setting_kw = dict(dataset=dataset, split=split, n_bottom_layers=n_bottom_layers, mechanism=mechanism, cti=cti,
                       cti_multiplier=cti_multiplier, limit=limit, seed=seed, model=model, progress=progress,
-                      max_length=max_length, public_splits=public_splits, vendor=vendor)
+                      max_length=max_length, public_splits=public_splits, vendor=vendor, privatizer=privatizer,
+                      bottom=bottom)
     evaluation, options = _prepare(attack, setting_kw, dict(kw))
     results = {name: _run(evaluation, name, opts) for name, opts in options.items()}
     if attack != "all":
@@ -142,8 +146,29 @@ def run_attack(attack: str, *, dataset="sst2", split="dev", n_bottom_layers=0, m
     best = max(results.values(), key=lambda r: r["success"])
     return _jsonable({
         "attack": "all", "success": best["success"], "empirical_privacy": 1.0 - best["success"],
-        "strongest_attack": best["attack"], "results": results, **evaluation.describe(),
+        "strongest_attack": best["attack"], "results": results, **summary(results), **evaluation.describe(),
     })
+
+
+def summary(results: dict[str, dict]) -> dict:
+    """What ``"all"`` adds over the strongest attack (``results``: per attack, as ``run`` returns them, updated in
+    place with ``advantage_over_floor``): the prior-only ``floor``; ``content_privacy`` = 1 − the best content-word
+    recovery, ``contributing_privacy`` likewise on CTI's contributing words (when measured), ``top5_recovery`` the
+    best top-5 recovery of the attacks that rank candidates."""
+    floor = results.get("floor", {}).get("success")
+    out = {"floor": floor}
+    for r in results.values():
+        r["advantage_over_floor"] = None if floor is None else r["success"] - floor
+    for words in ("content", "contributing"):
+        seen = {n: r[f"{words}_recovery"] for n, r in results.items()
+                if isinstance(r.get(f"{words}_recovery"), float) and not math.isnan(r[f"{words}_recovery"])}
+        if seen:
+            best = max(seen, key=seen.get)
+            out[f"{words}_privacy"], out[f"strongest_{words}_attack"] = 1.0 - seen[best], best
+    ranked = {n: r["top5_token_recovery"] for n, r in results.items() if r.get("top5_token_recovery") is not None}
+    if ranked:
+        out["top5_recovery"] = max(ranked.values())
+    return out
 
 
 def attack_specs(attacks: list, setting) -> list[dict]:
@@ -193,7 +218,8 @@ def _row(out: dict) -> str:
     name = mech["name"] + "".join(f" {k}={v:g}" for k, v in mech.items() if k != "name")
     cells = "  ".join(f"{a}={r['success']:.3f}" for a, r in out["results"].items())
     return (f"k={out['n_bottom_layers']} {name:12s} {cells}  | max={out['success']:.3f} ({out['strongest_attack']}) "
-            f"privacy={out['empirical_privacy']:.3f}  chance={out['chance_recovery']:.3f}  [{out['seconds']:.0f}s]")
+            f"privacy={out['empirical_privacy']:.3f} content={out.get('content_privacy', float('nan')):.3f} "
+            f"floor={out['floor'] if out.get('floor') is not None else float('nan'):.3f}  [{out['seconds']:.0f}s]")
 
 
 def main(argv=None) -> None:

@@ -1,12 +1,12 @@
-"""``splitpriv`` command line: train, predict, serve, robust-top, attack, experiment.
+"""``splitpriv`` command line: train, predict, generate, serve, robust-top, attack, experiment.
 
-One module per command group registers its commands on :data:`app` (:mod:`.training`, :mod:`.serving`,
+One module per command group registers its commands on :data:`app` (:mod:`.training`, :mod:`.causal`, :mod:`.serving`,
 :mod:`.attacking`, :mod:`.experiments`); choices and mechanism options come from the registries (:mod:`.app`,
 :mod:`splitpriv.options`).
 """
 
 from splitpriv.cli.app import app
-from splitpriv.cli import attacking, experiments, serving, training  # noqa: F401  (they register commands)
+from splitpriv.cli import attacking, audit, causal, experiments, privatizer, serving, training  # noqa: F401  (commands)
 
 __all__ = ["app", "main"]
 

@@ -7,7 +7,14 @@ with :func:`load_file`; public auxiliary text for attacks with :func:`load_publi
 
 from splitpriv.data.core import DatasetNotFoundError, TextDataset
 from splitpriv.data.files import load_file
-from splitpriv.data.loaders import available_datasets, data_dir, load_dataset, load_public_text, public_corpus
+from splitpriv.data.loaders import (
+    available_datasets,
+    data_dir,
+    load_dataset,
+    load_public_text,
+    public_corpus,
+    public_in_domain,
+)
 
 __all__ = [
     "DatasetNotFoundError",
@@ -18,4 +25,5 @@ __all__ = [
     "load_file",
     "load_public_text",
     "public_corpus",
+    "public_in_domain",
 ]

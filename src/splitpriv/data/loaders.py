@@ -271,3 +271,12 @@ def public_corpus(splits: tuple[str, ...] = PUBLIC_SPLITS) -> list[str]:
     """The vendor's public text: every clean WikiText-2 sentence of ``splits`` (the attacks' auxiliary data, the
     MAP prior of vendor-side denoising, the noise-adapted top's training text)."""
     return [s for split in splits for s in load_public_text("wikitext2", split)]
+
+
+def public_in_domain(dataset: str) -> list[str]:
+    """The texts of ``dataset``'s *test* split: public, in-domain and disjoint from the train and dev splits a
+    customer trains and is evaluated on (SST-2's GLUE test sentences); ``[]`` when the dataset has no test split."""
+    try:
+        return list(load_dataset(dataset, "test").texts)
+    except (ValueError, DatasetNotFoundError):
+        return []
