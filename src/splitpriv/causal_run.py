@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from splitpriv.provenance import git_commit, versions
+from splitpriv.provenance import run_record
 
 EXACT_MATCH_TOKENS = 8
 
@@ -96,19 +96,7 @@ def run_causal(config, out_dir=None, *, progress: bool = True, transport=None) -
     else:
         result = _train_split(config, out_dir, progress=progress, transport=transport)
     losses = result.pop("losses")
-    metrics = {
-        "task": config.task,
-        "mode": "centralized" if config.centralized else "split",
-        "dataset": config.dataset,
-        "seed": config.train.seed,
-        "final_loss": sum(losses[-10:]) / len(losses[-10:]),
-        "steps": len(losses),
-        **result,
-        "losses": losses,
-        "config": config.to_dict(),
-        "versions": versions(),
-        "git_commit": git_commit(),
-    }
+    metrics = {"task": config.task, **result, **run_record(config, losses)}
     if config.baseline and not config.centralized:
         from dataclasses import replace
 

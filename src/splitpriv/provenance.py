@@ -25,3 +25,19 @@ def git_commit() -> str | None:
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def run_record(config, losses: list[float]) -> dict:
+    """What every run's ``metrics.json`` says about how it was made: mode, data, seed, training losses, the full
+    config and the provenance above."""
+    return {
+        "mode": "centralized" if config.centralized else "split",
+        "dataset": config.dataset,
+        "seed": config.train.seed,
+        "final_loss": sum(losses[-10:]) / len(losses[-10:]),
+        "steps": len(losses),
+        "losses": losses,
+        "config": config.to_dict(),
+        "versions": versions(),
+        "git_commit": git_commit(),
+    }

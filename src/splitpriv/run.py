@@ -14,7 +14,7 @@ from pathlib import Path
 from splitpriv.batching import num_steps
 from splitpriv.config import PrivacyConfig, TrainConfig
 from splitpriv.protocol import SessionConfig
-from splitpriv.provenance import git_commit, versions
+from splitpriv.provenance import run_record
 
 RUN_FILE = "run.json"
 SESSION_FILE = "session.json"
@@ -203,19 +203,11 @@ def run(config: RunConfig, out_dir: str | Path | None = None, *, progress: bool 
     metrics = {
         "accuracy": result.pop("accuracy"),
         "macro_f1": result.pop("macro_f1"),
-        "mode": "centralized" if config.centralized else "split",
-        "dataset": config.dataset,
         "n_train": len(train),
         "n_eval": len(evaluation),
         "train_source": train.source,
-        "seed": config.train.seed,
-        "final_loss": sum(losses[-10:]) / len(losses[-10:]),
-        "steps": len(losses),
         **result,
-        "losses": losses,
-        "config": config.to_dict(),
-        "versions": versions(),
-        "git_commit": git_commit(),
+        **run_record(config, losses),
     }
     if config.baseline and not config.centralized:
         from splitpriv.roles.robust_top import base_model_of
