@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from splitpriv.provenance import run_record
@@ -45,7 +44,7 @@ def score(model, evaluation) -> dict:
 
 def _train_split(config, out_dir, *, progress: bool, transport) -> dict:
     from splitpriv.roles.causal_customer import CausalCustomer
-    from splitpriv.run import SESSION_FILE, make_transport
+    from splitpriv.run import make_transport, save_run
 
     train, evaluation = load_lm_data(config)
     transport = transport or make_transport(config, out_dir=out_dir, progress=progress)
@@ -60,11 +59,7 @@ def _train_split(config, out_dir, *, progress: bool, transport) -> dict:
     result.update(score(customer, evaluation))
     result["disclosure"] = transport.session.disclosure
     if out_dir is not None:
-        customer.save(Path(out_dir) / "customer")
-        result["vendor_checkpoint"] = transport.export(None)
-        if not config.vendor_url:
-            result["vendor_export"] = transport.export(str(Path(out_dir) / "vendor"))
-        (Path(out_dir) / SESSION_FILE).write_text(json.dumps(asdict(transport.session), indent=2))
+        result.update(save_run(customer, transport, config, out_dir))
     return result
 
 

@@ -147,6 +147,18 @@ def make_transport(config: RunConfig, *, out_dir=None, tap=None, progress: bool 
     return transport_for(vendor, tap=tap)
 
 
+def save_run(customer, transport, config: RunConfig, out_dir: str | Path) -> dict:
+    """The customer's state, the vendor's checkpoint (and, in process, its exported adapter) and the session under
+    ``out_dir``; returns where the vendor put them."""
+    customer.save(Path(out_dir) / "customer")
+    saved = {"vendor_checkpoint": transport.export(None)}
+    if not config.vendor_url:
+        saved["vendor_export"] = transport.export(str(Path(out_dir) / "vendor"))
+    # the session's bearer token is the customer's secret: the run folder is the customer's
+    (Path(out_dir) / SESSION_FILE).write_text(json.dumps(asdict(transport.session), indent=2))
+    return saved
+
+
 def train_split(config: RunConfig, train, evaluation, *, progress: bool = True, transport=None, out_dir=None) -> dict:
     """Split, privatized fine-tuning through ``transport`` (in process by default), then private evaluation."""
     from splitpriv.roles.customer import Customer
@@ -163,12 +175,7 @@ def train_split(config: RunConfig, train, evaluation, *, progress: bool = True, 
     if config.privacy.cti and customer.cti is not None:
         result["cti_tokens"] = customer.tokenizer.convert_ids_to_tokens(customer.cti.token_ids[:20].tolist())
     if out_dir is not None:
-        customer.save(Path(out_dir) / "customer")
-        result["vendor_checkpoint"] = transport.export(None)
-        if not config.vendor_url:
-            result["vendor_export"] = transport.export(str(Path(out_dir) / "vendor"))
-        # the session's bearer token is the customer's secret: the run folder is the customer's
-        (Path(out_dir) / SESSION_FILE).write_text(json.dumps(asdict(transport.session), indent=2))
+        result.update(save_run(customer, transport, config, out_dir))
     result["_customer"] = customer
     return result
 
