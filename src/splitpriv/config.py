@@ -182,6 +182,7 @@ class TrainConfig:
     max_length: int = 64
     bottom: str = "frozen"
     bottom_lr: float = 5e-5
+    privatizer_lr: float | None = None
     seed: int = 0
     noise_seed: int | None = None
     eval_batch_size: int = 128
@@ -195,6 +196,8 @@ class TrainConfig:
         if self.bottom not in BOTTOM_MODES:
             raise ValueError(f"bottom must be one of {BOTTOM_MODES}, got {self.bottom!r}")
         _positive("bottom_lr", self.bottom_lr)
+        if self.privatizer_lr is not None:
+            _positive("privatizer_lr", self.privatizer_lr)
         from splitpriv.protocol import WIRE_DTYPES
 
         if self.wire_dtype not in WIRE_DTYPES:

@@ -132,6 +132,7 @@ _NEUTRAL_DEFAULTS = {"denoise": "none", "robust_top": None, "task": "sequence-cl
 
 def _config_key(config: RunConfig) -> dict:
     key = {**config.to_dict(), "privacy": config.privacy.legacy_layout()}
+    key["train"] = {k: v for k, v in key["train"].items() if not (k == "privatizer_lr" and v is None)}
     return {k: v for k, v in key.items() if not (k in _NEUTRAL_DEFAULTS and v == _NEUTRAL_DEFAULTS[k])}
 
 

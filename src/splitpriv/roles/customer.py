@@ -62,7 +62,7 @@ class Customer:
         self.head_optimizer = self.head_scheduler = None
         if train.bottom == "trained":
             self.bottom.requires_grad_(True)
-            self.bottom_optimizer, self.bottom_scheduler = self._optimizer(self.bottom.parameters(), train.bottom_lr)
+            self.bottom_optimizer, self.bottom_scheduler = self._optimizer(self._bottom_groups(), train.bottom_lr)
         else:
             self.bottom.requires_grad_(False)
         if self.head is not None:
@@ -101,6 +101,16 @@ class Customer:
             self.bottom = load_bottom(tmp)
             self.tokenizer = AutoTokenizer.from_pretrained(tmp)
             self.head = load_head(tmp) if (Path(tmp) / HEAD_WEIGHTS).exists() else None
+
+    def _bottom_groups(self) -> list[dict]:
+        """The trained bottom's parameters; a privatizer's customer half at ``privatizer_lr`` when one is set (a
+        fresh projection needs a larger step than pretrained embeddings and blocks)."""
+        lr = self.train_config.privatizer_lr
+        if lr is None or self.bottom.privatizer is None:
+            return [{"params": list(self.bottom.parameters())}]
+        own = {id(p) for p in self.bottom.privatizer.parameters()}
+        return [{"params": [p for p in self.bottom.parameters() if id(p) not in own]},
+                {"params": list(self.bottom.privatizer.parameters()), "lr": lr}]
 
     def _optimizer(self, params, lr: float):
         from transformers import get_linear_schedule_with_warmup
