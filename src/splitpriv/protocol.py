@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import zipfile
 from dataclasses import asdict, dataclass, field, fields
 from typing import ClassVar
@@ -75,25 +74,34 @@ class SessionConfig:
     privatizer: dict | None = None
 
     def validate(self) -> "SessionConfig":
+        """Check every field (bounded as :mod:`splitpriv.limits` documents); ``ValueError`` naming the field."""
+        from splitpriv import limits as L
         from splitpriv.tuning import tuning_config
 
-        if isinstance(self.n_bottom_layers, bool) or not isinstance(self.n_bottom_layers, int):
-            raise ValueError(f"n_bottom_layers must be an integer, got {self.n_bottom_layers!r}")
+        L.check_int("n_bottom_layers", self.n_bottom_layers, -(2**31), 2**31)  # the split names the model's range
+        for name in ("tuning", "declared_noise", "privatizer", "model", "head", "denoise", "task"):
+            L.check_config_tree(getattr(self, name), name, 2)
         self._validate_task()
-        if not isinstance(self.num_labels, int) or self.num_labels < 2:
-            raise ValueError(f"num_labels must be an integer >= 2, got {self.num_labels!r}")
+        L.check_int("num_labels", self.num_labels, 2, 10**9)
+        if not isinstance(self.tuning, (dict, str)):
+            raise ValueError(f'tuning must be an object such as {{"method": "lora"}}, got {self.tuning!r}')
         tuning_config(self.tuning)
-        for name in ("lr", "weight_decay", "warmup_ratio"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        if not self.lr > 0 or not self.warmup_ratio < 1:
-            raise ValueError(f"need lr > 0 and warmup_ratio < 1, got lr={self.lr}, warmup_ratio={self.warmup_ratio}")
-        if not isinstance(self.total_steps, int) or self.total_steps < 1:
-            raise ValueError(f"total_steps must be a positive integer, got {self.total_steps!r}")
-        if self.head not in HEADS:
+        L.check_number("lr", self.lr, 0, L.MAX_LR, open_low=True)
+        L.check_number("weight_decay", self.weight_decay, 0, L.MAX_WEIGHT_DECAY)
+        L.check_number("warmup_ratio", self.warmup_ratio, 0, 1)
+        if not self.warmup_ratio < 1:
+            raise ValueError(f"need warmup_ratio < 1, got warmup_ratio={self.warmup_ratio}")
+        L.check_int("total_steps", self.total_steps, 1, L.MAX_TOTAL_STEPS)
+        L.check_int("seed", self.seed, 0, L.MAX_SEED)
+        L.check_bool("train_bottom", self.train_bottom)
+        L.check_bool("dropout", self.dropout)
+        for name, kind in (("model", str), ("declared_noise", dict), ("privatizer", (dict, str))):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), kind):
+                raise ValueError(f"{name} must be {'a string' if kind is str else 'an object'} or null, "
+                                 f"got {type(getattr(self, name)).__name__}")
+        if not isinstance(self.head, str) or self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
-        if self.denoise not in DENOISERS:
+        if not isinstance(self.denoise, str) or self.denoise not in DENOISERS:
             raise ValueError(f"denoise must be one of {DENOISERS}, got {self.denoise!r}")
         if self.denoise != "none" and (self.n_bottom_layers != 0 or self.train_bottom):
             raise ValueError(f"denoise={self.denoise!r} projects embedding-layer outputs: it needs n_bottom_layers=0 "
@@ -119,7 +127,7 @@ class SessionConfig:
                              f"and no vendor denoising (got task={self.task!r}, denoise={self.denoise!r})")
 
     def _validate_task(self) -> None:
-        if self.task not in TASKS:
+        if not isinstance(self.task, str) or self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}: choose one of {list(TASKS)}")
         if isinstance(self.n_tail_layers, bool) or not isinstance(self.n_tail_layers, int) or self.n_tail_layers < 0:
             raise ValueError(f"n_tail_layers must be an integer >= 0, got {self.n_tail_layers!r}")

@@ -27,7 +27,7 @@ class Adapter(TuningConfig):
         return apply_adapter(top, self)
 
     def validate(self) -> None:
-        if not isinstance(self.bottleneck, int) or self.bottleneck < 1:
+        if isinstance(self.bottleneck, bool) or not isinstance(self.bottleneck, int) or self.bottleneck < 1:
             raise ValueError(f"adapter bottleneck must be a positive integer, got {self.bottleneck!r}")
 
 

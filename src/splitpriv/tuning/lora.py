@@ -28,12 +28,22 @@ class LoRA(TuningConfig):
             object.__setattr__(self, "target_modules", tuple(self.target_modules))
 
     def validate(self) -> None:
-        if not isinstance(self.r, int) or self.r < 1:
+        import math
+
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
             raise ValueError(f"LoRA rank r must be a positive integer, got {self.r!r}")
-        if not self.alpha > 0:
-            raise ValueError(f"LoRA alpha must be > 0, got {self.alpha!r}")
+        for name in ("alpha", "dropout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+                raise ValueError(f"LoRA {name} must be a finite number, got {value!r}")
+        if not 0 < self.alpha <= 1e4:
+            raise ValueError(f"LoRA alpha must be in (0, 1e4], got {self.alpha!r}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout!r}")
+        targets = self.target_modules
+        if targets is not None and (not isinstance(targets, tuple) or not targets
+                                    or not all(isinstance(t, str) and t for t in targets)):
+            raise ValueError(f"LoRA target_modules must be a non-empty list of module names, got {targets!r}")
 
 
 def apply_lora(top: Top, config: LoRA) -> TunedTop:
