@@ -29,6 +29,11 @@ class SessionLimit(ProtocolError):
     """The vendor already holds as many sessions as it allows."""
 
 
+class QuotaExceeded(SessionLimit):
+    """An API key's quota (open sessions, pending forwards, tokens per request, bytes per day) is used up; the
+    message names which. Answered 429 like :class:`SessionLimit` (read back as it)."""
+
+
 # (error, HTTP status). A class's first row is the status it is answered with; a later row for the same class
 # only names another status that is read back as it (401: the service's own "no bearer token" answer).
 STATUS_TABLE: tuple[tuple[type[Exception], int], ...] = (
@@ -71,6 +76,7 @@ __all__ = [
     "OutOfOrder",
     "PayloadTooLarge",
     "ProtocolError",
+    "QuotaExceeded",
     "SessionLimit",
     "UnknownSession",
     "error_for",

@@ -49,6 +49,7 @@ def write_state(session: VendorSession, directory: Path, model: str | None) -> N
         "format": CHECKPOINT_FORMAT,
         "session_id": session.session_id,
         "token_sha256": session.token_sha256,
+        "owner": session.owner,
         "model": model,
         "config": session.config.to_dict(),
         "completed_step": session.completed_step,

@@ -156,7 +156,15 @@ class Customer:
 
     def _to_wire(self, z: torch.Tensor) -> torch.Tensor:
         """``z`` in the wire dtype (``TrainConfig.wire_dtype``); float16 tops out at 65504, so very large noise
-        (a tiny η) is refused here rather than sent as Inf."""
+        (a tiny η) is refused here rather than sent as Inf; so is a coordinate above the vendors' documented limit
+        (:data:`splitpriv.limits.MAX_ABS_VALUE`), which a vendor would refuse."""
+        from splitpriv.limits import MAX_ABS_VALUE
+
+        largest = float(z.detach().abs().max()) if z.numel() else 0.0
+        if largest > MAX_ABS_VALUE:
+            raise ValueError(f"a privatized representation has a coordinate of magnitude {largest:.3g}, above the "
+                             f"vendor's limit |x| <= {MAX_ABS_VALUE:g}: the noise is too large (a smaller scale, "
+                             "e.g. a larger eta)")
         if z.dtype == self.wire_dtype:
             return z
         wire = z.to(self.wire_dtype)
@@ -179,9 +187,8 @@ class Customer:
                    index: torch.Tensor | None = None) -> float:
         z, hidden = self._representations(step, index, ids, mask, train=True)
         sid = self.transport.session.session_id
-        outputs = self.transport.forward(
-            ForwardRequest(session_id=sid, step=step, hidden=self._to_wire(z), attention_mask=mask)
-        )
+        request = ForwardRequest(session_id=sid, step=step, hidden=self._to_wire(z), attention_mask=mask)
+        outputs = self.transport.forward(request)
         received = outputs.outputs.detach().requires_grad_(True)
         if self.head is not None:
             self.head.train(self.session.dropout)
@@ -191,7 +198,8 @@ class Customer:
             logits = received
         loss = F.cross_entropy(logits, labels)
         loss.backward()
-        result = self.transport.backward(BackwardRequest(session_id=sid, step=step, grad_outputs=received.grad))
+        result = backward_resending(self.transport, request, outputs,
+                                    BackwardRequest(session_id=sid, step=step, grad_outputs=received.grad))
         if self.head_optimizer is not None:
             _step(self.head_optimizer, self.head_scheduler)
         if hidden is not None:
@@ -277,6 +285,23 @@ class Customer:
         if self.cti is not None:
             self.cti.save(directory / CTI_FILE)
         return directory
+
+
+def backward_resending(transport, forward: ForwardRequest, outputs, backward: BackwardRequest):
+    """``transport.backward(backward)``; when the vendor no longer holds the step's forward (a restart, or its
+    pending-forward TTL: 409) the *same* forward request is sent again, once (the same privatized vectors: no fresh
+    noise for the vendor to average), and the backward follows it. The vendor's seeded forward gives the same
+    outputs, so the gradient computed from the first answer still holds."""
+    from splitpriv.errors import OutOfOrder
+
+    try:
+        return transport.backward(backward)
+    except OutOfOrder:
+        again = transport.forward(forward)
+        if not torch.equal(again.outputs, outputs.outputs):
+            raise RuntimeError(f"the vendor answered the resent forward of step {forward.step} differently: its state "
+                               "changed, so this step's gradient no longer applies") from None
+        return transport.backward(backward)
 
 
 def _step(optimizer, scheduler) -> None:

@@ -11,12 +11,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from splitpriv.errors import OutOfOrder, UnknownSession
+from splitpriv import limits
+from splitpriv.errors import OutOfOrder, PayloadTooLarge, UnknownSession
 from splitpriv.protocol import (
     WIRE_DTYPES,
     BackwardRequest,
@@ -44,7 +46,37 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(str(token).encode()).hexdigest()
 
 
-def check_representations(hidden: torch.Tensor, attention_mask: torch.Tensor, d_model: int, max_tokens: int):
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one request may cost a vendor (see :mod:`splitpriv.limits`): the largest coordinate magnitude of received
+    tensors, batch × T² and batch × T per request, and how long (seconds; None: forever) a forward's autograd graph
+    waits for its backward."""
+
+    max_abs_value: float = limits.MAX_ABS_VALUE
+    max_attention_cost: int = limits.MAX_ATTENTION_COST
+    max_tokens_per_request: int = limits.MAX_TOKENS_PER_REQUEST
+    pending_ttl: float | None = 300.0
+
+
+DEFAULT_LIMITS = RequestLimits()
+
+
+class ForwardExpired(OutOfOrder):
+    """A backward whose forward waited longer than the vendor's pending-forward TTL: resend the forward."""
+
+
+def check_magnitude(name: str, tensor: torch.Tensor, max_abs: float) -> None:
+    """Refuse NaN, Inf and finite values above ``max_abs`` in magnitude (they overflow inside the top)."""
+    if not bool(torch.isfinite(tensor).all()):
+        raise ProtocolError(f"{name} contains NaN or Inf")
+    largest = float(tensor.abs().max()) if tensor.numel() else 0.0
+    if largest > max_abs:
+        raise ProtocolError(f"{name} holds a value of magnitude {largest:.3g}, above this vendor's limit of "
+                            f"|x| <= {max_abs:g} per coordinate")
+
+
+def check_representations(hidden: torch.Tensor, attention_mask: torch.Tensor, d_model: int, max_tokens: int,
+                          limits: RequestLimits = DEFAULT_LIMITS):
     """Validate received representations at the boundary; returns them as float32 and the mask as long."""
     if not isinstance(hidden, torch.Tensor) or hidden.dtype not in WIRE_DTYPES.values():
         raise ProtocolError(f"hidden must be a float tensor ({', '.join(WIRE_DTYPES)}), got {getattr(hidden, 'dtype', type(hidden))}")
@@ -54,6 +86,9 @@ def check_representations(hidden: torch.Tensor, attention_mask: torch.Tensor, d_
         raise ProtocolError(f"hidden is empty: shape {list(hidden.shape)}")
     if hidden.shape[1] > max_tokens:
         raise ProtocolError(f"{hidden.shape[1]} tokens exceed this model's maximum of {max_tokens}")
+    too_costly = _request_cost(hidden.shape, limits)
+    if too_costly:
+        raise PayloadTooLarge(too_costly)
     if tuple(attention_mask.shape) != tuple(hidden.shape[:2]):
         raise ProtocolError(
             f"attention_mask shape {list(attention_mask.shape)} does not match hidden [batch, tokens] = "
@@ -66,9 +101,15 @@ def check_representations(hidden: torch.Tensor, attention_mask: torch.Tensor, d_
         raise ProtocolError("attention_mask must hold only 0 and 1")
     if not bool((mask.sum(dim=1) > 0).all()):
         raise ProtocolError("every sequence needs at least one real token (a row of the mask is all zeros)")
-    if not bool(torch.isfinite(hidden).all()):
-        raise ProtocolError("hidden contains NaN or Inf")
+    check_magnitude("hidden", hidden, limits.max_abs_value)
     return hidden.float(), mask
+
+
+def _request_cost(shape, limits: RequestLimits) -> str | None:
+    from splitpriv.limits import request_cost
+
+    return request_cost(shape[0], shape[1], shape[2], max_attention_cost=limits.max_attention_cost,
+                        max_tokens=limits.max_tokens_per_request)
 
 
 def check_tuning_size(tuning, d_model: int) -> None:
@@ -88,6 +129,7 @@ class _Pending:
     hidden: torch.Tensor
     outputs: torch.Tensor
     reply: Outputs
+    created: float = field(default_factory=time.monotonic)
 
 
 class VendorSession:
@@ -99,12 +141,15 @@ class VendorSession:
     """
 
     def __init__(self, session_id: str, token: str | None, config: SessionConfig, parts: SplitModel, tuned: TunedTop,
-                 *, token_sha256: str | None = None, projection=None):
+                 *, token_sha256: str | None = None, projection=None, owner: str | None = None,
+                 limits: RequestLimits = DEFAULT_LIMITS):
         from transformers import get_linear_schedule_with_warmup
 
         if (token is None) == (token_sha256 is None):
             raise ValueError("give a session either its token or the sha256 of it")
         self.session_id = session_id
+        self.owner = owner  # the id of the API key that opened the session (None: an open vendor)
+        self.limits = limits
         self.token_sha256 = token_sha256 or token_hash(token)
         self.config = config
         self.parts = parts
@@ -122,6 +167,8 @@ class VendorSession:
         self.closed = False
         self._pending: _Pending | None = None
         self.last_backward: BackwardResult | None = None
+        self.expired: tuple[int, float] | None = None  # (step, age in s) of the last pending forward that expired
+        self.last_used = time.monotonic()
         self.decode_cache = None  # causal LM: the middle's key/value cache of the one sequence being generated
         self.lock = threading.Lock()
 
@@ -151,11 +198,17 @@ class VendorSession:
                     f"forward for step {req.step} is out of order: the session's last completed step is "
                     f"{self.completed_step}, so the next forward is step {self.completed_step + 1}"
                 )
-            hidden, mask = check_representations(req.hidden, req.attention_mask, self.d_model, self.max_tokens)
+            hidden, mask = check_representations(req.hidden, req.attention_mask, self.d_model, self.max_tokens,
+                                                 self.limits)
             hidden.requires_grad_(self.config.train_bottom)
             self.tuned.module.train(self.config.dropout)
             with RNG_LOCK, step_rng(self.config.seed, "vendor", req.step):
                 outputs = self._run_top(hidden, mask)
+            if not bool(torch.isfinite(outputs).all()):
+                del outputs
+                raise ProtocolError(f"the top's outputs for step {req.step} are not finite (the inputs overflow it): "
+                                    "the step was refused and the session is unchanged")
+            self.expired = None
             reply = Outputs(step=req.step, outputs=outputs.detach())
             self._pending = _Pending(req.step, hidden, outputs, reply)
             return reply
@@ -165,7 +218,13 @@ class VendorSession:
             self.check_open()
             if self.last_backward is not None and req.step == self.completed_step:
                 return self.last_backward
+            self._expire_if_old(time.monotonic())
             pending = self._pending
+            if pending is None and self.expired is not None and self.expired[0] == req.step:
+                raise ForwardExpired(
+                    f"the forward of step {req.step} expired: it waited {self.expired[1]:.0f} s for its backward "
+                    f"(this vendor keeps a pending forward {self.limits.pending_ttl:g} s) and its graph was freed; "
+                    f"send the forward of step {req.step} again, then its backward")
             if pending is None or pending.step != req.step:
                 raise OutOfOrder(f"backward for step {req.step} without its forward")
             grad = req.grad_outputs
@@ -176,10 +235,15 @@ class VendorSession:
                     f"grad_outputs shape {list(grad.shape)} does not match the outputs of step {req.step} "
                     f"{list(pending.outputs.shape)}"
                 )
-            if not bool(torch.isfinite(grad).all()):
-                raise ProtocolError("grad_outputs contains NaN or Inf")
+            check_magnitude("grad_outputs", grad, self.limits.max_abs_value)
             self.optimizer.zero_grad(set_to_none=True)
             pending.outputs.backward(grad.float())
+            if not self._gradients_finite(pending):
+                self.optimizer.zero_grad(set_to_none=True)
+                self._pending = None
+                raise ProtocolError(
+                    f"the gradients of step {req.step} are not finite (grad_outputs overflow the top): the step was "
+                    f"refused and the weights are unchanged; send the forward of step {req.step} again")
             self.optimizer.step()
             self.scheduler.step()
             grad_hidden = pending.hidden.grad.detach() if self.config.train_bottom else None
@@ -188,8 +252,39 @@ class VendorSession:
             self._pending = None
             return self.last_backward
 
+    def _gradients_finite(self, pending: _Pending) -> bool:
+        grads = [p.grad for p in self.tuned.parameters() if p.grad is not None]
+        if self.config.train_bottom and pending.hidden.grad is not None:
+            grads.append(pending.hidden.grad)
+        return all(bool(torch.isfinite(g).all()) for g in grads)
+
+    def _expire_if_old(self, now: float) -> bool:
+        """Drop the pending forward (and its autograd graph) once it is older than the TTL; the caller holds the
+        lock. True when one was dropped."""
+        pending, ttl = self._pending, self.limits.pending_ttl
+        if pending is None or ttl is None or now - pending.created <= ttl:
+            return False
+        self.expired = (pending.step, now - pending.created)
+        self._pending = None
+        return True
+
+    def expire_pending(self, now: float | None = None) -> bool:
+        """:meth:`_expire_if_old` for a reaper: skips a session that is busy (its lock is held)."""
+        if not self.lock.acquire(blocking=False):
+            return False
+        try:
+            return self._expire_if_old(time.monotonic() if now is None else now)
+        finally:
+            self.lock.release()
+
+    @property
+    def pending_step(self) -> int | None:
+        pending = self._pending
+        return pending.step if pending is not None else None
+
     def predict(self, req: PredictRequest) -> Outputs:
-        hidden, mask = check_representations(req.hidden, req.attention_mask, self.d_model, self.max_tokens)
+        hidden, mask = check_representations(req.hidden, req.attention_mask, self.d_model, self.max_tokens,
+                                             self.limits)
         with self.lock, torch.no_grad():
             self.check_open()
             self.tuned.module.eval()
@@ -203,7 +298,8 @@ class VendorSession:
 
         if not self.config.causal:
             raise ProtocolError(f"decode needs a causal-lm session; this one is {self.config.task!r} (use predict)")
-        hidden, mask = check_representations(req.hidden, req.attention_mask, self.d_model, self.max_tokens)
+        hidden, mask = check_representations(req.hidden, req.attention_mask, self.d_model, self.max_tokens,
+                                             self.limits)
         if hidden.shape[0] != 1 or not bool(mask.all()):
             raise ProtocolError(f"decode takes one unpadded sequence [1, t, d], got {list(hidden.shape)} with padding "
                                 f"{int((mask == 0).sum())}")
@@ -241,4 +337,5 @@ class VendorSession:
         return [ids[id(p)] for group in self.optimizer.param_groups for p in group["params"]]
 
 
-__all__ = ["RNG_LOCK", "VendorSession", "check_representations", "check_tuning_size", "token_hash"]
+__all__ = ["DEFAULT_LIMITS", "RNG_LOCK", "ForwardExpired", "RequestLimits", "VendorSession", "check_magnitude",
+           "check_representations", "check_tuning_size", "token_hash"]

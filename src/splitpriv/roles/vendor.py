@@ -25,6 +25,7 @@ import logging
 import os
 import secrets
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -35,7 +36,8 @@ from splitpriv.protocol import BackwardRequest, BackwardResult, DecodeRequest, F
 from splitpriv.protocol import SessionConfig, SessionInfo, pack_files
 from splitpriv.roles.checkpoint import CHECKPOINT_FORMAT, SESSIONS_DIR, TOP_DIR, CheckpointStore, read_state
 from splitpriv.roles.memory import return_freed_memory
-from splitpriv.roles.session import RNG_LOCK, VendorSession, check_representations, check_tuning_size, token_hash
+from splitpriv.roles.session import RNG_LOCK, RequestLimits, VendorSession, check_representations, check_tuning_size
+from splitpriv.roles.session import token_hash
 from splitpriv.seeding import step_rng
 from splitpriv.split import HEAD_WEIGHTS, TAIL_WEIGHTS, SplitModel, save_bottom, split_model
 from splitpriv.split_privatizer import load_privatizer, pretrained_privatizer
@@ -51,11 +53,12 @@ class Vendor:
     """
 
     def __init__(self, model: str | None = None, *, max_sessions: int = 256, state_dir: str | os.PathLike | None = None,
-                 checkpoint_every: int | None = 50, max_num_labels: int = 1000):
+                 checkpoint_every: int | None = 50, max_num_labels: int = 1000, limits: RequestLimits | None = None):
         if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int)
                                              or checkpoint_every < 0):
             raise ValueError(f"checkpoint_every must be an integer >= 0 or None, got {checkpoint_every!r}")
         self.model_name = model
+        self.limits = limits or RequestLimits()  # per-request magnitude and cost caps, pending-forward TTL
         self.max_sessions = max_sessions
         self.max_num_labels = max_num_labels
         self.checkpoint_every = checkpoint_every or None
@@ -70,16 +73,29 @@ class Vendor:
             self._load_sessions()
 
     def base(self, num_labels: int, task: str = SEQUENCE_CLASSIFICATION):
-        """The frozen base model and tokenizer for ``task`` (and ``num_labels``), loaded once, then shared."""
+        """The frozen base model and tokenizer for ``task`` (and ``num_labels``), loaded once, then shared. Another
+        label count gets its own freshly initialised head (as ``load_model`` gives it) on the *same* pretrained
+        tensors: a new ``num_labels`` costs a head, not another base model."""
+        from splitpriv.tuning.base import share_equal_tensors
+
         key = (task, num_labels if task == SEQUENCE_CLASSIFICATION else 0)
         with self._lock:
             if key not in self._bases:
                 model, tokenizer = load_model(self.model_name, num_labels=num_labels, seed=0, task=task)
                 model.requires_grad_(False)
+                first = next((m for (t, _), (m, _) in self._bases.items() if t == task), None)
+                if first is not None:
+                    share_equal_tensors(model, first)
+                    return_freed_memory()
                 self._bases[key] = (model, tokenizer)
             return self._bases[key]
 
-    def open_session(self, config: SessionConfig) -> SessionInfo:
+    def open_session(self, config: SessionConfig, *, owner: str | None = None,
+                     owner_max_sessions: int | None = None) -> SessionInfo:
+        """Open a session for ``config``; ``owner`` (an API key's id) is recorded with it, and at most
+        ``owner_max_sessions`` sessions of one owner are open at once (:class:`QuotaExceeded`, HTTP 429)."""
+        from splitpriv.errors import QuotaExceeded
+
         config = config.validate()
         if config.model is not None and config.model != self.model_name:
             raise ValueError(f"this vendor serves model {self.model_name or 'all-MiniLM-L6-v2'!r}, not {config.model!r}")
@@ -88,9 +104,13 @@ class Vendor:
         with self._lock:
             if len(self._sessions) >= self.max_sessions:
                 raise SessionLimit(f"the vendor is at its limit of {self.max_sessions} open sessions")
+            if owner_max_sessions is not None and self.owned(owner)[0] >= owner_max_sessions:
+                raise QuotaExceeded(f"quota max_sessions: this API key already has {owner_max_sessions} open "
+                                    "session(s); close one first (DELETE /v1/sessions/{id}, `splitpriv close`)")
             parts, tuned = self._build(config)
             session_id, token = secrets.token_hex(8), secrets.token_urlsafe(32)
-            session = VendorSession(session_id, token, config, parts, tuned, projection=self._projection(config, parts))
+            session = VendorSession(session_id, token, config, parts, tuned, projection=self._projection(config, parts),
+                                    owner=owner, limits=self.limits)
             self._sessions[session_id] = session
         return SessionInfo(
             session_id=session_id,
@@ -149,7 +169,31 @@ class Vendor:
             raise UnknownSession(f"unknown or closed session {session_id!r}")
         if not session.check_token(token):
             raise Forbidden(f"the token does not grant access to session {session_id!r}")
+        session.last_used = time.monotonic()
         return session
+
+    def owned(self, owner: str | None) -> tuple[int, int]:
+        """How many open sessions ``owner`` has, and how many of them hold a pending forward."""
+        with self._lock:
+            mine = [s for s in self._sessions.values() if s.owner == owner]
+        return len(mine), sum(s.pending_step is not None for s in mine)
+
+    def expire_pending(self) -> int:
+        """Free every pending forward older than ``limits.pending_ttl`` (its autograd graph); returns how many. A
+        late backward for it gets 409 saying to resend the forward. Busy sessions are skipped (next sweep)."""
+        if self.limits.pending_ttl is None:
+            return 0
+        with self._lock:
+            sessions = list(self._sessions.values())
+        now = time.monotonic()
+        freed = sum(session.expire_pending(now) for session in sessions)
+        if freed:
+            return_freed_memory()
+        return freed
+
+    def pending_forwards(self) -> int:
+        with self._lock:
+            return sum(s.pending_step is not None for s in self._sessions.values())
 
     def bottom_package(self, session_id: str, token: str | None) -> bytes:
         """The bottom's weights + config + tokenizer (and the head's initial weights when the customer holds it)."""
@@ -175,6 +219,7 @@ class Vendor:
         return pack_files(files)
 
     def forward(self, req: ForwardRequest, token: str | None) -> Outputs:
+        self.expire_pending()
         return self.session(req.session_id, token).forward(req)
 
     def backward(self, req: BackwardRequest, token: str | None) -> BackwardResult:
@@ -254,6 +299,8 @@ class Vendor:
             session.check_open()
             if session.checkpointed_step == session.completed_step and session.checkpoint_path is not None:
                 return session.checkpoint_path
+            if not all(bool(torch.isfinite(p).all()) for p in session.tuned.parameters()):
+                raise ProtocolError(f"session {session.session_id} holds non-finite weights: it is not checkpointed")
             final = self.store.save(session, self.model_name)
             session.checkpointed_step = session.completed_step
             session.checkpoint_path = final
@@ -281,7 +328,8 @@ class Vendor:
             parts, tuned = self._build(config)
         tuned.load(directory / TOP_DIR)
         session = VendorSession(meta["session_id"], None, config, parts, tuned, token_sha256=meta["token_sha256"],
-                                projection=self._projection(config, parts))
+                                projection=self._projection(config, parts), owner=meta.get("owner"),
+                                limits=self.limits)
         read_state(session, directory, meta)
         session.checkpointed_step, session.checkpoint_path = session.completed_step, directory
         self.store.keep_only(directory)

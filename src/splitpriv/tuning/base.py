@@ -31,6 +31,29 @@ def share_frozen_copy(module: nn.Module, clone: set[str] = frozenset()) -> nn.Mo
     return copy.deepcopy(module, memo)
 
 
+def share_equal_tensors(model: nn.Module, base: nn.Module) -> int:
+    """Point every parameter and buffer of ``model`` that equals ``base``'s of the same name (same shape, dtype and
+    values) at ``base``'s tensor, so that the copies are freed; returns how many were shared. Two loads of one
+    checkpoint with different heads then hold the pretrained weights once (the vendor's bases per label count)."""
+    own = {**dict(base.named_parameters()), **dict(base.named_buffers())}
+    shared = 0
+    for kind, items in (("param", list(model.named_parameters())), ("buffer", list(model.named_buffers()))):
+        for name, tensor in items:
+            other = own.get(name)
+            if other is None or other.shape != tensor.shape or other.dtype != tensor.dtype:
+                continue
+            if other is tensor or not torch.equal(other, tensor):
+                continue
+            path, _, attr = name.rpartition(".")
+            module = model.get_submodule(path) if path else model
+            if kind == "param":
+                setattr(module, attr, other)
+            else:
+                module._buffers[attr] = other
+            shared += 1
+    return shared
+
+
 def head_modules(top: Top) -> list[str]:
     """The head's modules that carry weights, and a privatizer's up-projection (``privatizer_up``): every method
     trains them. A causal LM's middle has no head: its LM head is in the customer's tail."""
