@@ -120,6 +120,18 @@ def test_transient_failures_are_retried_with_backoff_within_the_deadline():
             Echo(**bad)
 
 
+def test_backoff_is_capped_and_the_http_client_waits_out_a_restart_for_two_minutes():
+    start = time.monotonic()
+    transport = Echo(session=INFO, failures=6, retries=6, backoff=0.05, max_backoff=0.05)
+    transport.forward_once()  # 0.05 * 2**n would sleep 3.15 s; capped it sleeps 0.3 s
+    assert transport.attempts == 7 and time.monotonic() - start < 2
+    from splitpriv.transport.http_client import HttpTransport
+
+    http = HttpTransport("http://127.0.0.1:9", api_key="spk_x")
+    assert http.deadline >= 120 and http.retries * http.max_backoff >= 120 and http.api_key == "spk_x"
+    http.disconnect()
+
+
 def test_registry_declares_both_transports_and_builds_them_from_targets():
     from splitpriv.roles.vendor import Vendor
     from splitpriv.transport.http_client import HttpTransport
@@ -134,7 +146,7 @@ def test_registry_declares_both_transports_and_builds_them_from_targets():
     with make_transport("http://127.0.0.1:9/", retries=0) as remote:
         assert isinstance(remote, HttpTransport) and remote.base_url == "http://127.0.0.1:9" and remote.retries == 0
     with make_transport("https://vendor.example", name="http", session=INFO) as remote:
-        assert remote.session is INFO and remote.retries == 3 and remote.backoff == 0.5
+        assert remote.session is INFO and remote.backoff == 0.5 and remote.deadline == 120  # waits out a restart
     with pytest.raises(ValueError, match=r"unknown transport 'pigeon'.*inprocess.*http|unknown transport 'pigeon'.*http.*inprocess"):
         make_transport("http://127.0.0.1:9", name="pigeon")
     with pytest.raises(ValueError, match="no transport reaches 42.*inprocess.*http|no transport reaches 42.*http.*inprocess"):

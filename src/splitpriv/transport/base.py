@@ -56,15 +56,15 @@ class TransportBase(ABC):
     """A channel to one vendor; after :meth:`open_session` (or :meth:`attach`, or ``session=``) it is bound to that
     session and its token.
 
-    Retries: a :class:`Transient` failure is retried ``retries`` times, after ``backoff * 2**n`` seconds, but no
-    retry starts once ``deadline`` seconds (None: no limit) have passed since the first attempt or would pass
-    during its wait. ``attempts`` is how many attempts the last retried call took.
+    Retries: a :class:`Transient` failure is retried ``retries`` times, after ``min(backoff * 2**n, max_backoff)``
+    seconds, but no retry starts once ``deadline`` seconds (None: no limit) have passed since the first attempt or
+    would pass during its wait. ``attempts`` is how many attempts the last retried call took.
     """
 
     description: ClassVar[str] = ""
 
     def __init__(self, *, session: SessionInfo | None = None, tap: Tap | None = None, retries: int = 0,
-                 backoff: float = 0.5, deadline: float | None = None):
+                 backoff: float = 0.5, deadline: float | None = None, max_backoff: float = 10.0):
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
         if not backoff >= 0:
@@ -76,6 +76,7 @@ class TransportBase(ABC):
         self.retries = retries
         self.backoff = backoff
         self.deadline = deadline
+        self.max_backoff = max_backoff
         self.bytes_sent = 0
         self.bytes_received = 0
         self.attempts = 0
@@ -133,7 +134,7 @@ class TransportBase(ABC):
             try:
                 return call()
             except Transient as exc:
-                delay = self.backoff * 2**attempt
+                delay = min(self.backoff * 2 ** min(attempt, 60), self.max_backoff)
                 out_of_time = self.deadline is not None and time.monotonic() - start + delay > self.deadline
                 if attempt == self.retries or out_of_time:
                     raise VendorUnavailable(exc.describe(attempt + 1)) from exc.__cause__

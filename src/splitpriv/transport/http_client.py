@@ -3,7 +3,8 @@
 :class:`~splitpriv.roles.customer.Customer` runs unchanged over either.
 
 One ``httpx.Client`` (keep-alive) per transport. Connection failures, timeouts and 502/503/504 answers are retried
-(``retries`` times, exponential ``backoff``, within an optional ``deadline``: the policy of
+(by default with exponential backoff from 0.5 s, at most 10 s apart, for up to 2 minutes, so that a vendor restart
+is waited out; ``retries``, ``backoff``, ``deadline``: the policy of
 :class:`~splitpriv.transport.base.TransportBase`); that is harmless because every training message carries its step
 id and the vendor answers a repeated step with the stored result without stepping its optimizer again, and
 ``predict`` changes nothing. Opening a session is only retried when the request never reached the vendor (a retry
@@ -57,13 +58,21 @@ class HttpTransport(TransportBase):
 
     description = "a vendor service at an http:// or https:// URL"
 
-    def __init__(self, base_url: str, *, timeout: float = 120.0, retries: int = 3, backoff: float = 0.5,
-                 deadline: float | None = None, session: SessionInfo | None = None, tap: Tap | None = None):
-        super().__init__(session=session, tap=tap, retries=retries, backoff=backoff, deadline=deadline)
+    def __init__(self, base_url: str, *, timeout: float = 120.0, retries: int = 40, backoff: float = 0.5,
+                 deadline: float | None = 120.0, session: SessionInfo | None = None, tap: Tap | None = None,
+                 api_key: str | None = None, ca_file: str | None = None, max_backoff: float = 10.0):
+        super().__init__(session=session, tap=tap, retries=retries, backoff=backoff, deadline=deadline,
+                         max_backoff=max_backoff)
         from splitpriv import __version__
 
         self.base_url = base_url.rstrip("/")
-        self._client = httpx.Client(base_url=self.base_url, timeout=timeout,
+        self.api_key = api_key  # sent only when opening a session (``Authorization: Bearer <API key>``)
+        verify: bool | object = True
+        if ca_file is not None:  # a private CA (the vendor's own certificate authority)
+            import ssl
+
+            verify = ssl.create_default_context(cafile=str(ca_file))
+        self._client = httpx.Client(base_url=self.base_url, timeout=timeout, verify=verify,
                                     headers={"User-Agent": f"splitpriv/{__version__}"})
 
     @classmethod
@@ -89,6 +98,9 @@ class HttpTransport(TransportBase):
             response = self._client.request(method, path, content=content, json=json, headers=headers)
         except NOT_SENT_ERRORS as exc:
             reason = repr(exc)
+            if "CERTIFICATE_VERIFY_FAILED" in reason or "SSL" in type(exc.__context__).__name__:
+                raise VendorUnavailable(f"TLS with the vendor at {url} failed (a certificate it does not trust? pass "
+                                        f"the vendor's CA with --ca-file): {reason}") from exc
             raise Transient(lambda n: f"cannot reach the vendor at {url} after {n} attempt(s): {reason}") from exc
         except RETRY_ERRORS as exc:
             reason = repr(exc)
@@ -104,7 +116,7 @@ class HttpTransport(TransportBase):
     # -- the raw exchange -----------------------------------------------------------------------------------------
 
     def open_raw(self, config: SessionConfig) -> SessionInfo:
-        data = self._request("POST", "/v1/sessions", json=config.to_dict(), idempotent=False).json()
+        data = self._request("POST", "/v1/sessions", token=self.api_key, json=config.to_dict(), idempotent=False).json()
         return SessionInfo(**{k: data[k] for k in ("session_id", "token", "d_model", "n_layers", "disclosure")})
 
     def bottom_raw(self, session_id: str, token: str) -> bytes:
