@@ -718,6 +718,8 @@ def test_restart_continues_training_with_the_same_token(tmp_path, sst2):
     info = transport.session
     losses = _train(customer, texts, labels, steps={1, 2})
     exported = Path(transport.export())
+    assert not exported.is_absolute()  # relative to the vendor's state dir: no server paths for callers
+    exported = tmp_path / exported
     assert exported.is_dir() and (exported / "adapter_model.safetensors").is_file()
     with pytest.raises(ValueError, match="vendor chooses"):
         transport.export(str(tmp_path / "elsewhere"))

@@ -133,13 +133,13 @@ def load_data(config: RunConfig):
 VENDOR_STATE = "vendor-state"
 
 
-def make_transport(config: RunConfig, *, out_dir=None, tap=None, progress: bool = False):
-    """The registered transport to ``vendor_url``, or to a vendor in this process (persisting its sessions under the
-    run folder)."""
+def make_transport(config: RunConfig, *, out_dir=None, tap=None, progress: bool = False, **options):
+    """The registered transport to ``vendor_url`` (``options`` such as ``api_key``, ``ca_file`` go to it), or to a
+    vendor in this process (persisting its sessions under the run folder)."""
     from splitpriv.transport import make_transport as transport_for
 
     if config.vendor_url:
-        return transport_for(config.vendor_url, tap=tap)
+        return transport_for(config.vendor_url, tap=tap, **options)
     from splitpriv.roles.vendor import Vendor
 
     state_dir = Path(out_dir) / VENDOR_STATE if out_dir is not None else None
@@ -155,8 +155,20 @@ def save_run(customer, transport, config: RunConfig, out_dir: str | Path) -> dic
     if not config.vendor_url:
         saved["vendor_export"] = transport.export(str(Path(out_dir) / "vendor"))
     # the session's bearer token is the customer's secret: the run folder is the customer's
-    (Path(out_dir) / SESSION_FILE).write_text(json.dumps(asdict(transport.session), indent=2))
+    write_secret(Path(out_dir) / SESSION_FILE, json.dumps(asdict(transport.session), indent=2))
     return saved
+
+
+def write_secret(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (mode 0600), atomically."""
+    import os
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def train_split(config: RunConfig, train, evaluation, *, progress: bool = True, transport=None, out_dir=None) -> dict:
@@ -166,6 +178,9 @@ def train_split(config: RunConfig, train, evaluation, *, progress: bool = True, 
     session = config.session_config(train.num_labels, len(train))
     transport = transport or make_transport(config, out_dir=out_dir, progress=progress)
     customer = Customer.open(transport, session, config.privacy, config.train)
+    if out_dir is not None:  # as soon as the session is open: a crashed run can still close or resume it
+        (Path(out_dir) / "customer").mkdir(parents=True, exist_ok=True)
+        write_secret(Path(out_dir) / "customer" / SESSION_FILE, json.dumps(asdict(transport.session), indent=2))
     history = customer.fit(train.texts, train.labels, progress=progress)
     # training traffic only: read before private evaluation adds its predict requests
     bytes_per_step = transport.bytes_sent / max(len(history["losses"]), 1)
@@ -231,9 +246,9 @@ def run(config: RunConfig, out_dir: str | Path | None = None, *, progress: bool 
     return metrics
 
 
-def open_run(run_dir: str | Path, vendor_url: str | None = None):
+def open_run(run_dir: str | Path, vendor_url: str | None = None, **options):
     """The customer of a finished run, attached to its vendor session (in process from the run folder's vendor
-    state, or over HTTP), ready for private inference."""
+    state, or over HTTP with transport ``options`` such as ``ca_file``), ready for private inference."""
     from splitpriv.protocol import SessionInfo
     from splitpriv.roles.customer import Customer
 
@@ -245,7 +260,7 @@ def open_run(run_dir: str | Path, vendor_url: str | None = None):
     if config.centralized:
         raise ValueError(f"{run_dir} is a centralized baseline run: nothing to serve privately")
     config = replace(config, vendor_url=vendor_url or config.vendor_url)
-    transport = make_transport(config, out_dir=run_dir)
+    transport = make_transport(config, out_dir=run_dir, **(options if config.vendor_url else {}))
     transport.attach(SessionInfo(**json.loads((run_dir / SESSION_FILE).read_text())))
     if config.task == "causal-lm":
         from splitpriv.roles.causal_customer import CausalCustomer as Customer

@@ -6,7 +6,7 @@ One module per command group registers its commands on :data:`app` (:mod:`.train
 """
 
 from splitpriv.cli.app import app
-from splitpriv.cli import attacking, audit, causal, experiments, privatizer, serving, training  # noqa: F401  (commands)
+from splitpriv.cli import attacking, audit, causal, experiments, keys, privatizer, serving, training  # noqa: F401  (commands)
 
 __all__ = ["app", "main"]
 

@@ -19,6 +19,7 @@ def generate(
                                  "run"),
     prompt: str = typer.Option(..., help="the user's message (wrapped in the model's chat template)"),
     vendor: Optional[str] = typer.Option(None, help="vendor service URL (default: the run's vendor)"),
+    ca_file: Optional[Path] = typer.Option(None, help="CA certificate (PEM) that signed the vendor's TLS certificate"),
     max_new_tokens: int = typer.Option(64, min=1, help="tokens to generate at most (stops at the end of turn)"),
     temperature: float = typer.Option(0.0, min=0.0, help="0 = greedy; else sample from softmax(logits / T)"),
     top_p: float = typer.Option(1.0, min=0.0, max=1.0, help="nucleus sampling: keep the smallest set reaching p"),
@@ -36,7 +37,7 @@ def generate(
     quiet_libraries()
     if not prompt.strip():
         raise ValueError("the prompt is empty")
-    customer = open_run(run_dir, vendor)
+    customer = open_run(run_dir, vendor, **({"ca_file": str(ca_file)} if ca_file else {}))
     if not hasattr(customer, "generate"):
         raise ValueError(f"{run_dir} is a sequence-classification run: use `splitpriv predict`")
     tokenizer = customer.tokenizer

@@ -1,4 +1,4 @@
-"""``splitpriv serve``: the vendor service."""
+"""``splitpriv serve``: the vendor service; ``splitpriv close``: end a run's session on its vendor."""
 
 from __future__ import annotations
 
@@ -17,13 +17,56 @@ def serve(
     model: Optional[str] = typer.Option(None, help="Hugging Face id or folder (default: all-MiniLM-L6-v2)"),
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8000),
-    state_dir: Optional[Path] = typer.Option(None, help="persist sessions here (a restarted service finds them)"),
+    state_dir: Optional[Path] = typer.Option(None, help="persist sessions here (a restarted service finds them); "
+                                             "API keys made with `splitpriv keys create` live here too"),
     max_body_mb: float = typer.Option(64.0, help="request size cap in MiB"),
+    checkpoint_every: int = typer.Option(50, help="checkpoint each session every N completed steps (0: only on "
+                                         "request and at shutdown, SIGTERM included)"),
+    pending_ttl: float = typer.Option(300.0, help="seconds a forward waits for its backward before its graph is "
+                                      "freed (a late backward is told to resend the forward)"),
+    ssl_certfile: Optional[Path] = typer.Option(None, help="serve HTTPS with this certificate (PEM)"),
+    ssl_keyfile: Optional[Path] = typer.Option(None, help="the certificate's private key (PEM)"),
 ):
-    """Run the vendor service (FastAPI + uvicorn); OpenAPI docs at /docs."""
-    from splitpriv.service.app import serve as run_service
+    """Run the vendor service (FastAPI + uvicorn); OpenAPI docs at /docs, Prometheus metrics at /metrics."""
+    from splitpriv.service.server import serve as run_service
 
     quiet_libraries()
+    for path in (ssl_certfile, ssl_keyfile):
+        if path is not None and not path.is_file():
+            raise FileNotFoundError(f"TLS file {path} does not exist")
     run_service(model=model, host=host, port=port, state_dir=str(state_dir) if state_dir else None,
-                max_body_bytes=int(max_body_mb * 2**20))
+                max_body_bytes=int(max_body_mb * 2**20), checkpoint_every=checkpoint_every, pending_ttl=pending_ttl,
+                ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
+                ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None)
 
+
+@app.command()
+@clean_errors
+def close(
+    run_dir: Path = typer.Option(..., "--run", help="folder of a `splitpriv train --out` run"),
+    vendor: Optional[str] = typer.Option(None, help="vendor service URL (default: the run's vendor)"),
+    ca_file: Optional[Path] = typer.Option(None, help="CA certificate (PEM) that signed the vendor's TLS certificate"),
+):
+    """Close the run's session on its vendor (its state there is deleted; the run folder is kept)."""
+    import json
+    from dataclasses import replace
+
+    from splitpriv.errors import UnknownSession
+    from splitpriv.protocol import SessionInfo
+    from splitpriv.run import RUN_FILE, SESSION_FILE, RunConfig, make_transport
+
+    for name in (RUN_FILE, SESSION_FILE):
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(f"{run_dir} holds no {name}: not a split run with a session")
+    config = RunConfig.from_dict(json.loads((run_dir / RUN_FILE).read_text()))
+    config = replace(config, vendor_url=vendor or config.vendor_url)
+    options = {"ca_file": str(ca_file)} if ca_file else {}
+    transport = make_transport(config, out_dir=run_dir, **options)
+    info = SessionInfo(**json.loads((run_dir / SESSION_FILE).read_text()))
+    transport.attach(info)
+    try:
+        transport.close()
+    except UnknownSession:
+        typer.echo(f"session {info.session_id} was already closed")
+        return
+    typer.echo(f"closed session {info.session_id}")

@@ -76,10 +76,16 @@ def train(
     centralized: bool = typer.Option(False, "--centralized", help="train the non-private unsplit baseline only"),
     baseline: bool = typer.Option(False, "--baseline", help="also train the centralized baseline and compare"),
     vendor: Optional[str] = typer.Option(None, help="vendor service URL (default: vendor in this process)"),
+    api_key: Optional[str] = typer.Option(None, envvar="SPLITPRIV_API_KEY", show_default=False,
+                                          help="the vendor's API key for opening the session (env SPLITPRIV_API_KEY)"),
+    ca_file: Optional[Path] = typer.Option(None, help="CA certificate (PEM) that signed the vendor's TLS certificate"),
+    keep_session: bool = typer.Option(False, "--keep-session", help="--vendor: leave the session open at the end "
+                                      "(for `splitpriv predict --run DIR`; `splitpriv close --run DIR` ends it)"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     as_json: bool = typer.Option(False, "--json", help="print metrics as JSON"),
 ):
-    """Fine-tune the vendor's model on private labelled text: split, privatize, train over the wire, evaluate."""
+    """Fine-tune the vendor's model on private labelled text: split, privatize, train over the wire, evaluate.
+    With --vendor the session is closed at the end unless --keep-session."""
     from splitpriv.config import PrivacyConfig, TrainConfig
     from splitpriv.run import RunConfig, run
 
@@ -99,7 +105,19 @@ def train(
                           bottom_lr=bottom_lr, privatizer_lr=privatizer_lr, seed=seed, noise_seed=noise_seed,
                           wire_dtype=wire_dtype.value),
     )
-    metrics = run(config, out, progress=progress)
+    transport = None
+    if vendor and not centralized:
+        from splitpriv.transport import make_transport
+
+        options = {"api_key": api_key} if api_key else {}
+        if ca_file is not None:
+            options["ca_file"] = str(ca_file)
+        transport = make_transport(vendor, **options)
+    try:
+        metrics = run(config, out, progress=progress, transport=transport)
+    finally:
+        if transport is not None and transport.session is not None and not keep_session:
+            _close_quietly(transport)
     if task.value == "causal-lm" and not as_json:
         from splitpriv.cli.causal import print_lm_summary
 
@@ -108,6 +126,15 @@ def train(
         typer.echo(json.dumps({k: v for k, v in metrics.items() if k != "losses"}, default=str))
     else:
         _print_summary(metrics, out)
+
+
+def _close_quietly(transport) -> None:
+    """Close the run's session on the vendor; a failure to do so is a warning (the run's results stand)."""
+    try:
+        transport.close()
+    except Exception as exc:  # noqa: BLE001 - the vendor may be gone; say so, keep the results
+        typer.secho(f"warning: could not close session on the vendor ({exc}); close it later with "
+                    "`splitpriv close --run DIR`", fg=typer.colors.YELLOW, err=True)
 
 
 def _print_summary(metrics: dict, out: Path | None) -> None:
@@ -152,6 +179,7 @@ def predict(
     run_dir: Path = typer.Option(..., "--run", help="folder of a finished `splitpriv train --out` run"),
     input: Optional[Path] = typer.Option(None, "--input", "-i", help="texts, one per line (default: stdin)"),
     vendor: Optional[str] = typer.Option(None, help="vendor service URL (default: the run's vendor)"),
+    ca_file: Optional[Path] = typer.Option(None, help="CA certificate (PEM) that signed the vendor's TLS certificate"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object per text with class probabilities"),
 ):
     """Private inference: texts → bottom → the run's privacy mechanism → vendor top → prediction at home."""
@@ -164,7 +192,7 @@ def predict(
     texts = [t.strip() for t in lines if t.strip()]
     if not texts:
         raise ValueError("no texts to predict: the input is empty")
-    customer = open_run(run_dir, vendor)
+    customer = open_run(run_dir, vendor, **({"ca_file": str(ca_file)} if ca_file else {}))
     probs = customer.predict_logits(texts).softmax(-1)
     labels_file = run_dir / "labels.json"
     names = json.loads(labels_file.read_text()) if labels_file.is_file() else None

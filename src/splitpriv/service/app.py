@@ -13,15 +13,24 @@ POST     ``/v1/sessions/{id}/decode``        ``DecodeRequest`` bytes → ``Outpu
 POST     ``/v1/sessions/{id}/checkpoint``    write the session to the state dir now → ``{"path", ...}``
 GET      ``/v1/sessions/{id}/status``        JSON status (completed step, lr, trainable parameters, ...)
 DELETE   ``/v1/sessions/{id}``               close the session (and delete its saved state)
-GET      ``/v1/health``                      liveness, model, number of sessions, body size limit
+GET      ``/v1/health``                      liveness, model, body size limit, whether keys are required
+GET      ``/metrics``                        Prometheus text format (:mod:`splitpriv.service.metrics`)
 =======  ==================================  ==============================================================
+
+Accounts (:mod:`splitpriv.service.accounts`): once the state dir holds a key store (``splitpriv keys create``),
+``POST /v1/sessions`` needs ``Authorization: Bearer <API key>`` and each key's quotas (open sessions, pending
+forwards, tokens per request, bytes per day) are answered with 429 naming the quota. Bounds on every field and
+value (:mod:`splitpriv.limits`): a session config body is at most 64 KiB of finite JSON nested at most 4 deep; a
+representation or gradient coordinate is at most 1e4 in magnitude; batch × T² and batch × T are capped per request
+(413); a forward whose backward does not come within the pending TTL is freed (a late backward gets 409 saying to
+resend the forward).
 
 Message bodies are the protocol's own encoding (``application/octet-stream``: safetensors with JSON metadata,
 see :mod:`splitpriv.protocol`), the same bytes the in-process transport passes. Every session route needs
 ``Authorization: Bearer <token>`` (missing → 401, wrong → 403); the session id in the path must equal the
 message's ``session_id`` (else 400). Errors are JSON ``{"error": "<what is wrong>"}``: unknown or closed session
 404, protocol violation 400, bad session config 422 (naming the field), step out of order 409, body above the
-size cap 413 (``Content-Length`` and the bytes actually streamed are both checked), session limit 429. A 500
+size cap 413 (``Content-Length`` and the bytes actually streamed are both checked), session limit or quota 429. A 500
 (JSON, no traceback; the traceback goes to the server log) means a bug in splitpriv, never bad input.
 
 Concurrency: the endpoints read their bodies asynchronously and run the torch work (decode, forward, backward)
@@ -36,17 +45,17 @@ LoRA r = 8 on the query/value projections (plus the trained pooler and classifie
 so ≈ 43 MB of weights + 43 MB of gradients + 86 MB of AdamW moments ≈ 170 MB per session, against ≈ 91 MB for the
 shared base model itself: a vendor serving full fine-tuning pays about two base models per tenant.
 
-Deployment: the service speaks plain HTTP; bearer tokens and representations must not cross an untrusted
-network that way. Bind to loopback (the default) behind a TLS-terminating proxy, or pass ``ssl_certfile`` /
-``ssl_keyfile`` to :func:`serve`.
+Deployment: bearer tokens and representations must not cross an untrusted network in plain HTTP. Bind to loopback
+(the default) behind a TLS-terminating proxy, or pass ``ssl_certfile`` / ``ssl_keyfile`` to :func:`serve`
+(``splitpriv serve --ssl-certfile F --ssl-keyfile F``; customers then pass ``--ca-file`` for a private CA).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import json
 import logging
-import os
+from pathlib import Path
 from typing import Callable
 
 from fastapi import FastAPI, Request
@@ -58,6 +67,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from splitpriv.errors import ERROR_CLASSES, PayloadTooLarge, ProtocolError, status_of
+from splitpriv.limits import MAX_CONFIG_BYTES
 from splitpriv.protocol import (
     BackwardRequest,
     DecodeRequest,
@@ -68,22 +78,14 @@ from splitpriv.protocol import (
     decode,
 )
 from splitpriv.roles.vendor import Vendor
+from splitpriv.service.accounts import KeyStore
+from splitpriv.service.guard import Guard, ServiceError, api_key, bearer, parse_config_json
 
 log = logging.getLogger("splitpriv.service")
 
 API = "/v1"
 DEFAULT_MAX_BODY_BYTES = 64 * 2**20
 OCTET = "application/octet-stream"
-
-
-class ServiceError(Exception):
-    """An error the service answers with ``status`` and ``{"error": message}``."""
-
-    def __init__(self, status: int, message: str, headers: dict | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers
 
 
 class ErrorBody(BaseModel):
@@ -104,12 +106,15 @@ def _message_body(kind: str) -> dict:
     }
 
 
-_ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413)}
+_ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 429)}
 _BINARY = {"content": {OCTET: {"schema": {"type": "string", "format": "binary"}}}}
 
 
-def create_app(vendor: Vendor, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
-    """The vendor service for ``vendor``; request bodies above ``max_body_bytes`` are refused with 413."""
+def create_app(vendor: Vendor, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, keys: KeyStore | None = None,
+               metrics: bool = True) -> FastAPI:
+    """The vendor service for ``vendor``; request bodies above ``max_body_bytes`` are refused with 413. ``keys``:
+    the API key store (default: the one under the vendor's state dir, if it has one); ``metrics``: serve
+    ``/metrics``."""
     from pydantic import TypeAdapter
 
     from splitpriv import __version__
@@ -118,9 +123,24 @@ def create_app(vendor: Vendor, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) 
     if not isinstance(max_body_bytes, int) or max_body_bytes < 1:
         raise ValueError(f"max_body_bytes must be a positive integer, got {max_body_bytes!r}")
 
+    if keys is None and vendor.state_dir is not None:
+        keys = KeyStore(vendor.state_dir)
+    guard = Guard(keys)
+
+    async def reaper():  # frees pending forwards past their TTL even when no request comes
+        ttl = vendor.limits.pending_ttl
+        while ttl is not None:
+            await asyncio.sleep(min(max(ttl / 4, 0.05), 30.0))
+            try:
+                await run_in_threadpool(vendor.expire_pending)
+            except Exception:  # noqa: BLE001 - a failed sweep must not end the sweeping
+                log.exception("expiring pending forwards failed")
+
     @contextlib.asynccontextmanager
     async def lifespan(_app):
+        task = asyncio.create_task(reaper())
         yield
+        task.cancel()
         if vendor.state_dir is not None:
             written = await run_in_threadpool(vendor.checkpoint_all)
             log.info("checkpointed %d open session(s) on shutdown", written)
@@ -134,6 +154,12 @@ def create_app(vendor: Vendor, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) 
     )
     app.state.vendor = vendor
     app.state.max_body_bytes = max_body_bytes
+    app.state.keys = keys
+    if metrics:
+        from splitpriv.service.metrics import RequestCounter, ServiceMetrics
+
+        app.state.metrics = ServiceMetrics(vendor)
+        app.add_middleware(RequestCounter, metrics=app.state.metrics)
 
     # -- errors ---------------------------------------------------------------------------------------------------
 
@@ -163,47 +189,43 @@ def create_app(vendor: Vendor, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) 
 
     # -- helpers --------------------------------------------------------------------------------------------------
 
-    def bearer(request: Request) -> str:
-        header = request.headers.get("authorization")
-        challenge = {"WWW-Authenticate": "Bearer"}
-        if not header:
-            raise ServiceError(401, "missing bearer token: send 'Authorization: Bearer <session token>'", challenge)
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise ServiceError(401, "malformed Authorization header: expected 'Bearer <session token>'", challenge)
-        return token.strip()
-
     async def authorize(request: Request, session_id: str) -> str:
         """The request's token once it is known to open ``session_id`` (401 / 404 / 403 before any body is read;
         in the threadpool, as the registry lock can be held while a new session's model loads)."""
-        token = bearer(request)
-        await run_in_threadpool(vendor.session, session_id, token)
-        return token
+        return (await authorized(request, session_id))[0]
 
-    async def read_body(request: Request) -> bytes:
+    async def authorized(request: Request, session_id: str):
+        """``(token, session, owner key)`` of a session route; 403 once the owner's key is revoked."""
+        token = bearer(request.headers.get("authorization"))
+        session = await run_in_threadpool(vendor.session, session_id, token)
+        return token, session, guard.owner(getattr(session, "owner", None))
+
+    async def read_body(request: Request, limit: int | None = None, key=None) -> bytes:
+        """The body, refused with 413 above ``limit`` (default ``max_body_bytes``); counted against ``key``'s
+        bytes per day (checked on the declared length first)."""
+        cap = max_body_bytes if limit is None else min(limit, max_body_bytes)
         length = request.headers.get("content-length")
         if length is not None:
             try:
                 declared = int(length)
             except ValueError:
                 raise ServiceError(400, f"Content-Length {length!r} is not an integer") from None
-            if declared > max_body_bytes:
-                raise PayloadTooLarge(
-                    f"request body of {declared} bytes is above this vendor's limit of {max_body_bytes} bytes"
-                )
+            if declared > cap:
+                raise PayloadTooLarge(f"request body of {declared} bytes is above this vendor's limit of {cap} bytes")
+            guard.bytes_in(key, max(declared, 0), declared=True)
         chunks, size = [], 0
         try:
             async for chunk in request.stream():
                 size += len(chunk)
-                if size > max_body_bytes:
+                if size > cap:
                     raise PayloadTooLarge(
-                        f"request body is above this vendor's limit of {max_body_bytes} bytes "
-                        f"(stopped reading after {size} bytes)"
+                        f"request body is above this vendor's limit of {cap} bytes (stopped reading after {size} bytes)"
                     )
                 chunks.append(chunk)
         except ClientDisconnect:
             # Nobody is left to answer; a 400 (not a 500) keeps a truncated upload out of the bug log.
             raise ServiceError(400, f"the client disconnected after {size} of {length or 'unknown'} body bytes") from None
+        guard.bytes_in(key, size)
         return b"".join(chunks)
 
     def parse(body: bytes, cls: type[Message], session_id: str) -> Message:
@@ -222,13 +244,17 @@ def create_app(vendor: Vendor, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) 
                 raise ProtocolError(f"step must be an integer, got {step!r}")
         return msg
 
-    def exchange(call: Callable, cls: type[Message], session_id: str, body: bytes, token: str) -> bytes:
-        return call(parse(body, cls, session_id), token).to_bytes()
+    def exchange(call: Callable, cls: type[Message], session_id: str, body: bytes, token: str, key=None) -> bytes:
+        msg = parse(body, cls, session_id)
+        guard.tokens(key, msg)
+        return call(msg, token).to_bytes()
 
     async def message_route(request: Request, session_id: str, call: Callable, cls: type[Message]) -> Response:
-        token = await authorize(request, session_id)
-        body = await read_body(request)
-        reply = await run_in_threadpool(exchange, call, cls, session_id, body, token)
+        token, session, key = await authorized(request, session_id)
+        if cls is ForwardRequest and key is not None:  # the vendor's lock may be held by a loading model
+            await run_in_threadpool(guard.pending, key, vendor, session)
+        body = await read_body(request, key=key)
+        reply = await run_in_threadpool(exchange, call, cls, session_id, body, token, key)
         return Response(reply, media_type=OCTET)
 
     # -- routes ---------------------------------------------------------------------------------------------------
@@ -241,18 +267,15 @@ def create_app(vendor: Vendor, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) 
         response_model=None,
         summary="Open a session",
         responses={201: {"content": {"application/json": {"schema": TypeAdapter(SessionInfo).json_schema()}}},
+                   401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 413: {"model": ErrorBody},
                    422: {"model": ErrorBody}, 429: {"model": ErrorBody}},
         openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": config_schema}}}},
     )
     async def open_session(request: Request):
-        """Open a tuning session. The answer holds the session's bearer token: the only time it is sent."""
-        body = await read_body(request)
-        try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ServiceError(422, f"the session config is not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise ServiceError(422, f"the session config must be a JSON object, got {type(data).__name__}")
+        """Open a tuning session. The answer holds the session's bearer token: the only time it is sent. When the
+        vendor has API keys, send one as ``Authorization: Bearer <API key>``."""
+        key = api_key(keys, request.headers.get("authorization"))
+        data = parse_config_json(await read_body(request, MAX_CONFIG_BYTES, key))
         tuning = data.get("tuning", {"method": "lora"})
         if not isinstance(tuning, (dict, str)):
             raise ServiceError(422, f'tuning must be an object such as {{"method": "lora"}}, got {tuning!r}')
@@ -260,10 +283,11 @@ def create_app(vendor: Vendor, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) 
         def open_() -> dict:
             try:
                 config = SessionConfig.from_dict(data)
-                info = vendor.open_session(config)
+                info = vendor.open_session(config, owner=key.key_id if key else None,
+                                           owner_max_sessions=key.quotas.max_sessions if key else None)
             except ProtocolError:
                 raise
-            except (ValueError, TypeError, KeyError) as exc:
+            except (ValueError, TypeError, KeyError, OverflowError, RecursionError) as exc:
                 raise ServiceError(422, f"bad session config: {exc}") from None
             return {"session_id": info.session_id, "token": info.token, "d_model": info.d_model,
                     "n_layers": info.n_layers, "disclosure": info.disclosure}
@@ -305,9 +329,12 @@ def create_app(vendor: Vendor, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) 
     @app.post(f"{API}/sessions/{{session_id}}/checkpoint", summary="Checkpoint the session", responses=_ERRORS)
     async def checkpoint(session_id: str, request: Request) -> dict:
         """Write the session (tuned top, optimizer, schedule, step) to the vendor's state dir now; the answer
-        names the vendor-side directory (the top's weights never leave the vendor)."""
+        names the checkpoint's directory relative to the vendor's state dir (the top's weights never leave it)."""
         token = await authorize(request, session_id)
-        return await run_in_threadpool(vendor.checkpoint, session_id, token)
+        saved = await run_in_threadpool(vendor.checkpoint, session_id, token)
+        for name in ("path", "top"):  # no absolute server paths for callers
+            saved[name] = Path(saved[name]).relative_to(vendor.state_dir).as_posix()
+        return saved
 
     @app.get(f"{API}/sessions/{{session_id}}/status", summary="Session status", responses=_ERRORS)
     async def status(session_id: str, request: Request) -> dict:
@@ -323,49 +350,35 @@ def create_app(vendor: Vendor, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) 
 
     @app.get(f"{API}/health", summary="Health")
     async def health() -> dict:
+        """Liveness and what a new customer needs to know; nothing about other tenants (see ``/metrics``)."""
         return {
             "status": "ok",
             "version": __version__,
             "model": vendor.model_name or "all-MiniLM-L6-v2",
-            "sessions": vendor.open_sessions,
             "max_body_bytes": max_body_bytes,
             "persistent": vendor.state_dir is not None,
+            "keys_required": bool(keys is not None and keys.active),
         }
+
+    if metrics:
+        @app.get("/metrics", response_class=Response, summary="Prometheus metrics",
+                 responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+                            401: {"model": ErrorBody}, 403: {"model": ErrorBody}})
+        async def prometheus(request: Request):
+            """Request counts and latencies by route, sessions, pending forwards, memory (aggregates only). With
+            API keys, an admin key (``splitpriv keys create --admin``) is needed."""
+            if keys is not None and keys.active:
+                record = api_key(keys, request.headers.get("authorization"))
+                if not record.admin:
+                    raise ServiceError(403, "/metrics needs an admin API key (splitpriv keys create --admin)")
+            body, content_type = app.state.metrics.render()
+            return Response(body, media_type=content_type)
 
     return app
 
 
-def serve(
-    model: str | None = None,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    state_dir: str | os.PathLike | None = None,
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    log_level: str = "info",
-    *,
-    checkpoint_every: int | None = 50,
-    ssl_certfile: str | None = None,
-    ssl_keyfile: str | None = None,
-) -> None:
-    """Run the vendor service with uvicorn until interrupted (open sessions are checkpointed on shutdown when
-    ``state_dir`` is set, and reloaded from it at start)."""
-    import uvicorn
+def serve(*args, **kwargs) -> None:
+    """Run the vendor service with uvicorn (see :func:`splitpriv.service.server.serve`)."""
+    from splitpriv.service.server import serve as run
 
-    _configure_logging(log_level)
-    if host not in ("127.0.0.1", "localhost", "::1") and not ssl_certfile:
-        log.warning("serving plain HTTP on %s: bearer tokens and representations cross the network unencrypted; "
-                    "put a TLS proxy in front or pass ssl_certfile/ssl_keyfile", host)
-    vendor = Vendor(model, state_dir=state_dir, checkpoint_every=checkpoint_every)
-    if vendor.load_errors:
-        log.error("%d saved session(s) could not be restored: %s", len(vendor.load_errors), vendor.load_errors)
-    app = create_app(vendor, max_body_bytes=max_body_bytes)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
-
-
-def _configure_logging(level: str) -> None:
-    logger = logging.getLogger("splitpriv")
-    logger.setLevel(level.upper())
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
-        logger.addHandler(handler)
+    run(*args, **kwargs)

@@ -1,0 +1,233 @@
+"""Issue 17, findings 2, 5 and 6: bounded inputs and bounded resources on a real vendor service (uvicorn on
+loopback, the real MiniLM). Every hostile input that once gave a 500 or poisoned a session is a 4xx naming the field,
+a step whose outputs or gradients are not finite changes nothing and is never checkpointed, a forward left without
+its backward is freed after the TTL, and a new label count costs a head, not a base model."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+from test_service import Server, _expect, _raw
+
+from splitpriv import limits
+from splitpriv.errors import OutOfOrder
+from splitpriv.protocol import BackwardRequest, ForwardRequest, SessionConfig
+from splitpriv.roles.customer import backward_resending
+from splitpriv.roles.session import RequestLimits
+from splitpriv.roles.vendor import Vendor
+from splitpriv.service import create_app
+from splitpriv.transport.http_client import HttpTransport
+
+D = 384
+CONFIG = SessionConfig(n_bottom_layers=2, total_steps=50)
+# a vendor that lets huge values through (to reach the non-finite checks behind the magnitude bound), keeps a
+# pending forward 0.4 s and caps requests at 200 token positions and batch x T^2 = 2,000
+LAX = RequestLimits(max_abs_value=3.4e38, pending_ttl=0.4, max_tokens_per_request=200, max_attention_cost=2000)
+
+
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory):
+    vendor = Vendor(state_dir=tmp_path_factory.mktemp("strict"))
+    server = Server(create_app(vendor)).start()
+    yield vendor, server.url
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def lax(tmp_path_factory):
+    vendor = Vendor(state_dir=tmp_path_factory.mktemp("lax"), limits=LAX, checkpoint_every=1)
+    server = Server(create_app(vendor)).start()
+    yield vendor, server.url
+    server.stop()
+
+
+def _open(url):
+    transport = HttpTransport(url, retries=0)
+    info = transport.open_session(CONFIG)
+    return transport, info
+
+
+def _step(transport, info, step, hidden=None, grad=None):
+    hidden = torch.randn(2, 5, D) if hidden is None else hidden
+    transport.forward(ForwardRequest(info.session_id, step, hidden, torch.ones(hidden.shape[:2], dtype=torch.long)))
+    return transport.backward(BackwardRequest(info.session_id, step, torch.randn(2, 2) / 2 if grad is None else grad))
+
+
+def _weights(vendor, info):
+    return {n: t.clone() for n, t in vendor.session(info.session_id, info.token).tuned.trainable_state().items()}
+
+
+def _post_config(url, body: bytes | dict):
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return _raw(url, "/v1/sessions", content, headers={"Content-Type": "application/json"})
+
+
+DEEP = b"[" * 30_000 + b"]" * 30_000  # under the 64 KiB cap, far beyond the parser's recursion limit
+HOSTILE_CONFIGS = {  # finding 6: each was a 500 or accepted; now a 422 naming the field
+    "total_steps 10**400": ({"total_steps": 10**400}, "total_steps"),
+    "JSON nested 30,000 deep": (DEEP, "nested too deeply"),
+    "tuning nested 30,000 deep": (b'{"tuning": ' + DEEP + b"}", "nested too deeply"),
+    "tuning nested 6 deep": ({"tuning": {"method": "lora", "target_modules": [[[["query"]]]]}},
+                             "tuning.target_modules", "nested deeper"),
+    "dropout not a boolean": ({"dropout": "yes"}, "dropout must be true or false"),
+    "dropout as 1": ({"dropout": 1}, "dropout must be true or false"),
+    "train_bottom not a boolean": ({"train_bottom": "no"}, "train_bottom must be true or false"),
+    "lone surrogate in declared_noise": ({"declared_noise": {"name": "\ud800"}}, "declared_noise.name",
+                                         "not valid unicode"),
+    "seed a float": ({"seed": 1.5}, "seed must be an integer"),
+    "seed an object": ({"seed": {"a": 1}}, "seed must be an integer"),
+    "seed a boolean": ({"seed": True}, "seed must be an integer"),
+    "LoRA alpha Infinity": (b'{"tuning": {"method": "lora", "alpha": Infinity}}', "infinity", "not valid json"),
+    "lr NaN": (b'{"lr": NaN}', "nan", "not valid json"),
+    "LoRA alpha huge": ({"tuning": {"method": "lora", "alpha": 1e300}}, "alpha"),
+    "lr huge": ({"lr": 1e300}, "lr must be a finite number"),
+    "weight_decay huge": ({"weight_decay": 1e30}, "weight_decay"),
+    "long model string": ({"model": "x" * 1000}, "model", "1000 characters"),
+    "long tuning string": ({"tuning": {"method": "lora", "target_modules": ["q" * 300]}}, "tuning.target_modules[0]"),
+    "many tuning entries": ({"tuning": {"method": "lora", **{f"k{i}": i for i in range(100)}}}, "tuning", "entries"),
+    "head a list": ({"head": ["vendor"]}, "head must be one of"),
+    "num_labels a boolean": ({"num_labels": True}, "num_labels must be an integer"),
+    "privatizer a number": ({"privatizer": 5}, "privatizer must be"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_CONFIGS))
+def test_hostile_session_config_is_422_naming_the_field(strict, case):
+    vendor, url = strict
+    body, *words = HOSTILE_CONFIGS[case]
+    before = vendor.open_sessions
+    _expect(_post_config(url, body), 422, *words)
+    assert vendor.open_sessions == before
+
+
+def test_config_body_above_64_kib_is_413_and_status_stays_json(strict):
+    vendor, url = strict
+    _expect(_post_config(url, {"model": "x" * (limits.MAX_CONFIG_BYTES + 10)}), 413, "above")
+    _expect(_post_config(url, b"[" * 100_000 + b"]" * 100_000), 413, "above", "65536")  # the issue's 100,000 deep
+    transport, info = _open(url)
+    status = transport.status()  # what a lone surrogate used to break: the config echoed back as JSON
+    assert status["config"]["dropout"] is True and status["completed_step"] == 0
+    transport.close()
+
+
+def test_in_process_configs_are_checked_too():
+    for bad, word in (({"tuning": {"method": "lora", "alpha": float("inf")}}, "tuning.alpha"),
+                      ({"total_steps": 10**400}, "total_steps"), ({"dropout": None}, "dropout")):
+        with pytest.raises(ValueError, match=word):
+            SessionConfig(**bad).validate()
+
+
+# -- finding 5: magnitude ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [3e38, 2e4])
+def test_huge_finite_inputs_are_refused_by_magnitude(strict, value):
+    vendor, url = strict
+    transport, info = _open(url)
+    _step(transport, info, 1)
+    before = _weights(vendor, info)
+    hidden = torch.randn(2, 5, D)
+    hidden[1, 3, 7] = value
+    body = ForwardRequest(info.session_id, 2, hidden, torch.ones(2, 5, dtype=torch.long)).to_bytes()
+    _expect(_raw(url, f"/v1/sessions/{info.session_id}/forward", body, info.token), 400, "hidden", "magnitude",
+            "10000")
+    transport.forward(ForwardRequest(info.session_id, 2, torch.randn(2, 5, D), torch.ones(2, 5, dtype=torch.long)))
+    grad = BackwardRequest(info.session_id, 2, torch.full((2, 2), value)).to_bytes()
+    _expect(_raw(url, f"/v1/sessions/{info.session_id}/backward", grad, info.token), 400, "grad_outputs", "magnitude")
+    assert transport.status()["completed_step"] == 1
+    assert all(torch.equal(before[n], t) for n, t in _weights(vendor, info).items())
+    transport.close()
+
+
+def test_non_finite_outputs_or_gradients_leave_the_session_untouched_and_unsaved(lax):
+    vendor, url = lax
+    transport, info = _open(url)
+    _step(transport, info, 1)  # checkpoint_every=1: step 1 is on disk
+    before = _weights(vendor, info)
+    path = f"/v1/sessions/{info.session_id}"
+
+    huge = torch.full((2, 5, D), 3e38)
+    body = ForwardRequest(info.session_id, 2, huge, torch.ones(2, 5, dtype=torch.long)).to_bytes()
+    _expect(_raw(url, f"{path}/forward", body, info.token), 400, "outputs for step 2 are not finite", "unchanged")
+    assert transport.status()["pending_step"] is None
+
+    transport.forward(ForwardRequest(info.session_id, 2, torch.randn(2, 5, D), torch.ones(2, 5, dtype=torch.long)))
+    grad = BackwardRequest(info.session_id, 2, torch.full((2, 2), 3e38)).to_bytes()
+    _expect(_raw(url, f"{path}/backward", grad, info.token), 400, "gradients of step 2 are not finite",
+            "send the forward of step 2 again")
+    status = transport.status()
+    assert (status["completed_step"], status["pending_step"], status["checkpointed_step"]) == (1, None, 1)
+    after = _weights(vendor, info)
+    assert all(torch.equal(before[n], t) for n, t in after.items())
+    assert all(bool(torch.isfinite(t).all()) for t in after.values())
+
+    _step(transport, info, 2)  # the session trains on
+    assert transport.status()["checkpointed_step"] == 2
+    session = vendor.session(info.session_id, info.token)
+    with torch.no_grad():
+        next(iter(session.tuned.parameters()))[0].fill_(float("nan"))  # however it got there, NaN is not saved
+    session.completed_step += 1
+    _expect(_raw(url, f"{path}/checkpoint", token=info.token), 400, "non-finite", "not checkpointed")
+    assert transport.status()["checkpointed_step"] == 2
+    transport.close()
+
+
+# -- finding 2: cost per request, pending forwards, base models ----------------------------------------------------
+
+
+def test_request_cost_counts_batch_times_t_squared():
+    for ordinary in ((32, 64), (128, 64), (32, 512), (128, 256)):  # training, evaluation, causal-LM evaluation
+        assert limits.request_cost(*ordinary, D) is None, ordinary
+    assert "token positions" in limits.request_cost(170, 512, D)  # the 16.6 KB request that held 2.6 GiB
+    assert "attention-cost" in limits.request_cost(40, 512, D)  # 20,480 positions, but 40 x 512^2 > 2^23
+
+
+def test_costly_requests_are_413(lax):
+    vendor, url = lax
+    transport, info = _open(url)
+    for shape, words in (((5, 41), ("205 token positions", "200")), ((1, 45), ("tokens^2", "2025", "2000"))):
+        hidden = torch.randn(*shape, D)
+        body = ForwardRequest(info.session_id, 1, hidden, torch.ones(shape, dtype=torch.long)).to_bytes()
+        _expect(_raw(url, f"/v1/sessions/{info.session_id}/forward", body, info.token), 413, *words)
+    assert transport.status()["pending_step"] is None
+    transport.close()
+
+
+def test_a_forward_without_its_backward_expires_and_is_resent(lax):
+    vendor, url = lax
+    transport, info = _open(url)
+    hidden, mask = torch.randn(2, 5, D), torch.ones(2, 5, dtype=torch.long)
+    first = transport.forward(ForwardRequest(info.session_id, 1, hidden, mask))
+    assert vendor.pending_forwards() >= 1
+    deadline = time.monotonic() + 10
+    while transport.status()["pending_step"] is not None:  # the service's reaper frees it, with no request needed
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    late = BackwardRequest(info.session_id, 1, torch.randn(2, 2) / 2)
+    _expect(_raw(url, f"/v1/sessions/{info.session_id}/backward", late.to_bytes(), info.token), 409, "expired",
+            "send the forward of step 1 again")
+    with pytest.raises(OutOfOrder, match="expired"):
+        transport.backward(late)
+    # the customer's rule: resend the *same* forward (the same noisy vectors), then the backward
+    backward_resending(transport, ForwardRequest(info.session_id, 1, hidden, mask), first, late)
+    assert transport.status()["completed_step"] == 1
+    transport.close()
+
+
+def test_another_label_count_shares_the_base_model(strict):
+    from splitpriv import load_model
+
+    vendor, _ = strict
+    two, _ = vendor.base(2)
+    five, _ = vendor.base(5)
+    shared = {n for n, p in five.named_parameters() if p is dict(two.named_parameters()).get(n)}
+    own = {n for n, _ in five.named_parameters()} - shared
+    assert own and all(n.startswith("classifier") for n in own), own
+    reference, _ = load_model(num_labels=5)  # what a vendor loading it separately would hold
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(five.state_dict()[name], tensor), name
+    info = vendor.open_session(SessionConfig(n_bottom_layers=2, num_labels=5, total_steps=5))
+    vendor.close(info.session_id, info.token)
