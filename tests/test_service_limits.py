@@ -231,3 +231,34 @@ def test_another_label_count_shares_the_base_model(strict):
         assert torch.equal(five.state_dict()[name], tensor), name
     info = vendor.open_session(SessionConfig(n_bottom_layers=2, num_labels=5, total_steps=5))
     vendor.close(info.session_id, info.token)
+
+
+def test_idle_sessions_are_unloaded_reloaded_and_finally_closed(tmp_path):
+    """Finding 1: a session idle for idle_unload s leaves memory for its checkpoint and comes back on its next call
+    unchanged; one idle for session_ttl s (its customer was killed) is closed, its state deleted."""
+    from splitpriv.roles.idle import Unloaded
+
+    vendor = Vendor(state_dir=tmp_path, checkpoint_every=None, idle_unload=0.3, session_ttl=2.5)
+    server = Server(create_app(vendor)).start()
+    try:
+        transport, info = _open(server.url)
+        _step(transport, info, 1)
+        weights = _weights(vendor, info)
+
+        def wait_for(condition):
+            deadline = time.monotonic() + 15
+            while not condition():
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+
+        wait_for(lambda: isinstance(vendor._sessions[info.session_id], Unloaded))
+        assert vendor.open_sessions == 1  # it still counts (and against its key's quota)
+        assert "splitpriv_sessions_unloaded 1.0" in _raw(server.url, "/metrics", method="GET").text
+        assert transport.status()["completed_step"] == 1  # reloaded by its next call
+        assert all(torch.equal(weights[n], t) for n, t in _weights(vendor, info).items())
+        _step(transport, info, 2)
+        wait_for(lambda: info.session_id not in vendor._sessions)
+        _expect(_raw(server.url, f"/v1/sessions/{info.session_id}/status", method="GET", token=info.token), 404)
+        assert not (tmp_path / "sessions" / info.session_id).exists()
+    finally:
+        server.stop()

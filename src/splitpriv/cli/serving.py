@@ -24,6 +24,10 @@ def serve(
                                          "request and at shutdown, SIGTERM included)"),
     pending_ttl: float = typer.Option(300.0, help="seconds a forward waits for its backward before its graph is "
                                       "freed (a late backward is told to resend the forward)"),
+    idle_unload: float = typer.Option(900.0, help="seconds without a call before a session is checkpointed and "
+                                      "unloaded from memory (needs --state-dir; its next call reloads it; 0: never)"),
+    session_ttl: float = typer.Option(7 * 86400.0, help="seconds without a call before a session is closed and its "
+                                      "state deleted (0: never)"),
     ssl_certfile: Optional[Path] = typer.Option(None, help="serve HTTPS with this certificate (PEM)"),
     ssl_keyfile: Optional[Path] = typer.Option(None, help="the certificate's private key (PEM)"),
 ):
@@ -36,6 +40,7 @@ def serve(
             raise FileNotFoundError(f"TLS file {path} does not exist")
     run_service(model=model, host=host, port=port, state_dir=str(state_dir) if state_dir else None,
                 max_body_bytes=int(max_body_mb * 2**20), checkpoint_every=checkpoint_every, pending_ttl=pending_ttl,
+                idle_unload=idle_unload or None, session_ttl=session_ttl or None,
                 ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
                 ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None)
 

@@ -53,12 +53,17 @@ class Vendor:
     """
 
     def __init__(self, model: str | None = None, *, max_sessions: int = 256, state_dir: str | os.PathLike | None = None,
-                 checkpoint_every: int | None = 50, max_num_labels: int = 1000, limits: RequestLimits | None = None):
+                 checkpoint_every: int | None = 50, max_num_labels: int = 1000, limits: RequestLimits | None = None,
+                 idle_unload: float | None = None, session_ttl: float | None = None):
         if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int)
                                              or checkpoint_every < 0):
             raise ValueError(f"checkpoint_every must be an integer >= 0 or None, got {checkpoint_every!r}")
         self.model_name = model
         self.limits = limits or RequestLimits()  # per-request magnitude and cost caps, pending-forward TTL
+        for name, value in (("idle_unload", idle_unload), ("session_ttl", session_ttl)):
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0 seconds or None, got {value!r}")
+        self.idle_unload, self.session_ttl = idle_unload, session_ttl  # seconds: see splitpriv.roles.idle
         self.max_sessions = max_sessions
         self.max_num_labels = max_num_labels
         self.checkpoint_every = checkpoint_every or None
@@ -163,14 +168,26 @@ class Vendor:
         return report
 
     def session(self, session_id: str, token: str | None) -> VendorSession:
-        with self._lock:
+        """The open session ``session_id`` once ``token`` is its token (reloaded if it was unloaded while idle)."""
+        from splitpriv.roles.idle import Unloaded, reload
+
+        with self._lock:  # last_used is stamped under the lock: an idle sweep sees every lookup
             session = self._sessions.get(session_id)
-        if session is None:
-            raise UnknownSession(f"unknown or closed session {session_id!r}")
-        if not session.check_token(token):
-            raise Forbidden(f"the token does not grant access to session {session_id!r}")
-        session.last_used = time.monotonic()
+            if session is None:
+                raise UnknownSession(f"unknown or closed session {session_id!r}")
+            if not session.check_token(token):
+                raise Forbidden(f"the token does not grant access to session {session_id!r}")
+            if isinstance(session, Unloaded):
+                session = reload(self, session)
+            session.last_used = time.monotonic()
         return session
+
+    def sweep_idle(self) -> dict[str, int]:
+        """Unload sessions idle for ``idle_unload`` s, close those idle for ``session_ttl`` s
+        (:mod:`splitpriv.roles.idle`)."""
+        from splitpriv.roles.idle import sweep_idle
+
+        return sweep_idle(self)
 
     def owned(self, owner: str | None) -> tuple[int, int]:
         """How many open sessions ``owner`` has, and how many of them hold a pending forward."""
@@ -296,15 +313,19 @@ class Vendor:
             raise ProtocolError("this vendor runs without a state directory, so it cannot checkpoint sessions "
                                 "(start it with a state dir, e.g. `splitpriv serve --state-dir DIR`)")
         with session.lock:
-            session.check_open()
-            if session.checkpointed_step == session.completed_step and session.checkpoint_path is not None:
-                return session.checkpoint_path
-            if not all(bool(torch.isfinite(p).all()) for p in session.tuned.parameters()):
-                raise ProtocolError(f"session {session.session_id} holds non-finite weights: it is not checkpointed")
-            final = self.store.save(session, self.model_name)
-            session.checkpointed_step = session.completed_step
-            session.checkpoint_path = final
-            return final
+            return self._save_locked(session)
+
+    def _save_locked(self, session: VendorSession) -> Path:
+        """:meth:`_checkpoint` for a caller that holds ``session.lock``."""
+        session.check_open()
+        if session.checkpointed_step == session.completed_step and session.checkpoint_path is not None:
+            return session.checkpoint_path
+        if not all(bool(torch.isfinite(p).all()) for p in session.tuned.parameters()):
+            raise ProtocolError(f"session {session.session_id} holds non-finite weights: it is not checkpointed")
+        final = self.store.save(session, self.model_name)
+        session.checkpointed_step = session.completed_step
+        session.checkpoint_path = final
+        return final
 
     def _load_sessions(self) -> None:
         for root in self.store.session_dirs():

@@ -127,14 +127,15 @@ def create_app(vendor: Vendor, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, 
         keys = KeyStore(vendor.state_dir)
     guard = Guard(keys)
 
-    async def reaper():  # frees pending forwards past their TTL even when no request comes
-        ttl = vendor.limits.pending_ttl
-        while ttl is not None:
-            await asyncio.sleep(min(max(ttl / 4, 0.05), 30.0))
+    async def reaper():  # frees pending forwards past their TTL and idle sessions, even when no request comes
+        ttls = [t for t in (vendor.limits.pending_ttl, vendor.idle_unload, vendor.session_ttl) if t is not None]
+        while ttls:
+            await asyncio.sleep(min(max(min(ttls) / 4, 0.05), 30.0))
             try:
                 await run_in_threadpool(vendor.expire_pending)
+                await run_in_threadpool(vendor.sweep_idle)
             except Exception:  # noqa: BLE001 - a failed sweep must not end the sweeping
-                log.exception("expiring pending forwards failed")
+                log.exception("sweeping pending forwards and idle sessions failed")
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):

@@ -2,7 +2,8 @@
 
 * ``splitpriv_requests_total{method, route, status}`` and ``splitpriv_request_seconds{route}`` (a histogram), by
   route template (``/v1/sessions/{session_id}/forward``: never a session id);
-* ``splitpriv_sessions``, ``splitpriv_pending_forwards``, ``splitpriv_base_models``: the vendor's tables now;
+* ``splitpriv_sessions`` (of which ``splitpriv_sessions_unloaded`` are idle, on disk), ``splitpriv_pending_forwards``,
+  ``splitpriv_base_models``: the vendor's tables now;
 * ``process_resident_memory_bytes``, CPU seconds, open files: ``prometheus_client``'s process collector.
 
 Aggregates only, nothing per tenant. When the vendor has a key store, reading it needs an admin key
@@ -29,6 +30,8 @@ class ServiceMetrics:
         self.latency = Histogram("splitpriv_request_seconds", "time to answer a request", ("route",),
                                  buckets=BUCKETS, registry=self.registry)
         Gauge("splitpriv_sessions", "open sessions", registry=self.registry).set_function(lambda: vendor.open_sessions)
+        Gauge("splitpriv_sessions_unloaded", "open sessions unloaded to their checkpoint while idle",
+              registry=self.registry).set_function(lambda: _unloaded(vendor))
         Gauge("splitpriv_pending_forwards", "forwards waiting for their backward (each holds an autograd graph)",
               registry=self.registry).set_function(vendor.pending_forwards)
         Gauge("splitpriv_base_models", "frozen base models (and heads per label count) loaded",
@@ -38,6 +41,13 @@ class ServiceMetrics:
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
+
+
+def _unloaded(vendor) -> int:
+    from splitpriv.roles.idle import Unloaded
+
+    with vendor._lock:
+        return sum(isinstance(s, Unloaded) for s in vendor._sessions.values())
 
 
 class RequestCounter:
