@@ -262,3 +262,19 @@ def test_idle_sessions_are_unloaded_reloaded_and_finally_closed(tmp_path):
         assert not (tmp_path / "sessions" / info.session_id).exists()
     finally:
         server.stop()
+
+
+def test_a_restarted_vendor_restores_sessions_unloaded(tmp_path):
+    from splitpriv.roles.idle import Unloaded
+
+    first = Vendor(state_dir=tmp_path)
+    info = first.open_session(CONFIG)
+    first.forward(ForwardRequest(info.session_id, 1, torch.randn(2, 5, D), torch.ones(2, 5, dtype=torch.long)),
+                  info.token)
+    first.backward(BackwardRequest(info.session_id, 1, torch.randn(2, 2)), info.token)
+    weights = _weights(first, info)
+    first.checkpoint_all()
+    second = Vendor(state_dir=tmp_path, idle_unload=60)
+    assert isinstance(second._sessions[info.session_id], Unloaded) and not second.load_errors
+    assert second.status(info.session_id, info.token)["completed_step"] == 1  # loaded by its first call
+    assert all(torch.equal(weights[n], t) for n, t in _weights(second, info).items())

@@ -116,6 +116,17 @@ def _delete(vendor, session) -> int:
         session.lock.release()
 
 
+def stub_from_checkpoint(vendor, root: Path) -> Unloaded | None:
+    """An unloaded session for the committed checkpoint in ``root`` (None when none committed): a restarted vendor
+    restores its sessions without loading any of them."""
+    found = vendor.store.committed(root, vendor.model_name)
+    if found is None:
+        return None
+    directory, meta = found
+    return Unloaded(meta["session_id"], meta["token_sha256"], meta.get("owner"), int(meta["completed_step"]),
+                    directory, time.monotonic())
+
+
 def reload(vendor, stub: Unloaded):
     """The live session for ``stub``, from its checkpoint (the caller holds the vendor's lock)."""
     session = vendor._load_session(vendor.store.session_dir(stub.session_id))
@@ -126,4 +137,4 @@ def reload(vendor, stub: Unloaded):
     return session
 
 
-__all__ = ["Unloaded", "reload", "sweep_idle"]
+__all__ = ["Unloaded", "reload", "stub_from_checkpoint", "sweep_idle"]

@@ -328,9 +328,12 @@ class Vendor:
         return final
 
     def _load_sessions(self) -> None:
+        """Restore every committed session; with ``idle_unload`` as an unloaded stub (loaded on its first call)."""
+        from splitpriv.roles.idle import stub_from_checkpoint
+
         for root in self.store.session_dirs():
             try:
-                session = self._load_session(root)
+                session = stub_from_checkpoint(self, root) if self.idle_unload else self._load_session(root)
             except Exception as exc:  # noqa: BLE001 - a broken checkpoint must not keep the others from loading
                 log.error("could not restore session from %s: %s", root, exc)
                 self.load_errors[root.name] = f"{type(exc).__name__}: {exc}"
