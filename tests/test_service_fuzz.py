@@ -19,6 +19,7 @@ schemathesis = pytest.importorskip("schemathesis")
 hypothesis = pytest.importorskip("hypothesis")
 
 EXAMPLES = 30
+D_MODEL = 384
 BUDGET_S = 100.0
 pytestmark = pytest.mark.slow
 
@@ -83,3 +84,82 @@ def test_fuzzed_requests_never_get_a_5xx(target):
           f"({counts['unsatisfiable']} operation/mode pairs with no negative case)")
     assert counts["requests"] >= 200
     assert not failures, failures[:5]
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_fuzzed_protocol_messages_never_get_a_5xx(target):
+    """The bodies schemathesis sends are random bytes, which the decoder refuses at once. Here hypothesis starts
+    from a well-formed message for the route and session (frozen bottom, trained bottom, customer-held head) and
+    mutates it: dtypes, shapes, values (NaN, Inf, 3e38, 2e4, zeros), the step, the kind, fields added or dropped."""
+    import json
+
+    import torch
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from safetensors.torch import save as st_save
+    from starlette.testclient import TestClient
+
+    app, vendor, key, record = target
+    client = TestClient(app)
+    sessions = [vendor.open_session(SessionConfig(n_bottom_layers=2, total_steps=50, **kw), owner=record.key_id)
+                for kw in ({}, {"train_bottom": True}, {"head": "customer"})]
+    dtypes = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32, torch.uint8,
+              torch.bool]
+    steps = st.one_of(st.integers(0, 4), st.sampled_from([10**30, -(2**63), True, None, 1.5, "2", [1]]))
+    mutation = st.tuples(st.sampled_from(["dtype", "shape", "value", "step", "kind", "drop", "add", "pad"]),
+                         st.sampled_from(["hidden", "attention_mask", "grad_outputs"]), st.sampled_from(dtypes),
+                         st.sampled_from([0, 1, 2, 3, 7, 384, 600]), st.sampled_from(["nan", "inf", 3e38, 2e4, 0.0]),
+                         steps, st.sampled_from(["forward", "backward", "predict", "decode", "outputs", "x"]))
+
+    def valid(route: str, which: int, batch: int, tokens: int, step):
+        sid = sessions[which].session_id
+        if route == "backward":
+            shape = (batch, tokens, D_MODEL) if which == 2 else (batch, 2)
+            return route, {"session_id": sid, "step": step}, {"grad_outputs": torch.randn(shape) / batch}
+        fields = {"session_id": sid, **({"step": step} if route == "forward" else {}),
+                  **({"reset": True} if route == "decode" else {})}
+        return route, fields, {"hidden": torch.randn(batch, tokens, D_MODEL),
+                               "attention_mask": torch.ones(batch, tokens, dtype=torch.uint8)}
+
+    @given(route=st.sampled_from(["forward", "backward", "predict", "decode"]), which=st.integers(0, 2),
+           batch=st.integers(1, 3), tokens=st.integers(1, 6), step=st.integers(1, 3),
+           mutations=st.lists(mutation, max_size=2))
+    @settings(max_examples=600, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    def post(route, which, batch, tokens, step, mutations):
+        kind, fields, tensors = valid(route, which, batch, tokens, step)
+        for what, name, dtype, size, value, new_step, new_kind in mutations:
+            if not tensors:
+                break
+            target_name = name if name in tensors else next(iter(tensors))
+            t = tensors[target_name]
+            if what == "dtype":
+                tensors[target_name] = t.to(dtype)
+            elif what == "shape":
+                tensors[target_name] = torch.randn(*t.shape[:-1], size) if size else t[..., :0]
+            elif what == "value" and t.numel():
+                t = t.clone().float()
+                t.view(-1)[0] = float(value)
+                tensors[target_name] = t
+            elif what == "pad" and "attention_mask" in tensors and tokens > 1:
+                tensors["attention_mask"][..., -1] = 0  # padding the customer did not zero
+            elif what == "step":
+                fields["step"] = new_step
+            elif what == "kind":
+                kind = new_kind
+            elif what == "drop":
+                tensors.pop(target_name)
+            elif what == "add":
+                tensors["input_ids"] = torch.ones(batch, tokens, dtype=torch.long)
+        info = sessions[which]
+        body = st_save({k: v.contiguous() for k, v in tensors.items()},
+                       metadata={"kind": kind, "fields": json.dumps(fields)})
+        response = client.post(f"/v1/sessions/{info.session_id}/{route}", content=body,
+                               headers={"Authorization": f"Bearer {info.token}"})
+        counts[response.status_code] = counts.get(response.status_code, 0) + 1
+        assert response.status_code < 500, (route, kind, fields, mutations, response.text[:300])
+
+    counts = {}
+    post()
+    print(f"\nprotocol messages: {sum(counts.values())} requests, 0 answered 5xx; by status {sorted(counts.items())}")
+    assert counts.get(200, 0) >= 20  # well-formed ones got through to the top
