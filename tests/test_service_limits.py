@@ -278,3 +278,31 @@ def test_a_restarted_vendor_restores_sessions_unloaded(tmp_path):
     assert isinstance(second._sessions[info.session_id], Unloaded) and not second.load_errors
     assert second.status(info.session_id, info.token)["completed_step"] == 1  # loaded by its first call
     assert all(torch.equal(weights[n], t) for n, t in _weights(second, info).items())
+
+
+def test_pending_forwards_together_are_bounded_and_a_busy_vendor_is_retried(tmp_path):
+    """One tenant flooding forwards without backwards cannot make the vendor hold unbounded graphs: past the
+    vendor-wide budget a forward gets 503 + Retry-After, which the HTTP client waits out."""
+    import threading
+
+    vendor = Vendor(limits=RequestLimits(max_pending_cost=120))  # 2 pending forwards of [2, 5] (2 x 25 each)
+    server = Server(create_app(vendor)).start()
+    try:
+        flood = [_open(server.url) for _ in range(3)]
+        for transport, info in flood[:2]:
+            transport.forward(ForwardRequest(info.session_id, 1, torch.randn(2, 5, D),
+                                             torch.ones(2, 5, dtype=torch.long)))
+        transport, info = flood[2]
+        body = ForwardRequest(info.session_id, 1, torch.randn(2, 5, D), torch.ones(2, 5, dtype=torch.long)).to_bytes()
+        busy = _raw(server.url, f"/v1/sessions/{info.session_id}/forward", body, info.token)
+        _expect(busy, 503, "pending forwards", "retry")
+        assert busy.headers["retry-after"] == "1"
+        patient = HttpTransport(server.url, backoff=0.1, max_backoff=0.2, deadline=20)
+        patient.attach(info)
+        first, first_info = flood[0]
+        threading.Timer(0.5, lambda: first.backward(BackwardRequest(first_info.session_id, 1, torch.randn(2, 2)))
+                        ).start()
+        patient.forward(ForwardRequest(info.session_id, 1, torch.randn(2, 5, D), torch.ones(2, 5, dtype=torch.long)))
+        assert patient.attempts > 1 and vendor.pending_forwards() == 2
+    finally:
+        server.stop()

@@ -34,6 +34,11 @@ class QuotaExceeded(SessionLimit):
     message names which. Answered 429 like :class:`SessionLimit` (read back as it)."""
 
 
+class VendorBusy(SessionLimit):
+    """The vendor holds as many pending forwards (their autograd graphs) as it allows: try again shortly. The
+    service answers 503 with ``Retry-After``, which the HTTP transport retries."""
+
+
 # (error, HTTP status). A class's first row is the status it is answered with; a later row for the same class
 # only names another status that is read back as it (401: the service's own "no bearer token" answer).
 STATUS_TABLE: tuple[tuple[type[Exception], int], ...] = (
@@ -79,6 +84,7 @@ __all__ = [
     "QuotaExceeded",
     "SessionLimit",
     "UnknownSession",
+    "VendorBusy",
     "error_for",
     "status_of",
 ]

@@ -12,7 +12,8 @@ A vendor serves strangers, so every value that reaches it is bounded, and each c
 * **Cost per request** (:func:`request_cost`): a forward keeps its autograd graph until its backward, and
   attention costs batch × T² per layer, so a request is refused when batch × T² exceeds
   :data:`MAX_ATTENTION_COST` = 2²³ (batch 32 at 512 tokens, 128 at 256) or batch × T exceeds
-  :data:`MAX_TOKENS_PER_REQUEST`, as well as when batch × T × d exceeds the protocol's element cap.
+  :data:`MAX_TOKENS_PER_REQUEST`, as well as when batch × T × d exceeds the protocol's element cap; and a forward
+  waits (503, retried by the client) while the vendor's pending forwards together hold :data:`MAX_PENDING_COST`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ MAX_WEIGHT_DECAY = 10.0
 MAX_ABS_VALUE = 1e4
 MAX_ATTENTION_COST = 2**23
 MAX_TOKENS_PER_REQUEST = 2**16
+MAX_PENDING_COST = 2**25  # all pending forwards together: 256 training steps of batch 32 x 64 tokens, 4 at the cap
 
 
 def check_config_tree(value, path: str = "config", depth: int = 1) -> None:
@@ -120,6 +122,6 @@ def _short(value) -> str:
 
 __all__ = [
     "MAX_ABS_VALUE", "MAX_ATTENTION_COST", "MAX_CONFIG_BYTES", "MAX_CONFIG_DEPTH", "MAX_CONFIG_ITEMS",
-    "MAX_CONFIG_STRING", "MAX_LR", "MAX_SEED", "MAX_TOKENS_PER_REQUEST", "MAX_TOTAL_STEPS", "MAX_WEIGHT_DECAY",
+    "MAX_CONFIG_STRING", "MAX_LR", "MAX_PENDING_COST", "MAX_SEED", "MAX_TOKENS_PER_REQUEST", "MAX_TOTAL_STEPS", "MAX_WEIGHT_DECAY",
     "check_bool", "check_config_tree", "check_int", "check_number", "check_string", "request_cost",
 ]

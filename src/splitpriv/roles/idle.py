@@ -37,6 +37,7 @@ class Unloaded:
     closed: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
     pending_step = None
+    pending_cost = 0
 
     @property
     def checkpointed_step(self) -> int:

@@ -50,12 +50,13 @@ def token_hash(token: str) -> str:
 class RequestLimits:
     """What one request may cost a vendor (see :mod:`splitpriv.limits`): the largest coordinate magnitude of received
     tensors, batch × T² and batch × T per request, and how long (seconds; None: forever) a forward's autograd graph
-    waits for its backward."""
+    waits for its backward, and batch × T² summed over all pending forwards of the vendor."""
 
     max_abs_value: float = limits.MAX_ABS_VALUE
     max_attention_cost: int = limits.MAX_ATTENTION_COST
     max_tokens_per_request: int = limits.MAX_TOKENS_PER_REQUEST
     pending_ttl: float | None = 300.0
+    max_pending_cost: int = limits.MAX_PENDING_COST  # batch x T^2 summed over every session's pending forward
 
 
 DEFAULT_LIMITS = RequestLimits()
@@ -276,6 +277,12 @@ class VendorSession:
             return self._expire_if_old(time.monotonic() if now is None else now)
         finally:
             self.lock.release()
+
+    @property
+    def pending_cost(self) -> int:
+        """batch × T² of the pending forward (0 without one): what its graph holds, in attention units."""
+        pending = self._pending
+        return 0 if pending is None else int(pending.hidden.shape[0]) * int(pending.hidden.shape[1]) ** 2
 
     @property
     def pending_step(self) -> int | None:

@@ -236,8 +236,19 @@ class Vendor:
         return pack_files(files)
 
     def forward(self, req: ForwardRequest, token: str | None) -> Outputs:
+        from splitpriv.errors import VendorBusy
+
         self.expire_pending()
-        return self.session(req.session_id, token).forward(req)
+        session = self.session(req.session_id, token)
+        shape = getattr(req.hidden, "shape", ())
+        if session.pending_step != req.step and len(shape) == 3:  # a retry holds nothing new
+            cost = int(shape[0]) * int(shape[1]) ** 2
+            with self._lock:
+                held = sum(s.pending_cost for s in self._sessions.values())
+            if held + cost > self.limits.max_pending_cost:
+                raise VendorBusy(f"the vendor is holding {held} units (batch x tokens^2) of pending forwards, its "
+                                 f"limit is {self.limits.max_pending_cost}: retry shortly")
+        return session.forward(req)
 
     def backward(self, req: BackwardRequest, token: str | None) -> BackwardResult:
         session = self.session(req.session_id, token)

@@ -23,7 +23,8 @@ forwards, tokens per request, bytes per day) are answered with 429 naming the qu
 value (:mod:`splitpriv.limits`): a session config body is at most 64 KiB of finite JSON nested at most 4 deep; a
 representation or gradient coordinate is at most 1e4 in magnitude; batch × T² and batch × T are capped per request
 (413); a forward whose backward does not come within the pending TTL is freed (a late backward gets 409 saying to
-resend the forward).
+resend the forward); while all pending forwards together hold the vendor's budget a forward gets 503 with
+``Retry-After`` (the HTTP transport retries it).
 
 Message bodies are the protocol's own encoding (``application/octet-stream``: safetensors with JSON metadata,
 see :mod:`splitpriv.protocol`), the same bytes the in-process transport passes. Every session route needs
@@ -66,7 +67,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from splitpriv.errors import ERROR_CLASSES, PayloadTooLarge, ProtocolError, status_of
+from splitpriv.errors import ERROR_CLASSES, PayloadTooLarge, ProtocolError, VendorBusy, status_of
 from splitpriv.limits import MAX_CONFIG_BYTES
 from splitpriv.protocol import (
     BackwardRequest,
@@ -170,6 +171,9 @@ def create_app(vendor: Vendor, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, 
     async def on_splitpriv_error(_request, exc: Exception):
         return _error(status_of(exc), str(exc) or type(exc).__name__)
 
+    async def on_busy(_request, exc: VendorBusy):  # 503 + Retry-After: the client's retry policy waits it out
+        return _error(503, str(exc), {"Retry-After": "1"})
+
     async def on_http_error(_request, exc: StarletteHTTPException):
         return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
@@ -184,6 +188,7 @@ def create_app(vendor: Vendor, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, 
     app.add_exception_handler(ServiceError, on_service_error)
     for cls in ERROR_CLASSES:
         app.add_exception_handler(cls, on_splitpriv_error)
+    app.add_exception_handler(VendorBusy, on_busy)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(Exception, on_bug)
