@@ -71,6 +71,8 @@ def test_keys_are_made_listed_and_revoked_by_the_cli_and_stored_hashed(state):
     assert record.name == "alice" and record.quotas.max_sessions == 3
     listed = _keys("list", "--state-dir", str(state), "--json")
     assert key not in listed and json.loads(listed)[0]["name"] == "alice"
+    assert "alice" in _keys("list", "--state-dir", str(state)) and "max_sessions=3" in _keys("list", "--state-dir",
+                                                                                             str(state))
     _create(state, "mallory")
     assert "revoked API key 'mallory'" in _keys("revoke", "mallory", "--state-dir", str(state))
     assert KeyStore(state).check(key[:-1] + ("A" if key[-1] != "A" else "B")) is None
@@ -189,7 +191,7 @@ def test_serve_over_tls_from_the_cli_with_a_throwaway_ca_and_checkpoint_on_sigte
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.Popen([sys.executable, "-m", "splitpriv.cli", "serve", "--port", str(port), "--ssl-certfile",
                              str(cert_file), "--ssl-keyfile", str(key_file), "--state-dir", str(tmp_path / "state"),
-                             "--checkpoint-every", "0"],
+                             "--checkpoint-every", "0", "--log-format", "json"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"https://127.0.0.1:{port}"
     try:
@@ -211,6 +213,10 @@ def test_serve_over_tls_from_the_cli_with_a_throwaway_ca_and_checkpoint_on_sigte
     assert proc.returncode in (0, -signal.SIGTERM) and "Application shutdown complete" in output, output[-2000:]
     current = tmp_path / "state" / "sessions" / info.session_id / "CURRENT"  # --checkpoint-every 0: SIGTERM saved it
     assert current.read_text().startswith("ckpt-00000001-")
+    records = [json.loads(line) for line in output.splitlines() if line.startswith("{")]  # --log-format json
+    assert any(r["logger"] == "uvicorn.access" and r.get("path") == "/v1/health" and r.get("status") == 200
+               for r in records), output[-2000:]
+    assert any(r["logger"] == "splitpriv.service" and "checkpointed 1" in r["message"] for r in records)
 
 
 def test_train_closes_its_session_unless_kept(keyed, state, tmp_path):

@@ -30,6 +30,7 @@ def serve(
                                       "state deleted (0: never)"),
     ssl_certfile: Optional[Path] = typer.Option(None, help="serve HTTPS with this certificate (PEM)"),
     ssl_keyfile: Optional[Path] = typer.Option(None, help="the certificate's private key (PEM)"),
+    log_format: str = typer.Option("text", help="text, or json: one JSON object per log line (access log included)"),
 ):
     """Run the vendor service (FastAPI + uvicorn); OpenAPI docs at /docs, Prometheus metrics at /metrics."""
     from splitpriv.service.server import serve as run_service
@@ -42,7 +43,7 @@ def serve(
                 max_body_bytes=int(max_body_mb * 2**20), checkpoint_every=checkpoint_every, pending_ttl=pending_ttl,
                 idle_unload=idle_unload or None, session_ttl=session_ttl or None,
                 ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
-                ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None)
+                ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None, log_format=log_format)
 
 
 @app.command()

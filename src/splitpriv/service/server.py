@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import time
 
 from splitpriv.roles.vendor import Vendor
 from splitpriv.service.accounts import KeyStore
@@ -27,16 +29,20 @@ def serve(
     pending_ttl: float | None = 300.0,
     idle_unload: float | None = 900.0,
     session_ttl: float | None = 7 * 86400.0,
+    log_format: str = "text",
 ) -> None:
     """Run the vendor service with uvicorn until interrupted or SIGTERM (open sessions are checkpointed on shutdown
     when ``state_dir`` is set, and reloaded from it at start). ``pending_ttl``: seconds a forward waits for its
     backward before its graph is freed; ``idle_unload``: seconds without a call before a session is checkpointed and
-    dropped from memory (with ``state_dir``); ``session_ttl``: seconds without a call before it is closed."""
+    dropped from memory (with ``state_dir``); ``session_ttl``: seconds without a call before it is closed;
+    ``log_format="json"``: one JSON object per log line, uvicorn's access log included."""
     import uvicorn
 
     from splitpriv.roles.session import RequestLimits
 
-    _configure_logging(log_level)
+    if log_format not in ("text", "json"):
+        raise ValueError(f"log_format must be 'text' or 'json', got {log_format!r}")
+    _configure_logging(log_level, log_format)
     if bool(ssl_certfile) != bool(ssl_keyfile):
         raise ValueError("TLS needs both ssl_certfile and ssl_keyfile (--ssl-certfile F --ssl-keyfile F)")
     if host not in ("127.0.0.1", "localhost", "::1"):
@@ -53,16 +59,44 @@ def serve(
     if vendor.load_errors:
         log.error("%d saved session(s) could not be restored: %s", len(vendor.load_errors), vendor.load_errors)
     app = create_app(vendor, max_body_bytes=max_body_bytes)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
+    extra = {"log_config": json_log_config(log_level)} if log_format == "json" else {}
+    uvicorn.run(app, host=host, port=port, log_level=log_level, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
+                **extra)
 
 
-def _configure_logging(level: str) -> None:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time, level, logger, message; an access-log record adds client, method, path
+    and status."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + "Z",
+               "level": record.levelname, "logger": record.name}
+        if record.name == "uvicorn.access" and isinstance(record.args, tuple) and len(record.args) == 5:
+            client, method, path, _, status = record.args
+            out.update(client=str(client), method=method, path=path, status=status)
+        out["message"] = record.getMessage()
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def json_log_config(level: str) -> dict:
+    """A ``logging.config.dictConfig`` for uvicorn and splitpriv with :class:`JsonFormatter` on stderr."""
+    handler = {"handlers": ["json"], "level": level.upper(), "propagate": False}
+    return {"version": 1, "disable_existing_loggers": False,
+            "formatters": {"json": {"()": f"{__name__}.JsonFormatter"}},
+            "handlers": {"json": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+            "loggers": {"uvicorn": handler, "uvicorn.access": handler, "splitpriv": handler}}
+
+
+def _configure_logging(level: str, log_format: str = "text") -> None:
     logger = logging.getLogger("splitpriv")
     logger.setLevel(level.upper())
     if not logger.handlers:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+        handler.setFormatter(JsonFormatter() if log_format == "json" else
+                             logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
         logger.addHandler(handler)
 
 
-__all__ = ["serve"]
+__all__ = ["JsonFormatter", "json_log_config", "serve"]
