@@ -1,7 +1,7 @@
 """The vendor: keeps the top of its model, tunes it for each customer, and never sees text, token ids or labels.
 
-:class:`Vendor` is the multi-tenant facade: the sessions table, one frozen base model per label count shared by
-every session, and the calls a transport makes (open, bottom package, forward, backward, predict, status, export,
+:class:`Vendor` is the multi-tenant facade: the sessions table, one frozen base model (a head per label count)
+shared by every session, and the calls a transport makes (open, bottom package, forward, backward, predict, status, export,
 close). One customer's state machine is :class:`~splitpriv.roles.session.VendorSession`, the on-disk format
 :mod:`splitpriv.roles.checkpoint`, heap trimming :mod:`splitpriv.roles.memory`.
 
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 
 class Vendor:
-    """The vendor's side of splitpriv: one frozen base model (per label count) shared by all sessions.
+    """The vendor's side of splitpriv: one frozen base model (a head per label count) shared by all sessions.
 
     Every call names its session and carries the session's bearer token (compared in constant time).
     """
