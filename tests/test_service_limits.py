@@ -306,3 +306,19 @@ def test_pending_forwards_together_are_bounded_and_a_busy_vendor_is_retried(tmp_
         assert patient.attempts > 1 and vendor.pending_forwards() == 2
     finally:
         server.stop()
+
+
+def test_the_customer_refuses_to_send_what_the_vendor_would_refuse(strict):
+    from splitpriv.config import PrivacyConfig, TrainConfig
+    from splitpriv.roles.customer import Customer
+    from splitpriv.transport import InProcessTransport
+
+    vendor, _ = strict
+    transport = InProcessTransport(vendor)
+    customer = Customer.open(transport, SessionConfig(n_bottom_layers=0, total_steps=2),
+                             PrivacyConfig(mechanism="dchi", eta=1e-3), TrainConfig(noise_seed=0))
+    sent = transport.bytes_sent
+    with pytest.raises(ValueError, match=r"above the vendor's limit \|x\| <= 10000"):
+        customer.predict(["a fine film"])
+    assert transport.bytes_sent == sent
+    transport.close()

@@ -160,17 +160,15 @@ class Customer:
         (:data:`splitpriv.limits.MAX_ABS_VALUE`), which a vendor would refuse."""
         from splitpriv.limits import MAX_ABS_VALUE
 
+        wire = z if z.dtype == self.wire_dtype else z.to(self.wire_dtype)
+        if not bool(torch.isfinite(wire).all()) and bool(torch.isfinite(z).all()):
+            raise ValueError(f"representations overflow {self.train_config.wire_dtype} on the wire (largest magnitude "
+                             f"{float(z.abs().max()):.3g}); use wire_dtype 'bfloat16' or 'float32'")
         largest = float(z.detach().abs().max()) if z.numel() else 0.0
         if largest > MAX_ABS_VALUE:
             raise ValueError(f"a privatized representation has a coordinate of magnitude {largest:.3g}, above the "
                              f"vendor's limit |x| <= {MAX_ABS_VALUE:g}: the noise is too large (a smaller scale, "
                              "e.g. a larger eta)")
-        if z.dtype == self.wire_dtype:
-            return z
-        wire = z.to(self.wire_dtype)
-        if not bool(torch.isfinite(wire).all()) and bool(torch.isfinite(z).all()):
-            raise ValueError(f"representations overflow {self.train_config.wire_dtype} on the wire (largest magnitude "
-                             f"{float(z.abs().max()):.3g}); use wire_dtype 'bfloat16' or 'float32'")
         return wire
 
     def randomize_labels(self, labels: torch.Tensor) -> torch.Tensor:
