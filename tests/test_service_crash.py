@@ -4,6 +4,7 @@ back from its state dir as a new process would; the customer waits the restart o
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -62,5 +63,93 @@ def test_a_vendor_restart_mid_step_costs_nothing(tmp_path, texts):
             torch.testing.assert_close(tensor, expected_weights[name], atol=1e-7, rtol=0)
         step3 = [m for m in sent if m.step == 3]
         assert len(step3) == 2 and torch.equal(step3[0].hidden, step3[1].hidden)  # the same noisy vectors, resent
+    finally:
+        servers[-1].stop()
+
+
+class Recording(Vendor):
+    """A vendor that keeps every forward it receives (what an honest-but-curious vendor could store)."""
+
+    seen: list = []
+
+    def forward(self, req, token):
+        Recording.seen.append((req.session_id, req.step, req.hidden.clone()))
+        return super().forward(req, token)
+
+
+def _rows(batches) -> list:
+    """Each sentence's real-token vectors (padding is zero) from sent [B, T, d] batches."""
+    out = []
+    for hidden in batches:
+        for row in hidden:
+            out.append(row[: int((row.abs().sum(-1) != 0).sum())])
+    return out
+
+
+def _crash_at_backward(transport, step):
+    """The customer dies (an exception out of the run) right after step ``step``'s forward reached the vendor."""
+    backward = transport.backward
+
+    def dying(request):
+        if request.step == step:
+            raise KeyboardInterrupt(f"customer killed at step {step}")
+        return backward(request)
+
+    transport.backward = dying
+
+
+@pytest.mark.parametrize("noise_seed", [3, None], ids=["fixed noise", "OS noise"])
+def test_a_killed_customer_resumes_and_sends_no_second_noisy_copy(tmp_path, noise_seed):
+    """kill the customer after step 4's forward (and, with OS noise, restart the vendor too); `resume` continues
+    from the journal. With fixed seeds the run equals an uninterrupted one; with OS noise every step's vectors
+    reach the vendor identical however often they are sent (noise drawn once per sentence over 2 epochs)."""
+    from splitpriv.config import PrivacyConfig
+    from splitpriv.run import RunConfig, resume, run
+
+    state = tmp_path / "vendor"
+    server = Server(create_app(Recording(state_dir=state, checkpoint_every=1))).start()
+    servers = [server]
+    config = RunConfig(dataset="sst2-sample", train_limit=48, eval_limit=16, bottom_layers=2, vendor_url=server.url,
+                       privacy=PrivacyConfig(mechanism="dchi", eta=10.0),
+                       train=TrainConfig(batch_size=16, epochs=2, noise_seed=noise_seed, eval_batch_size=16))
+    try:
+        expected = None
+        if noise_seed is not None:
+            expected = run(config, tmp_path / "whole", progress=False, transport=HttpTransport(server.url))
+        transport = HttpTransport(server.url)
+        _crash_at_backward(transport, 4)
+        with pytest.raises(KeyboardInterrupt):
+            run(config, tmp_path / "run", progress=False, transport=transport)
+        sid = transport.session.session_id
+        if noise_seed is None:  # the vendor dies too, and comes back from its state dir
+            server.stop()
+            servers.append(Server(create_app(Recording(state_dir=state, checkpoint_every=1)), port=server.port).start())
+        if noise_seed is not None:
+            metrics, resumed = resume(tmp_path / "run", progress=False)
+            resumed.close()
+        else:  # through the command line: `splitpriv train --resume DIR` (it closes the session at the end)
+            from typer.testing import CliRunner
+
+            from splitpriv.cli import app as cli
+
+            done = CliRunner().invoke(cli, ["train", "--resume", str(tmp_path / "run"), "--no-progress", "--json"])
+            assert done.exit_code == 0, done.output
+            metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+            assert sid not in servers[-1].server.config.app.state.vendor._sessions  # closed at the end
+        assert len(metrics["losses"]) == 6  # 3 from before the crash (journal) + 3 after
+        if expected is not None:
+            assert metrics["losses"] == pytest.approx(expected["losses"], abs=1e-6)
+            assert metrics["accuracy"] == expected["accuracy"]
+        copies: dict[int, list] = {}
+        for session_id, step, hidden in Recording.seen:
+            if session_id == sid:
+                copies.setdefault(step, []).append(hidden)
+        assert sorted(copies) == [1, 2, 3, 4, 5, 6] and len(copies[4]) == 2
+        for step, sent in copies.items():
+            assert all(torch.equal(sent[0], h) for h in sent), f"step {step} reached the vendor with new noise"
+        # noise once: epoch 2 (steps 4-6, after the resume) re-sends epoch 1's vectors of every sentence
+        first, second = _rows(copies[s][0] for s in (1, 2, 3)), _rows(copies[s][0] for s in (4, 5, 6))
+        assert len(first) == len(second) == 48
+        assert all(any(a.shape == b.shape and torch.equal(a, b) for b in first) for a in second)
     finally:
         servers[-1].stop()

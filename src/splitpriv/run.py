@@ -20,6 +20,7 @@ RUN_FILE = "run.json"
 SESSION_FILE = "session.json"
 LABELS_FILE = "labels.json"
 METRICS_FILE = "metrics.json"
+JOURNAL_DIR = "journal"
 
 
 @dataclass(frozen=True)
@@ -171,17 +172,35 @@ def write_secret(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def train_split(config: RunConfig, train, evaluation, *, progress: bool = True, transport=None, out_dir=None) -> dict:
-    """Split, privatized fine-tuning through ``transport`` (in process by default), then private evaluation."""
+def train_split(config: RunConfig, train, evaluation, *, progress: bool = True, transport=None, out_dir=None,
+                resume: bool = False) -> dict:
+    """Split, privatized fine-tuning through ``transport`` (in process by default), then private evaluation.
+    ``resume``: ``transport`` is attached to the run's session, whose journal (:mod:`splitpriv.roles.journal`)
+    restores the customer after the vendor's completed step."""
     from splitpriv.roles.customer import Customer
+    from splitpriv.roles.journal import Journal
 
     session = config.session_config(train.num_labels, len(train))
     transport = transport or make_transport(config, out_dir=out_dir, progress=progress)
-    customer = Customer.open(transport, session, config.privacy, config.train)
+    if resume:
+        customer = Customer(transport, session, config.privacy, config.train)
+    else:
+        customer = Customer.open(transport, session, config.privacy, config.train)
+    completed, done = 0, []
     if out_dir is not None:  # as soon as the session is open: a crashed run can still close or resume it
         (Path(out_dir) / "customer").mkdir(parents=True, exist_ok=True)
         write_secret(Path(out_dir) / "customer" / SESSION_FILE, json.dumps(asdict(transport.session), indent=2))
-    history = customer.fit(train.texts, train.labels, progress=progress)
+        if config.vendor_url and config.train.bottom == "frozen" and config.head == "vendor":
+            customer.journal = Journal(Path(out_dir) / "customer" / JOURNAL_DIR)
+    if resume:
+        if customer.journal is None:
+            raise ValueError("only a --vendor run with a frozen bottom and the vendor-held head can be resumed")
+        completed = int(transport.status()["completed_step"])
+        customer.journal.restore(customer, completed)
+        kept = customer.journal.losses()
+        done = [kept[str(s)] for s in range(1, completed + 1) if str(s) in kept]
+    history = customer.fit(train.texts, train.labels, progress=progress, start_step=completed)
+    history["losses"] = done + history["losses"]
     # training traffic only: read before private evaluation adds its predict requests
     bytes_per_step = transport.bytes_sent / max(len(history["losses"]), 1)
     result = {**history, **customer.evaluate(evaluation.texts, evaluation.labels, progress=progress)}
@@ -203,8 +222,10 @@ def train_centralized(config: RunConfig, train, evaluation, *, progress: bool = 
     return {**history, **trainer.evaluate(evaluation.texts, evaluation.labels)}
 
 
-def run(config: RunConfig, out_dir: str | Path | None = None, *, progress: bool = True, transport=None) -> dict:
-    """Train and evaluate as configured; write ``metrics.json`` (and artifacts) to ``out_dir`` when given."""
+def run(config: RunConfig, out_dir: str | Path | None = None, *, progress: bool = True, transport=None,
+        resume: bool = False) -> dict:
+    """Train and evaluate as configured; write ``metrics.json`` (and artifacts) to ``out_dir`` when given
+    (``resume``: continue the run in ``out_dir`` on the session ``transport`` is attached to; see :func:`resume`)."""
     config = config.validate()
     if config.task == "causal-lm":
         from splitpriv.causal_run import run_causal
@@ -219,7 +240,8 @@ def run(config: RunConfig, out_dir: str | Path | None = None, *, progress: bool 
     if config.centralized:
         result = train_centralized(config, train, evaluation, progress=progress)
     else:
-        result = train_split(config, train, evaluation, progress=progress, transport=transport, out_dir=out_dir)
+        result = train_split(config, train, evaluation, progress=progress, transport=transport, out_dir=out_dir,
+                             resume=resume)
     result.pop("_customer", None)
     losses = result.pop("losses")
     metrics = {
@@ -244,6 +266,25 @@ def run(config: RunConfig, out_dir: str | Path | None = None, *, progress: bool 
     if out_dir is not None:
         (Path(out_dir) / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=str))
     return metrics
+
+
+def resume(run_dir: str | Path, vendor_url: str | None = None, *, progress: bool = True, **options) -> tuple:
+    """Continue the split run in ``run_dir`` after either side was killed: attach to its session (written as soon
+    as it opened), restore the customer from its journal after the vendor's completed step and train on; returns
+    ``(metrics, transport)``. The vendor receives for each step exactly the vectors it may already hold."""
+    run_dir = Path(run_dir)
+    saved = run_dir / "customer" / SESSION_FILE
+    if not (run_dir / RUN_FILE).is_file() or not saved.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a resumable run: {RUN_FILE} or customer/{SESSION_FILE} is missing")
+    from splitpriv.protocol import SessionInfo
+
+    config = RunConfig.from_dict(json.loads((run_dir / RUN_FILE).read_text()))
+    config = replace(config, vendor_url=vendor_url or config.vendor_url)
+    if not config.vendor_url or config.centralized or config.task != "sequence-classification":
+        raise ValueError("only a split sequence-classification run against a --vendor service can be resumed")
+    transport = make_transport(config, **options)
+    transport.attach(SessionInfo(**json.loads(saved.read_text())))
+    return run(config, run_dir, progress=progress, transport=transport, resume=True), transport
 
 
 def open_run(run_dir: str | Path, vendor_url: str | None = None, **options):

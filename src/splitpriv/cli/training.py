@@ -81,11 +81,15 @@ def train(
     ca_file: Optional[Path] = typer.Option(None, help="CA certificate (PEM) that signed the vendor's TLS certificate"),
     keep_session: bool = typer.Option(False, "--keep-session", help="--vendor: leave the session open at the end "
                                       "(for `splitpriv predict --run DIR`; `splitpriv close --run DIR` ends it)"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="continue the --vendor run in this folder after "
+                                          "either side was killed (its other options are read from the folder)"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     as_json: bool = typer.Option(False, "--json", help="print metrics as JSON"),
 ):
     """Fine-tune the vendor's model on private labelled text: split, privatize, train over the wire, evaluate.
     With --vendor the session is closed at the end unless --keep-session."""
+    if resume is not None:
+        return _resume(resume, vendor, ca_file, keep_session, progress, as_json)
     from splitpriv.config import PrivacyConfig, TrainConfig
     from splitpriv.run import RunConfig, run
 
@@ -126,6 +130,24 @@ def train(
         typer.echo(json.dumps({k: v for k, v in metrics.items() if k != "losses"}, default=str))
     else:
         _print_summary(metrics, out)
+
+
+def _resume(run_dir: Path, vendor: str | None, ca_file: Path | None, keep_session: bool, progress: bool,
+            as_json: bool) -> None:
+    from splitpriv.run import resume
+
+    quiet_libraries()
+    options = {"ca_file": str(ca_file)} if ca_file else {}
+    transport = None
+    try:
+        metrics, transport = resume(run_dir, vendor, progress=progress, **options)
+    finally:
+        if transport is not None and not keep_session:
+            _close_quietly(transport)
+    if as_json:
+        typer.echo(json.dumps({k: v for k, v in metrics.items() if k != "losses"}, default=str))
+    else:
+        _print_summary(metrics, run_dir)
 
 
 def _close_quietly(transport) -> None:

@@ -52,6 +52,7 @@ class Customer:
         self.wire_dtype = WIRE_DTYPES[train.wire_dtype]
         self.noise = generator(train.noise_seed)
         self.cti = None
+        self.journal = None  # a roles.journal.Journal makes the run resumable (written before every forward)
         self._cache: dict[int, torch.Tensor] = {}
         self._load_files(files if files is not None else unpack_files(transport.bottom_package()))
         shipped = getattr(self.bottom.privatizer, "privatizer_config", None)
@@ -184,6 +185,8 @@ class Customer:
     def train_step(self, step: int, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
                    index: torch.Tensor | None = None) -> float:
         z, hidden = self._representations(step, index, ids, mask, train=True)
+        if self.journal is not None:
+            self.journal.record(step, self, index)
         sid = self.transport.session.session_id
         request = ForwardRequest(session_id=sid, step=step, hidden=self._to_wire(z), attention_mask=mask)
         outputs = self.transport.forward(request)
@@ -207,8 +210,10 @@ class Customer:
             _step(self.bottom_optimizer, self.bottom_scheduler)
         return float(loss.detach())
 
-    def fit(self, texts: list[str], labels: list[int], *, progress: bool = True, on_step=None) -> dict:
-        """Train for ``epochs`` over ``(texts, labels)``; returns losses and throughput."""
+    def fit(self, texts: list[str], labels: list[int], *, progress: bool = True, on_step=None,
+            start_step: int = 0) -> dict:
+        """Train for ``epochs`` over ``(texts, labels)``; returns losses and throughput. ``start_step``: the steps up
+        to it are done already (a resumed run, its journal restored)."""
         cfg = self.train_config
         encodings = encode_texts(self.tokenizer, texts, cfg.max_length)
         label_tensor = torch.tensor(labels, dtype=torch.long)
@@ -216,6 +221,8 @@ class Customer:
             self.fit_cti(encodings, labels)
         if self.privacy.label_dp_epsilon is not None:
             label_tensor = self.randomize_labels(label_tensor)
+        if self.journal is not None:
+            label_tensor = self.journal.start(self, label_tensor)
         total = num_steps(len(encodings), cfg.batch_size, cfg.epochs)
         if total > self.session.total_steps:
             raise ValueError(f"{total} steps planned but the session was opened for {self.session.total_steps}")
@@ -223,15 +230,22 @@ class Customer:
         start = time.perf_counter()
         bar = _progress(total, "train", progress)
         for step, _, index in training_order(len(encodings), cfg.batch_size, cfg.epochs, cfg.seed):
+            if step <= start_step:
+                bar.update(1)
+                continue
             ids, mask = collate(encodings, index, self.tokenizer.pad_token_id)
             losses.append(self.train_step(step, ids, mask, label_tensor[index], index))
+            if self.journal is not None:
+                self.journal.loss(step, losses[-1])
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
             if on_step:
                 on_step(step, losses[-1])
         bar.close()
         seconds = time.perf_counter() - start
-        return {"losses": losses, "train_seconds": seconds, "train_samples_per_s": len(encodings) * cfg.epochs / seconds}
+        done = max(total - start_step, 0) / max(total, 1)  # the share of the steps this call ran
+        return {"losses": losses, "train_seconds": seconds,
+                "train_samples_per_s": len(encodings) * cfg.epochs * done / max(seconds, 1e-9)}
 
     # -- private inference --------------------------------------------------------------------------------------
 
