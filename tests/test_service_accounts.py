@@ -234,6 +234,11 @@ def test_train_closes_its_session_unless_kept(keyed, state, tmp_path):
     kept = runner.invoke(cli, [*common, "--api-key", key, "--keep-session", "--out", str(tmp_path / "b")])
     assert kept.exit_code == 0, kept.output
     assert vendor.open_sessions == before + 1
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a warm, funny film\na dull mess\n")
+    predicted = runner.invoke(cli, ["predict", "--run", str(tmp_path / "b"), "--input", str(texts), "--json"])
+    assert predicted.exit_code == 0, predicted.output
+    assert len([line for line in predicted.stdout.splitlines() if line.startswith("{")]) == 2
     closed = runner.invoke(cli, ["close", "--run", str(tmp_path / "b")])
     assert closed.exit_code == 0 and "closed session" in closed.stdout, closed.output
     assert vendor.open_sessions == before
