@@ -53,6 +53,7 @@ class Customer:
         self.noise = generator(train.noise_seed)
         self.cti = None
         self._cache: dict[int, torch.Tensor] = {}
+        self._warm_started = False
         self._load_files(files if files is not None else unpack_files(transport.bottom_package()))
         shipped = getattr(self.bottom.privatizer, "privatizer_config", None)
         if shipped != self.privacy.privatizer or shipped != session.privatizer:
@@ -210,6 +211,14 @@ class Customer:
             self.fit_cti(encodings, labels)
         if self.privacy.label_dp_epsilon is not None:
             label_tensor = self.randomize_labels(label_tensor)
+        warm = {}
+        if cfg.privatizer_warm_start and not self._warm_started:
+            from splitpriv.roles.privatizer_warm_start import warm_start_privatizer
+
+            warm = warm_start_privatizer(self.bottom, self.mechanism, encodings, label_tensor, self.session.num_labels,
+                                         self.tokenizer.pad_token_id, epochs=cfg.privatizer_warm_start,
+                                         lr=cfg.privatizer_lr or 1e-2, batch_size=cfg.batch_size, seed=cfg.seed)
+            self._warm_started = True
         total = num_steps(len(encodings), cfg.batch_size, cfg.epochs)
         if total > self.session.total_steps:
             raise ValueError(f"{total} steps planned but the session was opened for {self.session.total_steps}")
@@ -225,7 +234,8 @@ class Customer:
                 on_step(step, losses[-1])
         bar.close()
         seconds = time.perf_counter() - start
-        return {"losses": losses, "train_seconds": seconds, "train_samples_per_s": len(encodings) * cfg.epochs / seconds}
+        return {"losses": losses, "train_seconds": seconds, "train_samples_per_s": len(encodings) * cfg.epochs / seconds,
+                **warm}
 
     # -- private inference --------------------------------------------------------------------------------------
 
