@@ -29,9 +29,9 @@ compose too. Threat model: as :mod:`.privatizer`, the vendor knows the prototype
 Fit sample (``sample_size``): the bottom's outputs for ids drawn uniformly from the whole vocabulary at random
 positions (:func:`splitpriv.split_privatizer.attach_privatizer`), data-free and, at k = 0, exactly the candidate
 set of the image-space attacks. Not frequency-weighted: k-means on text would give frequent tokens prototypes of
-their own (their identity then leaks) and fewer to the task words. Known limitation: with ``mode=rr`` the image
-space (:mod:`splitpriv.attacks.image_space`) calls the half with its randomisation on; a deterministic table is
-``half.randomize = False`` (the learned and adaptive attacks train through the randomisation, as they should).
+their own (their identity then leaks) and fewer to the task words. With ``mode=rr`` the image-space attacks
+(:mod:`splitpriv.attacks.image_space`) tabulate each token's deterministic image (``randomize`` off); the adaptive
+attack trains through the randomisation, as the customer's outputs carry it.
 """
 
 from __future__ import annotations
