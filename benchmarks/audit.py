@@ -67,9 +67,9 @@ def main() -> None:
                          "strongest_attack": audit["strongest_attack"]})
             rows.append([k, total, sum(attacks.values()), audit["strongest_attack"], audit["empirical_privacy"]])
             print(f"k={k}: {total:.0f} s", flush=True)
+            write_result("audit" + ("-quick" if a.quick else ""), {  # after each depth: a stop keeps what ran
+                "n": a.n, "quick": a.quick, "attack_options": options, "runs": runs, "machine": where})
     print_table(rows, ["k", "total s", "attacks s", "strongest", "privacy"])
-    write_result("audit" + ("-quick" if a.quick else ""), {
-        "n": a.n, "quick": a.quick, "attack_options": options, "runs": runs, "machine": where})
 
 
 if __name__ == "__main__":

@@ -183,6 +183,7 @@ class TrainConfig:
     bottom: str = "frozen"
     bottom_lr: float = 5e-5
     privatizer_lr: float | None = None
+    privatizer_warm_start: int = 0
     seed: int = 0
     noise_seed: int | None = None
     eval_batch_size: int = 128
@@ -198,6 +199,11 @@ class TrainConfig:
         _positive("bottom_lr", self.bottom_lr)
         if self.privatizer_lr is not None:
             _positive("privatizer_lr", self.privatizer_lr)
+        warm = self.privatizer_warm_start
+        if isinstance(warm, bool) or not isinstance(warm, int) or warm < 0:
+            raise ValueError(f"privatizer_warm_start must be a number of epochs >= 0, got {warm!r}")
+        if warm and privacy is not None and privacy.privatizer is None:
+            raise ValueError("privatizer_warm_start needs a privatizer (e.g. --privatizer bottleneck:r=8)")
         from splitpriv.protocol import WIRE_DTYPES
 
         if self.wire_dtype not in WIRE_DTYPES:

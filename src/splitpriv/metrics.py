@@ -14,4 +14,7 @@ def classification_metrics(labels, logits: torch.Tensor) -> dict:
         "accuracy": float(accuracy_score(labels, predictions)),
         "macro_f1": float(f1_score(labels, predictions, average="macro")),
         "n_eval": len(labels),
+        # one character per example, "1" where the prediction is right: what a paired test between two runs on the
+        # same evaluation set needs (splitpriv.experiments.frontier)
+        "correct": "".join("1" if p == y else "0" for p, y in zip(predictions, labels)),
     }

@@ -35,13 +35,22 @@ def customer_half(privatizer, d: int, seed: int = 0) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def _sample(bottom, vocab_size: int, seed: int) -> torch.Tensor:
-    """The bottom's outputs [256, d] on random token ids: a data-free sample to initialise the vendor half with."""
+def _sample(bottom, vocab_size: int, seed: int, n_tokens: int | None = None) -> torch.Tensor:
+    """The bottom's outputs [256, d] on random token ids: a data-free sample to initialise the vendor half with.
+
+    With ``n_tokens`` (a privatizer's ``sample_size``, to fit its customer half): ``n_tokens`` distinct ids drawn
+    uniformly from the whole vocabulary (every id once when ``n_tokens`` >= V), 64 per row, each at a random
+    position < 64. Data-free, so anyone holding the bottom rebuilds the same fit; at k = 0 these are exactly the
+    images the vendor's nearest-neighbour attacks compare with. Not frequency-weighted (no text is assumed)."""
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(min(1000, vocab_size - 1), vocab_size, (8, 32), generator=g)
+    if n_tokens is None:
+        ids = torch.randint(min(1000, vocab_size - 1), vocab_size, (8, 32), generator=g)
+    else:
+        ids = torch.randperm(vocab_size, generator=g)[:n_tokens]
+        ids = ids[: len(ids) // 64 * 64].reshape(-1, 64) if len(ids) >= 64 else ids[None]
     modes = [(m, m.training) for m in bottom.modules()]
     bottom.eval()
-    hidden = bottom(input_ids=ids, attention_mask=torch.ones_like(ids))
+    hidden = torch.cat([bottom(input_ids=c, attention_mask=torch.ones_like(c)) for c in ids.split(64)])
     for module, mode in modes:
         module.training = mode
     return hidden.reshape(-1, hidden.shape[-1])
@@ -58,6 +67,8 @@ def attach_privatizer(parts, privatizer, *, seed: int = 0):
         raise ValueError("this split already has a privatizer")
     d = parts.bottom.d_model
     half = customer_half(built, d, seed)
+    if built.sample_size:  # a privatizer fitted to the bottom's outputs (prototypes, covariance)
+        built.fit(half, _sample(parts.bottom, int(parts.config.vocab_size), seed, built.sample_size))
     sample = _sample(parts.bottom, int(parts.config.vocab_size), seed)
     parts.bottom.privatizer = half.requires_grad_(False)  # frozen like the model; who trains them decides
     parts.top.privatizer_up = built.vendor_half(half, d, sample).requires_grad_(False)

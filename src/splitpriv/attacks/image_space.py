@@ -42,8 +42,17 @@ class PrivatizedSpace:
     def images(self, position: int, token_ids: torch.Tensor | None = None) -> torch.Tensor:
         """``P(e_{t,p})`` [V or len(token_ids), r] at one position."""
         e = self.plain.candidates(position, token_ids)
-        with eval_mode(self.privatizer):
-            return self.privatizer(e[None], torch.ones(1, e.shape[0], dtype=torch.long))[0].float()
+        # a randomizing privatizer (prototype rr) is imaged without its randomization: the attacker's table holds
+        # each token's own, deterministic image
+        randomize = getattr(self.privatizer, "randomize", None)
+        if randomize is not None:
+            self.privatizer.randomize = False
+        try:
+            with eval_mode(self.privatizer):
+                return self.privatizer(e[None], torch.ones(1, e.shape[0], dtype=torch.long))[0].float()
+        finally:
+            if randomize is not None:
+                self.privatizer.randomize = randomize
 
     candidates = images
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -34,6 +35,11 @@ def attack(
     limit: int = typer.Option(200, help="customer samples attacked"),
     seed: int = typer.Option(0),
     model: Optional[str] = typer.Option(None),
+    privatizer: Optional[str] = typer.Option(None, help="a fresh privatizer before the mechanism, e.g. "
+                                             "bottleneck:r=16 (its initial weights; --run attacks trained ones)"),
+    run: Optional[Path] = typer.Option(None, "--run", help="attack a finished `splitpriv train --out` run: its "
+                                       "model, k, mechanism, CTI and privatizer, through its customer's final "
+                                       "bottom (trained weights included); replaces those options"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
     attack_options: dict = None,
@@ -44,11 +50,16 @@ def attack(
     from splitpriv.config import PrivacyConfig
 
     quiet_libraries()
-    PrivacyConfig(mechanism=mechanism.value, **mechanism_params).validate()
-    result = run_attack(attack.value, dataset=dataset, split=split, n_bottom_layers=bottom_layers,
-                        mechanism={"name": mechanism.value, **mechanism_params}, cti=cti,
-                        cti_multiplier=cti_multiplier, limit=limit, seed=seed, model=model,
-                        progress=progress and not as_json, **attack_options)
+    setting = dict(n_bottom_layers=bottom_layers, mechanism={"name": mechanism.value, **mechanism_params}, cti=cti,
+                   cti_multiplier=cti_multiplier, model=model, privatizer=privatizer)
+    PrivacyConfig(mechanism=mechanism.value, **mechanism_params, privatizer=privatizer).validate()
+    if run is not None:
+        if mechanism.value != "none" or privatizer is not None or cti or bottom_layers or model:
+            raise ValueError("--run takes the setting from the run: give either --run or --mechanism/--privatizer/"
+                             "--cti/--bottom-layers/--model")
+        setting = _run_setting(run)
+    result = run_attack(attack.value, dataset=dataset, split=split, limit=limit, seed=seed,
+                        progress=progress and not as_json, **setting, **attack_options)
     if as_json:
         typer.echo(json.dumps(result, default=str))
         return
@@ -58,3 +69,20 @@ def attack(
     if "empirical_privacy" in result:
         typer.echo(f"empirical privacy = {100 * result['empirical_privacy']:.1f}%"
                    + (f" (strongest: {result['strongest_attack']})" if result.get("strongest_attack") else ""))
+
+
+def _run_setting(run: Path) -> dict:
+    """The attack setting of a finished run folder: what its customer sent, with its final bottom."""
+    from splitpriv.run import RUN_FILE, RunConfig
+    from splitpriv.split import load_bottom
+
+    if not (run / RUN_FILE).is_file() or not (run / "customer").is_dir():
+        raise FileNotFoundError(f"{run} is not a finished run folder (it needs {RUN_FILE} and customer/, as "
+                                "`splitpriv train --out` writes them)")
+    config = RunConfig.from_dict(json.loads((run / RUN_FILE).read_text()))
+    if config.task != "sequence-classification":
+        raise ValueError(f"--run attacks classification runs; {run} is a {config.task} run")
+    p = config.privacy
+    return dict(n_bottom_layers=config.bottom_layers, mechanism=p.mechanism_config, cti=p.cti,
+                cti_multiplier=p.cti_multiplier, model=config.model, privatizer=p.privatizer,
+                bottom=load_bottom(run / "customer"))

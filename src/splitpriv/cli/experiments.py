@@ -35,3 +35,26 @@ def experiment(
     commentary = None if quick else Path("experiments/commentary.md")  # it discusses the full grid's numbers
     typer.echo(f"report: {write_report(results, quick=quick, commentary=commentary)}")
 
+
+
+@app.command()
+@clean_errors
+def frontier(
+    experiments: list[str] = typer.Argument(..., help="experiment names whose records make the frontier "
+                                            "(e.g. frontier eta_sweep)"),
+    results: Path = typer.Option(Path("results"), help="where the run records are; frontier.json goes here"),
+    quick: bool = typer.Option(False, "--quick", help="the quick grids' records (runs-quick/)"),
+):
+    """Write results/frontier.json: one point per setting (mean over seeds), a paired bootstrap test of its
+    accuracy loss, and the most private point within 1 point."""
+    from splitpriv.experiments.frontier import write_frontier
+
+    path = write_frontier(results, experiments, quick=quick)
+    import json
+
+    best = json.loads(path.read_text())["best"]
+    typer.echo(f"frontier: {path}")
+    if best:
+        typer.echo(f"best: {best['experiment']} {best['setting']}: accuracy {best['accuracy']:.4f} vs "
+                   f"{best['baseline']:.4f} ({best['loss_pts']:+.2f} pts, 95% CI {best['loss_ci95_pts']}), "
+                   f"privacy {best['privacy']:.3f} (strongest: {best['strongest_attack']})")

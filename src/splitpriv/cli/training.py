@@ -68,6 +68,8 @@ def train(
     bottom_lr: float = typer.Option(5e-5, help="learning rate of a trained bottom"),
     privatizer_lr: Optional[float] = typer.Option(None, help="learning rate of the privatizer's projection when "
                                                   "the bottom is trained (default: --bottom-lr)"),
+    privatizer_warm_start: int = typer.Option(0, help="epochs of training the privatizer at home on the customer's "
+                                              "own labels (noise included, nothing sent) before split training"),
     lora_r: int = typer.Option(8, help="LoRA rank"),
     seed: int = typer.Option(0, help="data order, initialisation and dropout"),
     noise_seed: Optional[int] = typer.Option(None, help="fixes the noise (experiments only: keep it secret in real use)"),
@@ -106,7 +108,8 @@ def train(
                               cti_fraction=cti_fraction, cti_multiplier=cti_multiplier, noise=noise.value,
                               label_dp_epsilon=label_dp_epsilon, privatizer=privatizer),
         train=TrainConfig(epochs=epochs, batch_size=batch_size, max_length=max_length, bottom=bottom.value,
-                          bottom_lr=bottom_lr, privatizer_lr=privatizer_lr, seed=seed, noise_seed=noise_seed,
+                          bottom_lr=bottom_lr, privatizer_lr=privatizer_lr,
+                          privatizer_warm_start=privatizer_warm_start, seed=seed, noise_seed=noise_seed,
                           wire_dtype=wire_dtype.value),
     )
     transport = None

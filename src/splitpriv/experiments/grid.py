@@ -132,7 +132,8 @@ _NEUTRAL_DEFAULTS = {"denoise": "none", "robust_top": None, "task": "sequence-cl
 
 def _config_key(config: RunConfig) -> dict:
     key = {**config.to_dict(), "privacy": config.privacy.legacy_layout()}
-    key["train"] = {k: v for k, v in key["train"].items() if not (k == "privatizer_lr" and v is None)}
+    key["train"] = {k: v for k, v in key["train"].items() if (k, v) not in (("privatizer_lr", None),
+                                                                          ("privatizer_warm_start", 0))}
     return {k: v for k, v in key.items() if not (k in _NEUTRAL_DEFAULTS and v == _NEUTRAL_DEFAULTS[k])}
 
 
@@ -146,11 +147,20 @@ def _attack_specs(attacks: list, config: RunConfig) -> list[dict]:
     from splitpriv.attacks.runner import attack_specs
 
     setting = Setting(n_bottom_layers=config.bottom_layers, cti=config.privacy.cti,
-                      mechanism=config.privacy.build_mechanism())
+                      mechanism=config.privacy.build_mechanism(), privatized=config.privacy.privatizer is not None)
     return attack_specs(attacks, setting)
 
 
 CACHE_DIRS = ("baselines", "utility", "attacks")
+
+
+def trained_bottom_dir(config: RunConfig) -> Path:
+    """Where a privatizer point keeps its customer's final bottom (privatizer included) for the attacks:
+    ``$SPLITPRIV_CACHE/bottoms/<utility key>`` (weights stay out of ``results/``)."""
+    import os
+
+    root = Path(os.environ.get("SPLITPRIV_CACHE", Path.home() / ".cache" / "splitpriv"))
+    return root / "bottoms" / _key(_config_key(config))
 
 
 def _write_json(path: Path, obj) -> None:
@@ -176,7 +186,9 @@ def measure_privacy(config: RunConfig, specs: list[dict], limit: int, *, progres
 
     The attacked representations come from the *initial* bottom, which the attacker knows exactly; with a trained
     bottom the customer really sends representations of its updated bottom, unknown to the attacker, so the
-    figure is conservative (privacy is at least this). An attack's result depends only on what the vendor observes
+    figure is conservative (privacy is at least this). With a privatizer the attacks run on the run's *final*
+    bottom and privatizer (:func:`trained_bottom_dir`): the attacker is handed the trained weights, as the threat
+    model demands. An attack's result depends only on what the vendor observes
     (data, k, mechanism, CTI, seed) and on the attack's options, so with ``cache_dir`` each one is stored under a
     hash of exactly those and shared by every grid point with the same view (e.g. frozen and trained bottom, or
     every tuning method at one η)."""
@@ -189,6 +201,16 @@ def measure_privacy(config: RunConfig, specs: list[dict], limit: int, *, progres
     legacy = p.legacy_layout()
     mech_key = ({k: legacy[k] for k in ("mechanism", *LEGACY_PARAMETERS)} if isinstance(legacy["mechanism"], str)
                 else {"mechanism": p.mechanism_config})
+    shipped = {}
+    if p.privatizer is not None:
+        from splitpriv.split import load_bottom
+
+        folder = trained_bottom_dir(config)
+        if not (folder / "bottom.json").is_file():
+            raise FileNotFoundError(f"the trained bottom of this privatizer point is not at {folder}: re-run the "
+                                    "point's training (splitpriv experiment --force) before attacking it")
+        mech_key = {**mech_key, "bottom": folder.name}
+        shipped = {"bottom": load_bottom(folder), "privatizer": p.privatizer}
     results = {}
     for spec in specs:
         kw = {**common, **{k: v for k, v in spec.items() if k != "attack"}}
@@ -201,7 +223,7 @@ def measure_privacy(config: RunConfig, specs: list[dict], limit: int, *, progres
         name = spec["attack"] + "".join(f"-{v}" for k, v in spec.items() if k != "attack")
         path = cache_dir / f"{_key({'attack': spec['attack'], **kw, **mech_key})}.json" if cache_dir is not None else None
         results[name] = _cached(path, lambda: run_attack(spec["attack"], progress=progress,
-                                                         mechanism=p.mechanism_config, **kw), force)
+                                                         mechanism=p.mechanism_config, **kw, **shipped), force)
     from splitpriv.attacks.registry import names_of_kind
 
     inversion = {k: v for k, v in results.items() if k.split("-")[0] in names_of_kind("inversion")}
@@ -218,12 +240,13 @@ def _baseline(config: RunConfig, runs_dir: Path, progress: bool) -> dict:
 
     # the reference is the vendor's own model without privacy, whatever the split run adapts or denoises
     base = replace(config, centralized=True, baseline=False, vendor_url=None, denoise="none", robust_top=None,
-                   privacy=PrivacyConfig())
+                   privacy=PrivacyConfig(), train=replace(config.train, privatizer_lr=None,
+                                                                    privatizer_warm_start=0))
 
     def compute():
         metrics = run(base, progress=progress)
         record = {k: metrics[k] for k in ("accuracy", "macro_f1", "train_samples_per_s", "wall_time_s", "n_train",
-                                          "n_eval")}
+                                          "n_eval", "correct")}
         return {**record, "config": base.to_dict()}
 
     return _cached(runs_dir / "baselines" / f"{_key(_config_key(base))}.json", compute)
@@ -246,9 +269,13 @@ def _utility(config: RunConfig, runs_dir: Path, progress: bool, force: bool) -> 
 
     def compute():
         train, evaluation = load_data(config)
+        started = time.perf_counter()
         result = train_split(config, train, evaluation, progress=progress)
-        result.pop("_customer")
-        return {"accuracy": result["accuracy"], "macro_f1": result["macro_f1"],
+        customer = result.pop("_customer")
+        if config.privacy.privatizer is not None:
+            customer.save(trained_bottom_dir(config))
+        return {"accuracy": result["accuracy"], "macro_f1": result["macro_f1"], "correct": result["correct"],
+                "wall_time_s": time.perf_counter() - started,
                 "train_samples_per_s": result["train_samples_per_s"], "n_train": len(train),
                 "n_eval": len(evaluation), "final_loss": sum(result["losses"][-10:]) / len(result["losses"][-10:]),
                 **_adaptation(config)}
@@ -273,7 +300,7 @@ def run_one(exp: Experiment, point: dict, runs_dir: Path, *, quick: bool, progre
         baseline = _baseline(config, runs_dir, progress)
         utility = _utility(config, runs_dir, progress, force)
         record["utility"] = {**utility, "baseline_accuracy": baseline["accuracy"],
-                             "baseline_macro_f1": baseline["macro_f1"],
+                             "baseline_macro_f1": baseline["macro_f1"], "baseline_correct": baseline.get("correct"),
                              "accuracy_loss": baseline["accuracy"] - utility["accuracy"]}
     if specs:
         record["privacy"] = measure_privacy(config, specs, exp.attack_limit, progress=progress,

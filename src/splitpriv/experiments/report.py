@@ -202,6 +202,9 @@ def write_report(results_dir: str | Path = "results", *, quick: bool = False, co
             + ("**met**." if 100 * best["empirical_privacy"] >= GOAL["min_privacy_percent"]
                and 100 * best["accuracy_loss"] <= GOAL["max_accuracy_loss_points"] else "**not met**."))
         lines.append("")
+    from splitpriv.experiments.frontier import frontier_section
+
+    lines += frontier_section(results_dir, quick=quick)
     front = pareto_front(goal_rows)
     if front:
         lines += [f"The measured utility–privacy frontier on the goal's dataset ({GOAL['dataset']}; no other point has "

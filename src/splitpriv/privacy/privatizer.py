@@ -44,8 +44,15 @@ class Privatizer(abc.ABC):
         self.config = config
         self.check()
 
+    #: tokens of the bottom's output a privatizer needs to :meth:`fit` its customer half (0: it does not fit)
+    sample_size: int = 0
+
     def check(self) -> None:
         """Reject bad parameters (one ``ValueError`` naming the parameter)."""
+
+    def fit(self, customer: nn.Module, sample: Tensor) -> None:
+        """Fit ``customer``'s state (parameters, so that it ships in the bottom file) to ``sample`` [N, d], outputs
+        of the bottom before the privatizer; called once when the privatizer is attached. Default: nothing."""
 
     def check_width(self, d: int) -> None:
         """Reject a privatizer that cannot apply to a model of width ``d``."""

@@ -54,6 +54,7 @@ class Customer:
         self.cti = None
         self.journal = None  # a roles.journal.Journal makes the run resumable (written before every forward)
         self._cache: dict[int, torch.Tensor] = {}
+        self._warm_started = False
         self._load_files(files if files is not None else unpack_files(transport.bottom_package()))
         shipped = getattr(self.bottom.privatizer, "privatizer_config", None)
         if shipped != self.privacy.privatizer or shipped != session.privatizer:
@@ -221,6 +222,16 @@ class Customer:
             self.fit_cti(encodings, labels)
         if self.privacy.label_dp_epsilon is not None:
             label_tensor = self.randomize_labels(label_tensor)
+        warm = {}
+        if cfg.privatizer_warm_start and not self._warm_started:
+            # deterministic in the seed (own generator, never the customer's noise stream): a resumed run that
+            # repeats it gets the same projection back
+            from splitpriv.roles.privatizer_warm_start import warm_start_privatizer
+
+            warm = warm_start_privatizer(self.bottom, self.mechanism, encodings, label_tensor, self.session.num_labels,
+                                         self.tokenizer.pad_token_id, epochs=cfg.privatizer_warm_start,
+                                         lr=cfg.privatizer_lr or 1e-2, batch_size=cfg.batch_size, seed=cfg.seed)
+            self._warm_started = True
         if self.journal is not None:
             label_tensor = self.journal.start(self, label_tensor)
         total = num_steps(len(encodings), cfg.batch_size, cfg.epochs)
@@ -245,7 +256,7 @@ class Customer:
         seconds = time.perf_counter() - start
         done = max(total - start_step, 0) / max(total, 1)  # the share of the steps this call ran
         return {"losses": losses, "train_seconds": seconds,
-                "train_samples_per_s": len(encodings) * cfg.epochs * done / max(seconds, 1e-9)}
+                "train_samples_per_s": len(encodings) * cfg.epochs * done / max(seconds, 1e-9), **warm}
 
     # -- private inference --------------------------------------------------------------------------------------
 

@@ -1,0 +1,70 @@
+r"""Warm start of the customer's privatizer at home, on its own labels, before anything is sent.
+
+A privatizer's projection starts untrained (random, or the vendor's pre-training on public text, which knows
+nothing of the customer's task). Trained only through the split, it must learn which few directions carry the
+task from gradients that the noise it is meant to survive has already blurred. The warm start trains it first, on
+the customer's machine, in a model small enough to need no vendor:
+
+.. math::  \hat y = \mathrm{softmax}\Big(A \,\frac{1}{|x|}\sum_{p \in x} \big(f(h_p) + n_p\big) + a\Big),
+   \qquad n_p \sim \text{the customer's mechanism (fresh draws)},
+
+with :math:`h` the frozen bottom's output (as shipped), :math:`f` the privatizer's customer half (trained), and the
+linear read-out :math:`A, a` over the mean of the noisy tokens discarded afterwards. Cross-entropy on the customer's
+labels (RR-randomized when label DP is on, the same labels the split training then uses), AdamW, ``epochs`` passes.
+The noise in the loop makes :math:`f` put the task where the noise cannot drown it, in a few directions that many
+tokens share, which is what hides the rest of a token's identity.
+
+Threat model: nothing leaves the customer during the warm start. The projection it produces is, like every
+privatizer, treated as known to the vendor: the evaluation attacks (:mod:`splitpriv.attacks.adaptive`) are trained
+afterwards through the final weights, so the warm start adds no trust assumption. Randomness: ``seed`` fixes the
+order, the read-out's initialisation and the noise of the loop (none of it is sent).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from splitpriv.batching import collate, training_order
+
+
+def warm_start_privatizer(bottom, mechanism, encodings: list[list[int]], labels: torch.Tensor, num_labels: int,
+                          pad_id: int, *, epochs: int, lr: float, batch_size: int, seed: int) -> dict:
+    """Train ``bottom.privatizer`` in place (module docstring); the bottom's other weights stay as they are.
+    Returns the loss of the first and last 10 steps and the step count."""
+    from splitpriv.privacy import privatize
+
+    half = bottom.privatizer
+    if half is None:
+        raise ValueError("a privatizer warm start needs a privatizer (e.g. --privatizer bottleneck:r=8)")
+    g = torch.Generator().manual_seed(seed)
+    width = int(half(torch.zeros(1, 1, bottom.d_model), torch.ones(1, 1)).shape[-1])
+    readout = torch.nn.Linear(width, num_labels)
+    with torch.no_grad():
+        readout.weight.normal_(0.0, 0.02, generator=g)
+        readout.bias.zero_()
+    states = {p: p.requires_grad for p in bottom.parameters()}
+    bottom.requires_grad_(False)
+    half.requires_grad_(True)
+    mode = bottom.training
+    bottom.eval()
+    params = list(half.parameters()) + list(readout.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    losses = []
+    try:
+        for _, _, index in training_order(len(encodings), batch_size, epochs, seed):
+            ids, mask = collate(encodings, index, pad_id)
+            u = bottom(input_ids=ids, attention_mask=mask)
+            z = privatize(mechanism, u, mask, generator=g)
+            m = mask.unsqueeze(-1).to(z.dtype)
+            pooled = (z * m).sum(1) / m.sum(1).clamp_min(1.0)
+            loss = torch.nn.functional.cross_entropy(readout(pooled), labels[index])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    finally:
+        for p, flag in states.items():
+            p.requires_grad_(flag)
+        bottom.train(mode)
+    return {"warm_start_steps": len(losses), "warm_start_loss_first": sum(losses[:10]) / max(len(losses[:10]), 1),
+            "warm_start_loss_last": sum(losses[-10:]) / max(len(losses[-10:]), 1)}
