@@ -99,15 +99,16 @@ def rss_bytes(pid: int | None = None) -> int:
 
 
 @contextmanager
-def vendor_service(extra: str = "", env: dict | None = None, model: str | None = None):
+def vendor_service(extra: str = "", env: dict | None = None, model: str | None = None, **serve_options):
     """A vendor service (``splitpriv.service.serve``) in a separate process on a free loopback port; yields
     ``(url, process)`` and stops it afterwards. ``extra`` is Python run before serving, ``env`` extra environment,
-    ``model`` the model it serves (default MiniLM)."""
+    ``model`` the model it serves (default MiniLM), ``serve_options`` more keywords of ``serve`` (literals)."""
     import httpx
 
     port = free_port()
     code = (f"{extra}\nfrom splitpriv.service import serve; "
-            f"serve(model={model!r}, port={port}, log_level='warning', checkpoint_every=None)")
+            f"serve(model={model!r}, port={port}, log_level='warning', "
+            + ", ".join(f"{k}={v!r}" for k, v in {"checkpoint_every": None, **serve_options}.items()) + ")")
     proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     try:
