@@ -184,7 +184,7 @@ def frontier_section(results_dir: str | Path, *, quick: bool = False) -> list[st
         loss = f"{p['loss_pts']:.1f}" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "")
         setting = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in p["setting"].items()) or "–"
         lines.append(f"| {p['experiment']}: {setting} | {p.get('n_train')} | {len(p['seeds'])} | {_pct(p['accuracy'])} "
-                     f"| {_pct(p['baseline'])} | {loss} | {'yes' if p.get('within_1pt') else 'no'} "
+                     f"| {_pct(p['baseline'])} | {loss} | {_yes_no(p.get('within_1pt'))} "
                      f"| {_pct(p['privacy'])} | {_pct(p['content_privacy'])} | {_pct(p['contributing_privacy'])} "
                      f"| {_pct(p['floor'])} | {p['strongest_attack'] or '–'} | {p.get('wall_time_s') or 0:.0f} |")
     best = data.get("best")
@@ -194,6 +194,10 @@ def frontier_section(results_dir: str | Path, *, quick: bool = False) -> list[st
                   f"{best['loss_pts']:.2f} pts{'' if best.get('within_1pt') else ' (estimate; the paired test does not confirm it)'}. "
                   f"Reproduce: `{best['train_args']}`."]
     return lines + [""]
+
+
+def _yes_no(flag) -> str:
+    return "–" if flag is None else ("yes" if flag else "no")
 
 
 def _short(value) -> str:

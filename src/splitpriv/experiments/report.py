@@ -98,21 +98,25 @@ def plot_frontier(agg: dict[str, list[dict]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = plt.subplots(figsize=(9.5, 5))
     for exp, rows in agg.items():
         pts = [(100 * r["accuracy_loss"], 100 * r["empirical_privacy"]) for r in rows
                if r["accuracy_loss"] == r["accuracy_loss"] and r["empirical_privacy"] == r["empirical_privacy"]]
-        if pts:
+        if pts and "privatizer" in rows[0]["config"].get("privacy", {}):  # learned privatizers: stand out
+            ax.scatter(*zip(*pts), label=exp + " (learned privatizer)", marker="D", s=90, color="crimson",
+                       edgecolor="black", zorder=5)
+        elif pts:
             ax.scatter(*zip(*pts), label=exp, alpha=0.8)
     for name, loss, priv in PAPER_POINTS:
         ax.scatter([loss], [priv], marker="*", s=140, color="black")
         ax.annotate(name, (loss, priv), textcoords="offset points", xytext=(5, 4), fontsize=7)
     ax.axvspan(-100, GOAL["max_accuracy_loss_points"], ymin=0, ymax=1, alpha=0.05, color="green")
     ax.axhline(GOAL["min_privacy_percent"], ls="--", color="green", lw=0.8, label="goal: ≥90% privacy, ≤1 pt loss")
+    ax.set_xlim(left=-2)
     ax.set_xlabel("accuracy loss vs centralized baseline (points)")
     ax.set_ylabel("empirical privacy = 1 − strongest attack (%)")
     ax.set_title("Utility–privacy frontier (MiniLM; stars: papers, RoBERTa-Large)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
