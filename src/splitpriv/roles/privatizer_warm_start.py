@@ -37,7 +37,9 @@ def warm_start_privatizer(bottom, mechanism, encodings: list[list[int]], labels:
     if half is None:
         raise ValueError("a privatizer warm start needs a privatizer (e.g. --privatizer bottleneck:r=8)")
     g = torch.Generator().manual_seed(seed)
-    width = int(half(torch.zeros(1, 1, bottom.d_model), torch.ones(1, 1)).shape[-1])
+    from splitpriv.privacy.privatizer import build_privatizer
+
+    width = build_privatizer(half.privatizer_config).width(bottom.d_model)
     readout = torch.nn.Linear(width, num_labels)
     with torch.no_grad():
         readout.weight.normal_(0.0, 0.02, generator=g)
