@@ -258,7 +258,7 @@ def test_wire_carries_only_representations_masks_and_gradients(runs, sst2):
     texts = [t.encode() for t in sst2[0].texts + sst2[1].texts if len(t) >= 12]
     kinds = []
     standard = {"host", "accept", "accept-encoding", "connection", "user-agent", "content-type", "content-length",
-                "authorization"}
+                "authorization", "x-splitpriv-step"}  # a forward's step, which its body carries too
     for req in requests:
         assert set(req["headers"]) <= standard, req["headers"]
         body = bytes(req["body"])
@@ -593,7 +593,9 @@ def test_payload_above_the_cap(vendor, victim, small_url):
         for start in range(0, len(big), 16384):
             yield big[start:start + 16384]
 
-    streamed = _raw(small_url, path, chunks(), info.token)
+    # read only where the session would take a forward: not while the victim's own forward is pending
+    fresh = HttpTransport(small_url).open_session(SessionConfig(n_bottom_layers=2, total_steps=50))
+    streamed = _raw(small_url, f"/v1/sessions/{fresh.session_id}/forward", chunks(), fresh.token)
     assert "content-length" not in {k.lower() for k in streamed.request.headers}
     _expect(streamed, 413, "stopped reading")
     _expect(_raw(small_url, "/v1/sessions", json.dumps({"seed": 0, "model": "x" * SMALL_CAP}).encode()), 413)

@@ -14,7 +14,7 @@ from test_service import Server, _expect, _raw
 
 from splitpriv import limits
 from splitpriv.errors import OutOfOrder
-from splitpriv.protocol import BackwardRequest, ForwardRequest, SessionConfig
+from splitpriv.protocol import BackwardRequest, ForwardRequest, SessionConfig, decode
 from splitpriv.roles.customer import backward_resending
 from splitpriv.roles.session import RequestLimits
 from splitpriv.roles.vendor import Vendor
@@ -214,6 +214,35 @@ def test_a_forward_without_its_backward_expires_and_is_resent(lax):
     # the customer's rule: resend the *same* forward (the same noisy vectors), then the backward
     backward_resending(transport, ForwardRequest(info.session_id, 1, hidden, mask), first, late)
     assert transport.status()["completed_step"] == 1
+    transport.close()
+
+
+def test_a_forward_the_session_would_refuse_is_refused_before_its_body_is_read(strict):
+    """The flood of the service benchmark: forwards sent while another step's is pending. The bodies below are not
+    messages at all, so a 409 (not a 400 "malformed") shows they were never read; a retry of the pending step that
+    announces it is answered from the vendor's cache, and a header that contradicts the message is a 400."""
+    from splitpriv.protocol import STEP_HEADER
+
+    _, url = strict
+    transport, info = _open(url)
+    path, junk = f"/v1/sessions/{info.session_id}/forward", b"\0" * 200_000
+    _expect(_raw(url, path, junk, info.token, headers={STEP_HEADER: "3"}), 409, "step 3 is out of order",
+            "next forward is step 1")
+    _expect(_raw(url, path, junk, info.token, headers={STEP_HEADER: "one"}), 400, STEP_HEADER, "integer")
+    hidden, mask = torch.randn(2, 5, D), torch.ones(2, 5, dtype=torch.long)
+    first = ForwardRequest(info.session_id, 1, hidden, mask)
+    lying = ForwardRequest(info.session_id, 2, hidden, mask).to_bytes()
+    _expect(_raw(url, path, lying, info.token, headers={STEP_HEADER: "1"}), 400, "does not match its header")
+    reply = transport.forward(first)
+    for header in ({STEP_HEADER: "2"}, {}):  # another step, or no step announced, while step 1 waits
+        _expect(_raw(url, path, junk, info.token, headers=header), 409, "step 1 is waiting for its backward",
+                "was not read")
+    again = _raw(url, path, junk, info.token, headers={STEP_HEADER: "1"})  # a retry: the cached reply, body unread
+    assert again.status_code == 200 and torch.equal(decode(again.content).outputs, reply.outputs)
+    transport.backward(BackwardRequest(info.session_id, 1, torch.randn(2, 2) / 2))
+    second = ForwardRequest(info.session_id, 2, hidden, mask)  # a client that announces nothing is read as before
+    assert _raw(url, path, second.to_bytes(), info.token).status_code == 200  # when nothing is pending
+    transport.backward(BackwardRequest(info.session_id, 2, torch.randn(2, 2) / 2))
     transport.close()
 
 

@@ -52,7 +52,7 @@ class Echo(TransportBase):
     def bottom_raw(self, session_id: str, token: str) -> bytes:
         return b"zip!"
 
-    def exchange_raw(self, action: str, session_id: str, token: str, body: bytes) -> bytes:
+    def exchange_raw(self, action: str, session_id: str, token: str, body: bytes, step: int | None = None) -> bytes:
         self.tokens.append(token)
         if self.failures:
             self.failures -= 1

@@ -41,6 +41,7 @@ WIRE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": t
 # body under the service's default 64 MiB cap could carry. Packing sends no padding, so a small body could otherwise
 # claim a huge mask of padding and make the receiver allocate B·T·d zeros (1 mask byte → d floats).
 MAX_UNPACKED_ELEMENTS = 2**25
+STEP_HEADER = "X-Splitpriv-Step"  # a forward's step over HTTP: refused (or a retry answered) before its body is read
 
 
 class ProtocolError(ValueError):
@@ -414,6 +415,6 @@ def message_summary(msg: Message) -> dict:
 
 __all__ = [
     "BackwardRequest", "BackwardResult", "DecodeRequest", "ForwardRequest", "HEADS", "MESSAGES", "Message", "Outputs",
-    "MAX_UNPACKED_ELEMENTS", "PredictRequest", "ProtocolError", "SessionConfig", "SessionInfo", "TASKS", "WIRE_DTYPES",
+    "MAX_UNPACKED_ELEMENTS", "PredictRequest", "ProtocolError", "STEP_HEADER", "SessionConfig", "SessionInfo", "TASKS", "WIRE_DTYPES",
     "asdict", "decode", "message_summary", "pack_files", "pack_hidden", "unpack_files", "unpack_hidden",
 ]

@@ -289,6 +289,14 @@ class VendorSession:
         pending = self._pending
         return pending.step if pending is not None else None
 
+    def repeated_forward(self, step: int) -> Outputs | None:
+        """The reply to a repeat of the pending forward of ``step`` (a retry: its body cannot change the answer,
+        which :meth:`forward` returns from the cache too); ``None`` when that step is not pending."""
+        with self.lock:
+            self.check_open()
+            pending = self._pending
+            return pending.reply if pending is not None and pending.step == step else None
+
     def predict(self, req: PredictRequest) -> Outputs:
         hidden, mask = check_representations(req.hidden, req.attention_mask, self.d_model, self.max_tokens,
                                              self.limits)

@@ -250,6 +250,13 @@ class Vendor:
                                  f"limit is {self.limits.max_pending_cost}: retry shortly")
         return session.forward(req)
 
+    def repeated_forward(self, session_id: str, token: str | None, step: int) -> Outputs | None:
+        """The cached reply when ``step`` is the session's pending forward (a retry), else ``None``: a transport
+        that knows the step before the body can answer a retry without reading it."""
+        session = self.session(session_id, token)
+        repeat = getattr(session, "repeated_forward", None)  # an unloaded session has nothing pending
+        return repeat(step) if repeat is not None else None
+
     def backward(self, req: BackwardRequest, token: str | None) -> BackwardResult:
         session = self.session(req.session_id, token)
         try:

@@ -29,7 +29,10 @@ resend the forward); while all pending forwards together hold the vendor's budge
 Message bodies are the protocol's own encoding (``application/octet-stream``: safetensors with JSON metadata,
 see :mod:`splitpriv.protocol`), the same bytes the in-process transport passes. Every session route needs
 ``Authorization: Bearer <token>`` (missing → 401, wrong → 403); the session id in the path must equal the
-message's ``session_id`` (else 400). Errors are JSON ``{"error": "<what is wrong>"}``: unknown or closed session
+message's ``session_id`` (else 400). A forward may announce its step in ``X-Splitpriv-Step`` (the HTTP transport
+always does; a contradicting message is a 400): one the session would refuse, because another step's forward is
+pending (a retry of the pending step must announce it) or the step is out of order, gets 409 before its body is
+read, so that a flood of refused forwards costs the vendor headers, not bodies. Errors are JSON ``{"error": "<what is wrong>"}``: unknown or closed session
 404, protocol violation 400, bad session config 422 (naming the field), step out of order 409, body above the
 size cap 413 (``Content-Length`` and the bytes actually streamed are both checked), session limit or quota 429. A 500
 (JSON, no traceback; the traceback goes to the server log) means a bug in splitpriv, never bad input.
@@ -75,13 +78,23 @@ from splitpriv.protocol import (
     DecodeRequest,
     ForwardRequest,
     Message,
+    STEP_HEADER,
     PredictRequest,
     SessionConfig,
     decode,
 )
 from splitpriv.roles.vendor import Vendor
 from splitpriv.service.accounts import KeyStore
-from splitpriv.service.guard import Guard, ServiceError, api_key, bearer, parse_config_json
+from splitpriv.service.guard import (
+    Guard,
+    ServiceError,
+    announced_step,
+    api_key,
+    bearer,
+    declared_length,
+    forward_admitted,
+    parse_config_json,
+)
 
 log = logging.getLogger("splitpriv.service")
 
@@ -212,13 +225,8 @@ def create_app(vendor: Vendor, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, 
         bytes per day (checked on the declared length first)."""
         cap = max_body_bytes if limit is None else min(limit, max_body_bytes)
         length = request.headers.get("content-length")
-        if length is not None:
-            try:
-                declared = int(length)
-            except ValueError:
-                raise ServiceError(400, f"Content-Length {length!r} is not an integer") from None
-            if declared > cap:
-                raise PayloadTooLarge(f"request body of {declared} bytes is above this vendor's limit of {cap} bytes")
+        declared = declared_length(length, cap)
+        if declared is not None:
             guard.bytes_in(key, max(declared, 0), declared=True)
         chunks, size = [], 0
         try:
@@ -235,7 +243,7 @@ def create_app(vendor: Vendor, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, 
         guard.bytes_in(key, size)
         return b"".join(chunks)
 
-    def parse(body: bytes, cls: type[Message], session_id: str) -> Message:
+    def parse(body: bytes, cls: type[Message], session_id: str, announced: int | None = None) -> Message:
         try:
             msg = decode(body, expect=cls)
         except ProtocolError:
@@ -249,19 +257,31 @@ def create_app(vendor: Vendor, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, 
             step = msg.step
             if isinstance(step, bool) or not isinstance(step, int):
                 raise ProtocolError(f"step must be an integer, got {step!r}")
+            if announced is not None and step != announced:
+                raise ProtocolError(f"the message's step {step} does not match its header {STEP_HEADER}: {announced}")
         return msg
 
-    def exchange(call: Callable, cls: type[Message], session_id: str, body: bytes, token: str, key=None) -> bytes:
-        msg = parse(body, cls, session_id)
+    def exchange(call: Callable, cls: type[Message], session_id: str, body: bytes, token: str, key=None,
+                 announced: int | None = None) -> bytes:
+        msg = parse(body, cls, session_id, announced)
         guard.tokens(key, msg)
         return call(msg, token).to_bytes()
 
     async def message_route(request: Request, session_id: str, call: Callable, cls: type[Message]) -> Response:
         token, session, key = await authorized(request, session_id)
-        if cls is ForwardRequest and key is not None:  # the vendor's lock may be held by a loading model
-            await run_in_threadpool(guard.pending, key, vendor, session)
+        announced = None
+        if cls is ForwardRequest:
+            declared_length(request.headers.get("content-length"), max_body_bytes)
+            announced = announced_step(request.headers.get(STEP_HEADER))
+            forward_admitted(session, announced)
+            if announced is not None and announced == session.pending_step:  # a retry: answered from the cache
+                cached = await run_in_threadpool(vendor.repeated_forward, session_id, token, announced)
+                if cached is not None:
+                    return Response(cached.to_bytes(), media_type=OCTET)
+            if key is not None:  # the vendor's lock may be held by a loading model
+                await run_in_threadpool(guard.pending, key, vendor, session)
         body = await read_body(request, key=key)
-        reply = await run_in_threadpool(exchange, call, cls, session_id, body, token, key)
+        reply = await run_in_threadpool(exchange, call, cls, session_id, body, token, key, announced)
         return Response(reply, media_type=OCTET)
 
     # -- routes ---------------------------------------------------------------------------------------------------

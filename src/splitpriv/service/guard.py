@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import json
 
-from splitpriv.errors import Forbidden, QuotaExceeded
+from splitpriv.errors import (
+    Forbidden,
+    OutOfOrder,
+    PayloadTooLarge,
+    ProtocolError,
+    QuotaExceeded,
+)
+from splitpriv.protocol import STEP_HEADER
 from splitpriv.service.accounts import ApiKey, DailyBytes, KeyStore
 
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
@@ -89,6 +96,46 @@ class Guard:
         if pending >= limit:
             raise QuotaExceeded(f"quota max_pending: this API key already has {pending} forward(s) waiting for their "
                                 "backward; send those backwards first")
+
+
+def declared_length(length: str | None, cap: int) -> int | None:
+    """A body's ``Content-Length`` header as an int (``None`` without one): 400 when it is not an integer, 413
+    above ``cap``."""
+    if length is None:
+        return None
+    try:
+        declared = int(length)
+    except ValueError:
+        raise ServiceError(400, f"Content-Length {length!r} is not an integer") from None
+    if declared > cap:
+        raise PayloadTooLarge(f"request body of {declared} bytes is above this vendor's limit of {cap} bytes")
+    return declared
+
+
+def announced_step(header: str | None) -> int | None:
+    """The step a forward announces in :data:`STEP_HEADER` (``None`` without one); 400 when it is not an integer."""
+    if header is None:
+        return None
+    try:
+        return int(header.strip())
+    except ValueError:
+        raise ProtocolError(f"header {STEP_HEADER} must be an integer step, got {header[:40]!r}") from None
+
+
+def forward_admitted(session, step: int | None) -> None:
+    """Refuse with 409, before its body is read, a forward the session would refuse anyway: while another step's
+    forward waits for its backward, and for a step that does not follow the last completed one. A forward repeating
+    the pending step (a retry) must announce it; one without :data:`STEP_HEADER` is read only when nothing is
+    pending. Receiving a refused body costs the vendor as much CPU as an accepted one, so a tenant flooding
+    forwards without backwards would otherwise slow every other tenant."""
+    pending = session.pending_step
+    if pending is not None:
+        if step != pending:
+            raise OutOfOrder(f"the forward of step {pending} is waiting for its backward: send that backward (or "
+                             f"repeat that forward with header {STEP_HEADER}: {pending}); this forward was not read")
+    elif step is not None and step != session.completed_step + 1:
+        raise OutOfOrder(f"forward for step {step} is out of order: the session's last completed step is "
+                         f"{session.completed_step}, so the next forward is step {session.completed_step + 1}")
 
 
 def _no_constants(name: str):

@@ -101,9 +101,10 @@ class TransportBase(ABC):
     def bottom_raw(self, session_id: str, token: str) -> bytes: ...
 
     @abstractmethod
-    def exchange_raw(self, action: str, session_id: str, token: str, body: bytes) -> bytes:
+    def exchange_raw(self, action: str, session_id: str, token: str, body: bytes, step: int | None = None) -> bytes:
         """Deliver the encoded message ``body`` for ``action`` (``"forward"``, ``"backward"``, ``"predict"``);
-        returns the encoded answer."""
+        returns the encoded answer. ``step``: the message's step, for a transport that announces it ahead of the
+        body."""
 
     @abstractmethod
     def status_raw(self, session_id: str, token: str) -> dict: ...
@@ -146,7 +147,8 @@ class TransportBase(ABC):
         data = msg.to_bytes()
         self.bytes_sent += len(data)
         self._observe(TO_VENDOR, data)
-        answer = self.with_retries(lambda: self.exchange_raw(action, msg.session_id, token, data))
+        answer = self.with_retries(lambda: self.exchange_raw(action, msg.session_id, token, data,
+                                                                step=getattr(msg, "step", None)))
         self.bytes_received += len(answer)
         reply = decode(answer, expect=expect)
         self._observe(TO_CUSTOMER, answer, reply)

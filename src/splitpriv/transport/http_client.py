@@ -20,7 +20,7 @@ from urllib.parse import quote
 import httpx
 
 from splitpriv.errors import UnknownSession, error_for
-from splitpriv.protocol import SessionConfig, SessionInfo
+from splitpriv.protocol import STEP_HEADER, SessionConfig, SessionInfo
 from splitpriv.transport.base import Tap, Transient, TransportBase, VendorUnavailable
 from splitpriv.transport.registry import TRANSPORTS
 
@@ -85,10 +85,10 @@ class HttpTransport(TransportBase):
         return f"/v1/sessions/{quote(str(session_id), safe='')}" + (f"/{action}" if action else "")
 
     def _request(self, method: str, path: str, *, token: str | None = None, content: bytes | None = None,
-                 json: dict | None = None, idempotent: bool = True) -> httpx.Response:
+                 json: dict | None = None, idempotent: bool = True, headers: dict | None = None) -> httpx.Response:
         """One attempt (with ``Authorization: Bearer token`` when given); :class:`Transient` when another may
         succeed."""
-        headers = {}
+        headers = dict(headers or {})
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
         if content is not None:
@@ -122,8 +122,9 @@ class HttpTransport(TransportBase):
     def bottom_raw(self, session_id: str, token: str) -> bytes:
         return self._request("GET", self._path(session_id, "bottom"), token=token).content
 
-    def exchange_raw(self, action: str, session_id: str, token: str, body: bytes) -> bytes:
-        return self._request("POST", self._path(session_id, action), token=token, content=body).content
+    def exchange_raw(self, action: str, session_id: str, token: str, body: bytes, step: int | None = None) -> bytes:
+        headers = {STEP_HEADER: str(step)} if action == "forward" and step is not None else None
+        return self._request("POST", self._path(session_id, action), token=token, content=body, headers=headers).content
 
     def status_raw(self, session_id: str, token: str) -> dict:
         return self._request("GET", self._path(session_id, "status"), token=token).json()

@@ -41,7 +41,7 @@ class InProcessTransport(TransportBase):
     def bottom_raw(self, session_id: str, token: str) -> bytes:
         return self.vendor.bottom_package(session_id, token)
 
-    def exchange_raw(self, action: str, session_id: str, token: str, body: bytes) -> bytes:
+    def exchange_raw(self, action: str, session_id: str, token: str, body: bytes, step: int | None = None) -> bytes:
         request = decode(body, expect=REQUESTS[action])
         return getattr(self.vendor, action)(request, token).to_bytes()
 
