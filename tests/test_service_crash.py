@@ -9,6 +9,7 @@ import threading
 
 import pytest
 import torch
+from recording_vendor import CuriousRecorder
 from test_service import PRIVACY, Server, _train, _trainable
 
 from splitpriv.config import TrainConfig
@@ -67,14 +68,13 @@ def test_a_vendor_restart_mid_step_costs_nothing(tmp_path, texts):
         servers[-1].stop()
 
 
-class Recording(Vendor):
-    """A vendor that keeps every forward it receives (what an honest-but-curious vendor could store)."""
+class Recording(CuriousRecorder):
+    """The vendor's app behind a curious recorder that keeps every forward it is sent (its hidden vectors)."""
 
     seen: list = []
 
-    def forward(self, req, token):
-        Recording.seen.append((req.session_id, req.step, req.hidden.clone()))
-        return super().forward(req, token)
+    def __init__(self, app):
+        super().__init__(app, lambda req: Recording.seen.append((req.session_id, req.step, req.hidden.clone())))
 
 
 def _rows(batches) -> list:
@@ -107,7 +107,7 @@ def test_a_killed_customer_resumes_and_sends_no_second_noisy_copy(tmp_path, nois
     from splitpriv.run import RunConfig, resume, run
 
     state = tmp_path / "vendor"
-    server = Server(create_app(Recording(state_dir=state, checkpoint_every=1))).start()
+    server = Server(Recording(create_app(Vendor(state_dir=state, checkpoint_every=1)))).start()
     servers = [server]
     config = RunConfig(dataset="sst2-sample", train_limit=48, eval_limit=16, bottom_layers=2, vendor_url=server.url,
                        privacy=PrivacyConfig(mechanism="dchi", eta=10.0),
@@ -123,7 +123,8 @@ def test_a_killed_customer_resumes_and_sends_no_second_noisy_copy(tmp_path, nois
         sid = transport.session.session_id
         if noise_seed is None:  # the vendor dies too, and comes back from its state dir
             server.stop()
-            servers.append(Server(create_app(Recording(state_dir=state, checkpoint_every=1)), port=server.port).start())
+            restarted = Recording(create_app(Vendor(state_dir=state, checkpoint_every=1)))
+            servers.append(Server(restarted, port=server.port).start())
         if noise_seed is not None:
             metrics, resumed = resume(tmp_path / "run", progress=False)
             resumed.close()

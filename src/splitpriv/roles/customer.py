@@ -199,6 +199,8 @@ class Customer:
         else:
             logits = received
         loss = F.cross_entropy(logits, labels)
+        if self.journal is not None:  # before the backward: once the vendor completes the step, its loss is kept
+            self.journal.loss(step, float(loss.detach()))
         loss.backward()
         result = backward_resending(self.transport, request, outputs,
                                     BackwardRequest(session_id=sid, step=step, grad_outputs=received.grad))
@@ -230,7 +232,8 @@ class Customer:
 
             warm = warm_start_privatizer(self.bottom, self.mechanism, encodings, label_tensor, self.session.num_labels,
                                          self.tokenizer.pad_token_id, epochs=cfg.privatizer_warm_start,
-                                         lr=cfg.privatizer_lr or 1e-2, batch_size=cfg.batch_size, seed=cfg.seed)
+                                         lr=cfg.privatizer_lr or 1e-2, batch_size=cfg.batch_size, seed=cfg.seed,
+                                         train_blocks=cfg.warm_start_blocks, blocks_lr=cfg.bottom_lr)
             self._warm_started = True
         if self.journal is not None:
             label_tensor = self.journal.start(self, label_tensor)
@@ -246,8 +249,6 @@ class Customer:
                 continue
             ids, mask = collate(encodings, index, self.tokenizer.pad_token_id)
             losses.append(self.train_step(step, ids, mask, label_tensor[index], index))
-            if self.journal is not None:
-                self.journal.loss(step, losses[-1])
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
             if on_step:
