@@ -47,6 +47,8 @@ def test_warm_start_trains_only_the_projection_at_home_then_training_sends_as_us
     ({"privatizer_warm_start": -1}, "privatizer_warm_start must be a number of epochs"),
     ({"privatizer_warm_start": 2.5}, "privatizer_warm_start must be a number of epochs"),
     ({"privatizer_lr": 0.0}, "privatizer_lr"),
+    ({"warm_start_blocks": True}, "warm_start_blocks .* needs privatizer_warm_start >= 1"),
+    ({"privatizer_warm_start": 1, "warm_start_blocks": "yes"}, "warm_start_blocks must be true or false"),
 ])
 def test_bad_warm_start_settings_are_one_clear_error(kw, words):
     with pytest.raises(ValueError, match=words):
@@ -56,3 +58,43 @@ def test_bad_warm_start_settings_are_one_clear_error(kw, words):
 def test_warm_start_without_a_privatizer_is_refused():
     with pytest.raises(ValueError, match="needs a privatizer"):
         TrainConfig(privatizer_warm_start=1).validate(PrivacyConfig("dchi", eta=8))
+
+
+def test_warm_start_can_train_the_bottoms_blocks_at_home_not_its_embeddings(data_dir):
+    """``warm_start_blocks``: the k blocks learn beside the projection (at ``bottom_lr``), the embeddings stay as
+    shipped, everything is frozen again before split training; at k = 0 there are no blocks to train."""
+    from splitpriv.data import load_dataset
+
+    data = load_dataset("sst2", "train", limit=64, seed=0)
+    privacy = PrivacyConfig("dchi", eta=8, privatizer=SPEC)
+    train = TrainConfig(batch_size=32, seed=0, noise_seed=0, privatizer_warm_start=1, warm_start_blocks=True,
+                        bottom_lr=1e-3)
+    customer = Customer.open(InProcessTransport(Vendor()), SessionConfig(n_bottom_layers=1, total_steps=2,
+                                                                         privatizer=SPEC), privacy, train)
+    before = {n: p.detach().clone() for n, p in customer.bottom.named_parameters()}
+    history = customer.fit(data.texts, data.labels, progress=False)
+    assert history["warm_start_steps"] == 2
+    moved = {n for n, p in customer.bottom.named_parameters() if not torch.equal(p, before[n])}
+    assert any(".encoder.layer.0." in n for n in moved) and any("privatizer" in n for n in moved)
+    assert not any("embeddings" in n for n in moved), sorted(moved)
+    assert not any(p.requires_grad for p in customer.bottom.parameters())
+    flat = Customer.open(InProcessTransport(Vendor()), SessionConfig(total_steps=2, privatizer=SPEC), privacy, train)
+    with pytest.raises(ValueError, match="needs a bottom with blocks"):
+        flat.fit(data.texts, data.labels, progress=False)
+
+
+def test_the_reference_of_a_run_that_trains_its_blocks_at_home_tunes_every_block():
+    """A private run whose customer trained its k blocks is compared with centralized LoRA over the whole model,
+    not with one whose first k blocks stay frozen; other runs keep their k (their records stay comparable)."""
+    from dataclasses import replace
+
+    from splitpriv.run import RunConfig, reference_config
+
+    privacy = PrivacyConfig("dchi", eta=4, privatizer=SPEC)
+    plain = RunConfig(bottom_layers=2, privacy=privacy, train=TrainConfig(privatizer_warm_start=3))
+    home = replace(plain, train=TrainConfig(privatizer_warm_start=3, warm_start_blocks=True, bottom_lr=1e-4))
+    for config, k in ((plain, 2), (home, 0)):
+        ref = reference_config(config)
+        assert ref.centralized and ref.bottom_layers == k
+        assert ref.privacy.mechanism == "none" and ref.privacy.privatizer is None
+        assert ref.train == TrainConfig(), ref.train

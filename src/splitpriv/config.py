@@ -184,6 +184,7 @@ class TrainConfig:
     bottom_lr: float = 5e-5
     privatizer_lr: float | None = None
     privatizer_warm_start: int = 0
+    warm_start_blocks: bool = False
     seed: int = 0
     noise_seed: int | None = None
     eval_batch_size: int = 128
@@ -204,6 +205,11 @@ class TrainConfig:
             raise ValueError(f"privatizer_warm_start must be a number of epochs >= 0, got {warm!r}")
         if warm and privacy is not None and privacy.privatizer is None:
             raise ValueError("privatizer_warm_start needs a privatizer (e.g. --privatizer bottleneck:r=8)")
+        if not isinstance(self.warm_start_blocks, bool):
+            raise ValueError(f"warm_start_blocks must be true or false, got {self.warm_start_blocks!r}")
+        if self.warm_start_blocks and not warm:
+            raise ValueError("warm_start_blocks trains the bottom's blocks during the privatizer warm start: it needs "
+                             "privatizer_warm_start >= 1 (--privatizer-warm-start N)")
         from splitpriv.protocol import WIRE_DTYPES
 
         if self.wire_dtype not in WIRE_DTYPES:

@@ -222,6 +222,21 @@ def train_centralized(config: RunConfig, train, evaluation, *, progress: bool = 
     return {**history, **trainer.evaluate(evaluation.texts, evaluation.labels)}
 
 
+def reference_config(config: RunConfig) -> RunConfig:
+    """The centralized non-private LoRA a split run is compared with: the vendor's own model (not a noise-adapted
+    one), the same data, seed and budget, no privacy, denoiser or privatizer training. When the customer trains its
+    bottom's blocks at home (``warm_start_blocks``) the reference tunes every block (k = 0): a reference whose
+    bottom stays frozen would be handicapped by what the private run was allowed."""
+    from splitpriv.roles.robust_top import base_model_of
+
+    train = replace(config.train, privatizer_lr=None, privatizer_warm_start=0, warm_start_blocks=False)
+    k = config.bottom_layers
+    if config.train.warm_start_blocks:
+        k, train = 0, replace(train, bottom_lr=TrainConfig.bottom_lr)
+    return replace(config, centralized=True, baseline=False, vendor_url=None, denoise="none", robust_top=None,
+                   privacy=PrivacyConfig(), bottom_layers=k, train=train, model=base_model_of(config.model))
+
+
 def run(config: RunConfig, out_dir: str | Path | None = None, *, progress: bool = True, transport=None,
         resume: bool = False) -> dict:
     """Train and evaluate as configured; write ``metrics.json`` (and artifacts) to ``out_dir`` when given
@@ -254,10 +269,7 @@ def run(config: RunConfig, out_dir: str | Path | None = None, *, progress: bool 
         **run_record(config, losses),
     }
     if config.baseline and not config.centralized:
-        from splitpriv.roles.robust_top import base_model_of
-
-        reference = replace(config, centralized=True, robust_top=None, model=base_model_of(config.model))
-        base = train_centralized(reference, train, evaluation, progress=progress)
+        base = train_centralized(reference_config(config), train, evaluation, progress=progress)
         metrics["baseline_accuracy"] = base["accuracy"]
         metrics["baseline_macro_f1"] = base["macro_f1"]
         metrics["baseline_samples_per_s"] = base["train_samples_per_s"]

@@ -70,6 +70,8 @@ def train(
                                                   "the bottom is trained (default: --bottom-lr)"),
     privatizer_warm_start: int = typer.Option(0, help="epochs of training the privatizer at home on the customer's "
                                               "own labels (noise included, nothing sent) before split training"),
+    warm_start_blocks: bool = typer.Option(False, "--warm-start-blocks", help="also train the bottom's k blocks "
+                                           "during the warm start (at home, at --bottom-lr), then freeze them"),
     lora_r: int = typer.Option(8, help="LoRA rank"),
     seed: int = typer.Option(0, help="data order, initialisation and dropout"),
     noise_seed: Optional[int] = typer.Option(None, help="fixes the noise (experiments only: keep it secret in real use)"),
@@ -109,7 +111,8 @@ def train(
                               label_dp_epsilon=label_dp_epsilon, privatizer=privatizer),
         train=TrainConfig(epochs=epochs, batch_size=batch_size, max_length=max_length, bottom=bottom.value,
                           bottom_lr=bottom_lr, privatizer_lr=privatizer_lr,
-                          privatizer_warm_start=privatizer_warm_start, seed=seed, noise_seed=noise_seed,
+                          privatizer_warm_start=privatizer_warm_start, warm_start_blocks=warm_start_blocks,
+                          seed=seed, noise_seed=noise_seed,
                           wire_dtype=wire_dtype.value),
     )
     transport = None

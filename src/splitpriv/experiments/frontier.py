@@ -84,6 +84,8 @@ def train_args(config: dict) -> str:
         args += ["--privatizer-warm-start", t["privatizer_warm_start"]]
         if t["bottom"] != "trained" and t.get("privatizer_lr") is not None:
             args += ["--privatizer-lr", t["privatizer_lr"]]
+        if t.get("warm_start_blocks"):
+            args += ["--warm-start-blocks", "--bottom-lr", t["bottom_lr"]]
     if t.get("noise_seed") is not None:
         args += ["--noise-seed", t["noise_seed"]]
     return "splitpriv train " + " ".join(shlex.quote(str(a)) for a in args) + " --baseline"

@@ -24,7 +24,7 @@ import hashlib
 import itertools
 import json
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from splitpriv.config import LEGACY_PARAMETERS, PrivacyConfig, TrainConfig
@@ -133,7 +133,8 @@ _NEUTRAL_DEFAULTS = {"denoise": "none", "robust_top": None, "task": "sequence-cl
 def _config_key(config: RunConfig) -> dict:
     key = {**config.to_dict(), "privacy": config.privacy.legacy_layout()}
     key["train"] = {k: v for k, v in key["train"].items() if (k, v) not in (("privatizer_lr", None),
-                                                                          ("privatizer_warm_start", 0))}
+                                                                          ("privatizer_warm_start", 0),
+                                                                          ("warm_start_blocks", False))}
     return {k: v for k, v in key.items() if not (k in _NEUTRAL_DEFAULTS and v == _NEUTRAL_DEFAULTS[k])}
 
 
@@ -236,12 +237,9 @@ def measure_privacy(config: RunConfig, specs: list[dict], limit: int, *, progres
 
 
 def _baseline(config: RunConfig, runs_dir: Path, progress: bool) -> dict:
-    from splitpriv.run import run
+    from splitpriv.run import reference_config, run
 
-    # the reference is the vendor's own model without privacy, whatever the split run adapts or denoises
-    base = replace(config, centralized=True, baseline=False, vendor_url=None, denoise="none", robust_top=None,
-                   privacy=PrivacyConfig(), train=replace(config.train, privatizer_lr=None,
-                                                                    privatizer_warm_start=0))
+    base = reference_config(config)
 
     def compute():
         metrics = run(base, progress=progress)

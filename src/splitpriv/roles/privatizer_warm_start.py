@@ -8,14 +8,19 @@ the customer's machine, in a model small enough to need no vendor:
 .. math::  \hat y = \mathrm{softmax}\Big(A \,\frac{1}{|x|}\sum_{p \in x} \big(f(h_p) + n_p\big) + a\Big),
    \qquad n_p \sim \text{the customer's mechanism (fresh draws)},
 
-with :math:`h` the frozen bottom's output (as shipped), :math:`f` the privatizer's customer half (trained), and the
-linear read-out :math:`A, a` over the mean of the noisy tokens discarded afterwards. Cross-entropy on the customer's
+with :math:`h` the bottom's output, :math:`f` the privatizer's customer half (trained), and the linear read-out
+:math:`A, a` over the mean of the noisy tokens discarded afterwards. The bottom stays as shipped unless
+``train_blocks``: then its ``k`` blocks (not the embeddings) are trained too, at ``blocks_lr``, so that they can
+spread the sentence's label over every position, where the vendor's top can average the noise away while each
+position's code says less about its own token. Cross-entropy on the customer's
 labels (RR-randomized when label DP is on, the same labels the split training then uses), AdamW, ``epochs`` passes.
+The bottom is frozen again afterwards (split training sends what this bottom computes).
 The noise in the loop makes :math:`f` put the task where the noise cannot drown it, in a few directions that many
 tokens share, which is what hides the rest of a token's identity.
 
 Threat model: nothing leaves the customer during the warm start. The projection it produces is, like every
-privatizer, treated as known to the vendor: the evaluation attacks (:mod:`splitpriv.attacks.adaptive`) are trained
+privatizer, treated as known to the vendor, and so are blocks trained here (the attacks load the customer's final
+bottom): the evaluation attacks (:mod:`splitpriv.attacks.adaptive`) are trained
 afterwards through the final weights, so the warm start adds no trust assumption. Randomness: ``seed`` fixes the
 order, the read-out's initialisation and the noise of the loop (none of it is sent).
 """
@@ -28,9 +33,10 @@ from splitpriv.batching import collate, training_order
 
 
 def warm_start_privatizer(bottom, mechanism, encodings: list[list[int]], labels: torch.Tensor, num_labels: int,
-                          pad_id: int, *, epochs: int, lr: float, batch_size: int, seed: int) -> dict:
-    """Train ``bottom.privatizer`` in place (module docstring); the bottom's other weights stay as they are.
-    Returns the loss of the first and last 10 steps and the step count."""
+                          pad_id: int, *, epochs: int, lr: float, batch_size: int, seed: int,
+                          train_blocks: bool = False, blocks_lr: float = 5e-5) -> dict:
+    """Train ``bottom.privatizer`` in place (module docstring), and with ``train_blocks`` the bottom's blocks; the
+    other weights stay as they are. Returns the loss of the first and last 10 steps and the step count."""
     from splitpriv.privacy import privatize
 
     half = bottom.privatizer
@@ -47,10 +53,18 @@ def warm_start_privatizer(bottom, mechanism, encodings: list[list[int]], labels:
     states = {p: p.requires_grad for p in bottom.parameters()}
     bottom.requires_grad_(False)
     half.requires_grad_(True)
+    groups = [{"params": list(half.parameters()) + list(readout.parameters()), "lr": lr}]
+    if train_blocks:
+        if not bottom.block_paths:
+            raise ValueError("training the bottom's blocks in the warm start needs a bottom with blocks (-k >= 1)")
+        prefixes = tuple(f"{path}." for path in bottom.block_paths)
+        blocks = [p for n, p in bottom.named_parameters() if n.startswith(prefixes)]
+        for p in blocks:
+            p.requires_grad_(True)
+        groups.append({"params": blocks, "lr": blocks_lr})
     mode = bottom.training
     bottom.eval()
-    params = list(half.parameters()) + list(readout.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(groups, weight_decay=0.0)
     losses = []
     try:
         for _, _, index in training_order(len(encodings), batch_size, epochs, seed):
