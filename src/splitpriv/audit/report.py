@@ -143,8 +143,10 @@ def _task_text(audit: dict) -> str:
     if not audit["task_words"]:
         return (f"Task words: CTI finds no token that carries your labels in {audit['n_texts']} texts (a token must "
                 f"appear at least 5 times, clearly more often in one class). {floor}")
-    return (f"Task words: the {audit['n_task_words']} tokens CTI finds carrying your labels (top: "
-            f"{', '.join(audit['task_words'])}). {floor}")
+    n = audit["n_task_words"]
+    words = ", ".join(f"“{w}”" for w in audit["task_words"])
+    return (f"Task words: the {n} token{'s' if n != 1 else ''} CTI finds carrying your labels (top: {words}). "
+            f"{floor}")
 
 
 def _attack_rows(audit: dict) -> list[list]:
