@@ -9,9 +9,8 @@ Representations travel packed (``ForwardRequest`` and ``PredictRequest``): the c
 position, so only the real tokens' rows are sent, ``hidden`` as ``[N_real, d]`` (the rows where the mask is 1, in
 row-major order: any padding side works) beside the mask as ``uint8`` ``[B, T]``; :func:`decode` rebuilds the
 ``[B, T, d]`` tensor with zeros at padding, so both roles see exactly the message that was sent (the mask comes
-back as int64). The bytes are then about ``N_real × d × itemsize``: nothing is paid for padding. The dtype of the
-representations is the sender's choice among :data:`WIRE_DTYPES` (``TrainConfig.wire_dtype``; the vendor computes
-in float32 whatever arrives).
+back as int64). The bytes are then about ``N_real × d × itemsize``: nothing is paid for padding. The wire dtype
+is the sender's choice among :data:`WIRE_DTYPES` (``TrainConfig.wire_dtype``; the vendor computes in float32).
 
 The encoder never drops data: packing a well-formed message whose ``hidden`` is non-zero at a padding position
 raises ``ValueError`` (the customer always zeroes padding). A message that is malformed anyway (shapes that do not
@@ -415,6 +414,7 @@ def message_summary(msg: Message) -> dict:
 
 __all__ = [
     "BackwardRequest", "BackwardResult", "DecodeRequest", "ForwardRequest", "HEADS", "MESSAGES", "Message", "Outputs",
-    "MAX_UNPACKED_ELEMENTS", "PredictRequest", "ProtocolError", "STEP_HEADER", "SessionConfig", "SessionInfo", "TASKS", "WIRE_DTYPES",
-    "asdict", "decode", "message_summary", "pack_files", "pack_hidden", "unpack_files", "unpack_hidden",
+    "MAX_UNPACKED_ELEMENTS", "PredictRequest", "ProtocolError", "STEP_HEADER", "SessionConfig", "SessionInfo",
+    "TASKS", "WIRE_DTYPES", "asdict", "decode", "message_summary", "pack_files", "pack_hidden", "unpack_files",
+    "unpack_hidden",
 ]

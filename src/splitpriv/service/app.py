@@ -32,9 +32,10 @@ see :mod:`splitpriv.protocol`), the same bytes the in-process transport passes. 
 message's ``session_id`` (else 400). A forward may announce its step in ``X-Splitpriv-Step`` (the HTTP transport
 always does; a contradicting message is a 400): one the session would refuse, because another step's forward is
 pending (a retry of the pending step must announce it) or the step is out of order, gets 409 before its body is
-read, so that a flood of refused forwards costs the vendor headers, not bodies. Errors are JSON ``{"error": "<what is wrong>"}``: unknown or closed session
-404, protocol violation 400, bad session config 422 (naming the field), step out of order 409, body above the
-size cap 413 (``Content-Length`` and the bytes actually streamed are both checked), session limit or quota 429. A 500
+read, so that a flood of refused forwards costs the vendor headers, not bodies. Errors are JSON
+``{"error": "<what is wrong>"}``: unknown or closed session 404, protocol violation 400, bad session config 422
+(naming the field), step out of order 409, body above the size cap 413 (``Content-Length`` and the bytes actually
+streamed are both checked), session limit or quota 429. A 500
 (JSON, no traceback; the traceback goes to the server log) means a bug in splitpriv, never bad input.
 
 Concurrency: the endpoints read their bodies asynchronously and run the torch work (decode, forward, backward)
