@@ -55,6 +55,9 @@ class Unloaded:
     def expire_pending(self, now: float | None = None) -> bool:
         return False
 
+    def repeated_forward(self, step: int):
+        return None  # nothing is pending in an unloaded session
+
 
 def sweep_idle(vendor, now: float | None = None) -> dict[str, int]:
     """Unload the sessions idle for ``vendor.idle_unload`` s (needs a state dir) and close those idle for

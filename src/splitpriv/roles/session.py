@@ -124,6 +124,13 @@ def check_tuning_size(tuning, d_model: int) -> None:
             raise ValueError(f"{config.method} {name}={value} is above the model width d={d_model}")
 
 
+def check_next_step(step: int, completed: int) -> None:
+    """409 unless ``step`` is the forward that follows the session's last completed step."""
+    if step != completed + 1:
+        raise OutOfOrder(f"forward for step {step} is out of order: the session's last completed step is "
+                         f"{completed}, so the next forward is step {completed + 1}")
+
+
 @dataclass
 class _Pending:
     step: int
@@ -194,11 +201,7 @@ class VendorSession:
             self.check_open()
             if self._pending is not None and req.step == self._pending.step:
                 return self._pending.reply
-            if req.step != self.completed_step + 1:
-                raise OutOfOrder(
-                    f"forward for step {req.step} is out of order: the session's last completed step is "
-                    f"{self.completed_step}, so the next forward is step {self.completed_step + 1}"
-                )
+            check_next_step(req.step, self.completed_step)
             hidden, mask = check_representations(req.hidden, req.attention_mask, self.d_model, self.max_tokens,
                                                  self.limits)
             hidden.requires_grad_(self.config.train_bottom)
@@ -352,5 +355,5 @@ class VendorSession:
         return [ids[id(p)] for group in self.optimizer.param_groups for p in group["params"]]
 
 
-__all__ = ["DEFAULT_LIMITS", "RNG_LOCK", "ForwardExpired", "RequestLimits", "VendorSession", "check_magnitude",
+__all__ = ["DEFAULT_LIMITS", "RNG_LOCK", "ForwardExpired", "RequestLimits", "VendorSession", "check_magnitude", "check_next_step",
            "check_representations", "check_tuning_size", "token_hash"]

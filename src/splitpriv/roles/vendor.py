@@ -253,9 +253,7 @@ class Vendor:
     def repeated_forward(self, session_id: str, token: str | None, step: int) -> Outputs | None:
         """The cached reply when ``step`` is the session's pending forward (a retry), else ``None``: a transport
         that knows the step before the body can answer a retry without reading it."""
-        session = self.session(session_id, token)
-        repeat = getattr(session, "repeated_forward", None)  # an unloaded session has nothing pending
-        return repeat(step) if repeat is not None else None
+        return self.session(session_id, token).repeated_forward(step)
 
     def backward(self, req: BackwardRequest, token: str | None) -> BackwardResult:
         session = self.session(req.session_id, token)

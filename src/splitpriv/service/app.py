@@ -31,8 +31,8 @@ see :mod:`splitpriv.protocol`), the same bytes the in-process transport passes. 
 ``Authorization: Bearer <token>`` (missing → 401, wrong → 403); the session id in the path must equal the
 message's ``session_id`` (else 400). A forward may announce its step in ``X-Splitpriv-Step`` (the HTTP transport
 always does; a contradicting message is a 400): one the session would refuse, because another step's forward is
-pending (a retry of the pending step must announce it) or the step is out of order, gets 409 before its body is
-read, so that a flood of refused forwards costs the vendor headers, not bodies. Errors are JSON
+pending or the step is out of order, gets 409 before its body is read, and a retry that announces the pending
+step gets the cached reply unread, so that a flood of forwards costs the vendor headers, not bodies. Errors are JSON
 ``{"error": "<what is wrong>"}``: unknown or closed session 404, protocol violation 400, bad session config 422
 (naming the field), step out of order 409, body above the size cap 413 (``Content-Length`` and the bytes actually
 streamed are both checked), session limit or quota 429. A 500

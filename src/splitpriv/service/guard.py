@@ -13,6 +13,7 @@ from splitpriv.errors import (
     QuotaExceeded,
 )
 from splitpriv.protocol import STEP_HEADER
+from splitpriv.roles.session import check_next_step
 from splitpriv.service.accounts import ApiKey, DailyBytes, KeyStore
 
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
@@ -133,9 +134,8 @@ def forward_admitted(session, step: int | None) -> None:
         if step != pending:
             raise OutOfOrder(f"the forward of step {pending} is waiting for its backward: send that backward (or "
                              f"repeat that forward with header {STEP_HEADER}: {pending}); this forward was not read")
-    elif step is not None and step != session.completed_step + 1:
-        raise OutOfOrder(f"forward for step {step} is out of order: the session's last completed step is "
-                         f"{session.completed_step}, so the next forward is step {session.completed_step + 1}")
+    elif step is not None:
+        check_next_step(step, session.completed_step)
 
 
 def _no_constants(name: str):
