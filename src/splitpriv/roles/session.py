@@ -355,5 +355,5 @@ class VendorSession:
         return [ids[id(p)] for group in self.optimizer.param_groups for p in group["params"]]
 
 
-__all__ = ["DEFAULT_LIMITS", "RNG_LOCK", "ForwardExpired", "RequestLimits", "VendorSession", "check_magnitude", "check_next_step",
-           "check_representations", "check_tuning_size", "token_hash"]
+__all__ = ["DEFAULT_LIMITS", "RNG_LOCK", "ForwardExpired", "RequestLimits", "VendorSession", "check_magnitude",
+           "check_next_step", "check_representations", "check_tuning_size", "token_hash"]
