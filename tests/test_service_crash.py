@@ -154,3 +154,13 @@ def test_a_killed_customer_resumes_and_sends_no_second_noisy_copy(tmp_path, nois
         assert all(any(a.shape == b.shape and torch.equal(a, b) for b in first) for a in second)
     finally:
         servers[-1].stop()
+
+
+def test_a_session_survives_a_crash_before_its_first_step(tmp_path):
+    """A persistent vendor writes a session when it opens: killed before any step completed (so before any
+    periodic checkpoint), it comes back with the session at step 0 and the same token."""
+    info = Vendor(state_dir=tmp_path, checkpoint_every=1).open_session(CONFIG[0])
+    restarted = Vendor(state_dir=tmp_path, checkpoint_every=1)
+    assert restarted.status(info.session_id, info.token)["completed_step"] == 0
+    restarted.close(info.session_id, info.token)
+    assert not (tmp_path / "sessions" / info.session_id).exists()

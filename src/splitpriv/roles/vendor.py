@@ -8,8 +8,8 @@ close). One customer's state machine is :class:`~splitpriv.roles.session.VendorS
 Threat model, from the vendor's side: the vendor is honest-but-curious. It follows the protocol, and everything it
 receives (see :mod:`splitpriv.protocol`) is exactly what ``splitpriv.attacks`` assumes an attacker has.
 
-Persistence (``Vendor(model, state_dir=DIR)``): each session is written to ``DIR/sessions/<session_id>/`` on
-:meth:`Vendor.checkpoint`, after every ``checkpoint_every`` completed steps, and for every open session by
+Persistence (``Vendor(model, state_dir=DIR)``): each session is written to ``DIR/sessions/<session_id>/`` when it
+opens, on :meth:`Vendor.checkpoint`, after every ``checkpoint_every`` completed steps, and for every open session by
 :meth:`Vendor.checkpoint_all` (the service calls it on shutdown). A new ``Vendor`` with the same ``state_dir`` loads
 them again: the same token is accepted and training continues at ``completed_step + 1`` with the results an
 uninterrupted run would give. What is not saved: a forward whose backward has not arrived (its autograd graph);
@@ -117,6 +117,14 @@ class Vendor:
             session = VendorSession(session_id, token, config, parts, tuned, projection=self._projection(config, parts),
                                     owner=owner, limits=self.limits)
             self._sessions[session_id] = session
+        if self.store is not None:  # a session handed out survives a crash before its first periodic checkpoint
+            try:
+                self._checkpoint(session)
+            except BaseException:
+                with self._lock:
+                    self._sessions.pop(session_id, None)
+                self.store.delete(session_id)
+                raise
         return SessionInfo(
             session_id=session_id,
             token=token,
