@@ -28,6 +28,8 @@ def serve(
                                       "unloaded from memory (needs --state-dir; its next call reloads it; 0: never)"),
     session_ttl: float = typer.Option(7 * 86400.0, help="seconds without a call before a session is closed and its "
                                       "state deleted (0: never)"),
+    batch_predict: int = typer.Option(64, help="predicts of LoRA sessions that arrive together run as one batch of "
+                                      "the shared base, up to N sequences (0: one request at a time)"),
     ssl_certfile: Optional[Path] = typer.Option(None, help="serve HTTPS with this certificate (PEM)"),
     ssl_keyfile: Optional[Path] = typer.Option(None, help="the certificate's private key (PEM)"),
     log_format: str = typer.Option("text", help="text, or json: one JSON object per log line (access log included)"),
@@ -41,7 +43,7 @@ def serve(
             raise FileNotFoundError(f"TLS file {path} does not exist")
     run_service(model=model, host=host, port=port, state_dir=str(state_dir) if state_dir else None,
                 max_body_bytes=int(max_body_mb * 2**20), checkpoint_every=checkpoint_every, pending_ttl=pending_ttl,
-                idle_unload=idle_unload or None, session_ttl=session_ttl or None,
+                idle_unload=idle_unload or None, session_ttl=session_ttl or None, batch_predict=batch_predict,
                 ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
                 ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None, log_format=log_format)
 

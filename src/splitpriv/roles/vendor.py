@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from splitpriv.errors import Forbidden, ProtocolError, SessionLimit, UnknownSession
+from splitpriv.limits import check_int
 from splitpriv.models import SEQUENCE_CLASSIFICATION, load_model
 from splitpriv.protocol import BackwardRequest, BackwardResult, DecodeRequest, ForwardRequest, Outputs, PredictRequest
 from splitpriv.protocol import SessionConfig, SessionInfo, pack_files
@@ -38,6 +39,7 @@ from splitpriv.roles.checkpoint import CHECKPOINT_FORMAT, SESSIONS_DIR, TOP_DIR,
 from splitpriv.roles.memory import return_freed_memory
 from splitpriv.roles.session import RNG_LOCK, RequestLimits, VendorSession, check_representations, check_tuning_size
 from splitpriv.roles.session import token_hash
+from splitpriv.roles.tenant_batch import TenantBatcher
 from splitpriv.seeding import step_rng
 from splitpriv.split import HEAD_WEIGHTS, TAIL_WEIGHTS, SplitModel, save_bottom, split_model
 from splitpriv.split_privatizer import load_privatizer, pretrained_privatizer
@@ -49,15 +51,17 @@ log = logging.getLogger(__name__)
 class Vendor:
     """The vendor's side of splitpriv: one frozen base model (a head per label count) shared by all sessions.
 
-    Every call names its session and carries the session's bearer token (compared in constant time).
+    Every call names its session and carries the session's bearer token (compared in constant time). Predicts of
+    LoRA sessions arriving together run as one batch of up to ``batch_predict`` rows
+    (:mod:`~splitpriv.roles.tenant_batch`; 0 or None: one at a time).
     """
 
     def __init__(self, model: str | None = None, *, max_sessions: int = 256, state_dir: str | os.PathLike | None = None,
                  checkpoint_every: int | None = 50, max_num_labels: int = 1000, limits: RequestLimits | None = None,
-                 idle_unload: float | None = None, session_ttl: float | None = None):
-        if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int)
-                                             or checkpoint_every < 0):
-            raise ValueError(f"checkpoint_every must be an integer >= 0 or None, got {checkpoint_every!r}")
+                 idle_unload: float | None = None, session_ttl: float | None = None, batch_predict: int | None = 64):
+        for name, every in (("checkpoint_every", checkpoint_every), ("batch_predict", batch_predict)):
+            if every is not None:
+                check_int(name, every, 0, 2**31)
         self.model_name = model
         self.limits = limits or RequestLimits()  # per-request magnitude and cost caps, pending-forward TTL
         for name, value in (("idle_unload", idle_unload), ("session_ttl", session_ttl)):
@@ -65,6 +69,7 @@ class Vendor:
                 raise ValueError(f"{name} must be > 0 seconds or None, got {value!r}")
         self.idle_unload, self.session_ttl = idle_unload, session_ttl  # seconds: see splitpriv.roles.idle
         self.max_sessions = max_sessions
+        self.batcher = TenantBatcher(self.limits, batch_predict) if batch_predict else None  # rows per batch
         self.max_num_labels = max_num_labels
         self.checkpoint_every = checkpoint_every or None
         self.state_dir = Path(state_dir) if state_dir is not None else None
@@ -280,7 +285,8 @@ class Vendor:
         return result
 
     def predict(self, req: PredictRequest, token: str | None) -> Outputs:
-        return self.session(req.session_id, token).predict(req)
+        session = self.session(req.session_id, token)
+        return self.batcher.predict(session, req) if self.batcher is not None else session.predict(req)
 
     def decode(self, req: DecodeRequest, token: str | None) -> Outputs:
         return self.session(req.session_id, token).decode(req)
@@ -398,14 +404,5 @@ def _head_prefixes(parts: SplitModel) -> tuple[str, ...]:
     return tuple(f"{h}." for h in parts.family.head)
 
 
-__all__ = [
-    "CHECKPOINT_FORMAT",
-    "SESSIONS_DIR",
-    "TOP_DIR",
-    "SessionLimit",
-    "Vendor",
-    "VendorSession",
-    "check_representations",
-    "return_freed_memory",
-    "token_hash",
-]
+__all__ = ["CHECKPOINT_FORMAT", "SESSIONS_DIR", "TOP_DIR", "SessionLimit", "Vendor", "VendorSession",
+           "check_representations", "return_freed_memory", "token_hash"]

@@ -3,7 +3,8 @@
 * ``splitpriv_requests_total{method, route, status}`` and ``splitpriv_request_seconds{route}`` (a histogram), by
   route template (``/v1/sessions/{session_id}/forward``: never a session id);
 * ``splitpriv_sessions`` (of which ``splitpriv_sessions_unloaded`` are idle, on disk), ``splitpriv_pending_forwards``,
-  ``splitpriv_base_models``: the vendor's tables now;
+  ``splitpriv_base_models``: the vendor's tables now; ``splitpriv_predict_batches`` and ``_batch_rows``: the
+  multi-tenant predict batches run so far and the sequences they held (their ratio is the mean batch size);
 * ``process_resident_memory_bytes``, CPU seconds, open files: ``prometheus_client``'s process collector.
 
 Aggregates only, nothing per tenant. When the vendor has a key store, reading it needs an admin key
@@ -36,6 +37,11 @@ class ServiceMetrics:
               registry=self.registry).set_function(vendor.pending_forwards)
         Gauge("splitpriv_base_models", "frozen base models (and heads per label count) loaded",
               registry=self.registry).set_function(lambda: len(vendor._bases))
+        batcher = vendor.batcher
+        for name, what, attr in (("batches", "multi-tenant predict batches run", "batches"),
+                                 ("batch_rows", "sequences those batches held", "rows")):
+            Gauge(f"splitpriv_predict_{name}", what, registry=self.registry).set_function(
+                lambda attr=attr: getattr(batcher, attr) if batcher is not None else 0)
         ProcessCollector(registry=self.registry)
 
     def render(self) -> tuple[bytes, str]:
