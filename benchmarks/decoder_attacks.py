@@ -3,7 +3,7 @@ nearest-neighbour and MAP at k = 0, learned inversion at k = 2 and 4, without no
 d = 576. The noise norm is d/η (58, 23, 12, 5.8 at η = 10, 25, 50, 100), but in d = 576 it is nearly orthogonal to
 the differences between rows: nearest-neighbour stays exact until ‖n‖ ≈ √d·‖Δ‖/2 ≈ 25, i.e. η ≈ 25.
 
-    python benchmarks/decoder_attacks.py [--limit 100] [--quick]
+    python benchmarks/decoder_attacks.py [--limit 100] [--quick] [--resume]
 
 Writes ``results/decoder_attacks.json`` (token recovery = the attack's success; empirical privacy = 1 − success).
 """
@@ -11,6 +11,7 @@ Writes ``results/decoder_attacks.json`` (token recovery = the attack's success; 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import common
@@ -24,6 +25,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--limit", type=int, default=100, help="SST-2 dev sentences attacked")
     parser.add_argument("--quick", action="store_true", help="k = 0 attacks only")
+    parser.add_argument("--resume", action="store_true", help="keep the rows of results/decoder_attacks.json "
+                        "measured with the same --limit and run only the missing ones")
     args = parser.parse_args()
     common.quiet()
     from splitpriv import load_model
@@ -31,8 +34,15 @@ def main() -> None:
 
     pair = load_model("smollm2-135m-instruct", task="causal-lm")
     rows, results = [], []
+    done = {}
+    previous = common.RESULTS / "decoder_attacks.json"
+    if args.resume and previous.is_file() and json.loads(previous.read_text()).get("limit") == args.limit:
+        done = {(r["attack"], r["k"], r["eta"]): r for r in json.loads(previous.read_text())["results"]}
     for attack, k, eta in GRID:
         if args.quick and k:
+            continue
+        if (attack, k, eta) in done:
+            results.append(done[(attack, k, eta)])
             continue
         noise = {"mechanism": "dchi", "eta": eta} if eta else {}
         started = time.perf_counter()
@@ -43,7 +53,9 @@ def main() -> None:
         print_table(rows[-1:], ["attack", "k", "eta", "token recovery", "top-5", "empirical privacy"])
         write_result("decoder_attacks", {"model": "smollm2-135m-instruct", "dataset": "sst2 dev", "limit": args.limit,
                                          "results": results, "machine": machine()})  # a stopped run keeps its rows
-    print_table(rows, ["attack", "k", "eta", "token recovery", "top-5", "empirical privacy"])
+    print_table([[r["attack"], r["k"], r["eta"] or "none", r["token_recovery"], r["top5_token_recovery"],
+                  r["empirical_privacy"]] for r in results], ["attack", "k", "eta", "token recovery", "top-5",
+                                                              "empirical privacy"])
 
 
 if __name__ == "__main__":

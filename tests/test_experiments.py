@@ -64,6 +64,21 @@ def test_tiny_grid_end_to_end_resumes_and_reports(tmp_path, data_dir):
     assert shared["utility"] == noisy["utility"] and shared["privacy"] == noisy["privacy"]
     assert sorted(p.name for d in ("utility", "attacks", "baselines") for p in (cache / d).glob("*.json")) == cached
 
+    # a record from before per-sentence correctness is completed with a recomputed baseline, nothing else rerun
+    (baseline_file,) = (cache / "baselines").glob("*.json")
+    old_baseline = json.loads(baseline_file.read_text())
+    baseline_file.write_text(json.dumps({k: v for k, v in old_baseline.items() if k != "correct"}))
+    record_file = next(p for p in (cache / "tiny").glob("*.json")
+                       if json.loads(p.read_text())["run_id"] == noisy["run_id"])
+    aged = json.loads(record_file.read_text())
+    aged["utility"]["baseline_correct"] = None
+    record_file.write_text(json.dumps(aged))
+    completed = next(r for r in run_experiment(config, results_dir=tmp_path / "results", progress=False,
+                                               log=logs.append) if r["run_id"] == noisy["run_id"])
+    assert completed["utility"]["baseline_correct"] == old_baseline["correct"]
+    assert completed["wall_time_s"] == noisy["wall_time_s"] and completed["privacy"] == noisy["privacy"]
+    assert json.loads(baseline_file.read_text())["correct"] == old_baseline["correct"]
+
     report = write_report(tmp_path / "results")
     text = report.read_text()
     assert "## tiny" in text and "## other" in text and "Best frontier point" in text

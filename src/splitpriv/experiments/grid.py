@@ -247,7 +247,14 @@ def _baseline(config: RunConfig, runs_dir: Path, progress: bool) -> dict:
                                           "n_eval", "correct")}
         return {**record, "config": base.to_dict()}
 
-    return _cached(runs_dir / "baselines" / f"{_key(_config_key(base))}.json", compute)
+    path = runs_dir / "baselines" / f"{_key(_config_key(base))}.json"
+    stale = path.is_file() and "correct" not in json.loads(path.read_text())  # older records: no paired interval
+    return _cached(path, compute, force=stale)
+
+
+def _baseline_fields(baseline: dict, accuracy: float) -> dict:
+    return {"baseline_accuracy": baseline["accuracy"], "baseline_macro_f1": baseline["macro_f1"],
+            "baseline_correct": baseline.get("correct"), "accuracy_loss": baseline["accuracy"] - accuracy}
 
 
 def _adaptation(config: RunConfig) -> dict:
@@ -289,6 +296,12 @@ def run_one(exp: Experiment, point: dict, runs_dir: Path, *, quick: bool, progre
     want_utility = exp.extra.get("utility", True)
     if path.is_file() and not force:
         record = json.loads(path.read_text())
+        utility = record.get("utility")
+        if want_utility and utility is not None and utility.get("baseline_correct") is None:
+            # completed, as a privacy-only record is: a paired interval needs the baseline's per-sentence results
+            record["utility"] = {**utility, **_baseline_fields(_baseline(config, runs_dir, progress),
+                                                               utility["accuracy"])}
+            _write_json(path, record)
         if "utility" in record or not want_utility:  # a privacy-only record is completed, not trusted as whole
             return record
     started = time.perf_counter()
@@ -297,9 +310,7 @@ def run_one(exp: Experiment, point: dict, runs_dir: Path, *, quick: bool, progre
     if want_utility:
         baseline = _baseline(config, runs_dir, progress)
         utility = _utility(config, runs_dir, progress, force)
-        record["utility"] = {**utility, "baseline_accuracy": baseline["accuracy"],
-                             "baseline_macro_f1": baseline["macro_f1"], "baseline_correct": baseline.get("correct"),
-                             "accuracy_loss": baseline["accuracy"] - utility["accuracy"]}
+        record["utility"] = {**utility, **_baseline_fields(baseline, utility["accuracy"])}
     if specs:
         record["privacy"] = measure_privacy(config, specs, exp.attack_limit, progress=progress,
                                             cache_dir=runs_dir / "attacks", force=force)
