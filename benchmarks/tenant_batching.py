@@ -64,7 +64,8 @@ class HttpTenants:
         import httpx
 
         text = httpx.get(f"{self.url}/metrics", timeout=30).text
-        found = [re.search(rf"^splitpriv_predict_{n} (\S+)$", text, re.M) for n in ("batches", "batch_rows")]
+        found = [re.search(rf"^splitpriv_predict_{name} (\S+)$", text, re.MULTILINE)
+                 for name in ("batches", "batch_rows")]
         return float(found[0].group(1)), float(found[1].group(1))
 
 

@@ -18,7 +18,7 @@ from splitpriv.roles.tenant_batch import BatchTop, _Item, group_key
 from splitpriv.roles.vendor import Vendor
 from splitpriv.transport import InProcessTransport
 
-TOL = dict(rtol=1e-4, atol=1e-5)  # float32: only the order of the sums differs between a batch and a lone forward
+TOL = {"rtol": 1e-4, "atol": 1e-5}  # float32: only the order of the sums differs between a batch and a lone forward
 PRIVACY = PrivacyConfig(mechanism="dchi", eta=10.0)
 PRIVATE_BOTTLENECK = PrivacyConfig(mechanism="dchi", eta=10.0, privatizer="bottleneck:r=16")
 
@@ -112,7 +112,7 @@ def test_a_closed_session_is_refused_and_the_others_still_batch(tenants):
     with pytest.raises(UnknownSession):
         vendor.predict(request, token)
     item = _Item(session, request.hidden.float(), request.attention_mask.long())  # closed while queued in a batch
-    other, other_token = _session(vendor, customers[0])
+    other, _ = _session(vendor, customers[0])
     again = _request(customers[0], texts[:2])
     mate = _Item(other, again.hidden.float(), again.attention_mask.long())
     vendor.batcher._run(BatchTop(other), [item, mate])

@@ -13,9 +13,9 @@ Scheduling: the first request of a group that finds no batch running leads one w
 within ``max_rows`` and the vendor's per-request cost caps); requests that arrive meanwhile wait, each on its own
 event, and the head of the queue leads the next batch.
 Before it runs, it waits up to ``max_wait`` (5 ms) for the group's other recently active sessions to queue their
-next request; a lone customer never waits. (Waiting longer, up to a quarter of the previous batch's time, gave
-batches of 15 rows instead of 12 for 16 customers and no more throughput: on CPU a row costs the same beyond ~8.) Each session's lock is held while its rows are computed (sorted lock order; a
-session belongs to one group), so a batch never sees a half-applied optimizer step.
+next request; a lone customer never waits. (Waiting longer formed larger batches here but no more throughput: on
+a CPU a row costs about the same in a batch of 8 as in one of 16.) Each session's lock is held while its rows are
+computed (sorted lock order; a session belongs to one group), so a batch never sees a half-applied optimizer step.
 
 Threat model: batching changes nothing a tenant can observe but timing; a row's logits depend only on its own
 session's weights and its own representations.
@@ -58,8 +58,8 @@ class BatchTop:
 
     Written by hand because ``peft``'s mixed-adapter batches (``adapter_names=``) run every adapter's sub-batch
     separately at every layer, a loop of small ops that cost this CPU more than the batch saved when tried, and
-    the batched-gather kernels of multi-LoRA servers (Punica, S-LoRA) are GPU-only. The session's tensors are read at each batch, never copied,
-    so nothing per session lives here and a training step is seen by the next batch."""
+    the batched-gather kernels of multi-LoRA servers (Punica, S-LoRA) are GPU-only. The session's tensors are read
+    at each batch, never copied, so nothing per session lives here and a training step is seen by the next batch."""
 
     def __init__(self, template: VendorSession):
         from peft.tuners.lora import LoraLayer
@@ -91,7 +91,7 @@ class BatchTop:
             rows[path] = (a[index], b[index], scale[index])
         return rows
 
-    def __call__(self, items: list["_Item"]) -> list[torch.Tensor]:
+    def __call__(self, items: list[_Item]) -> list[torch.Tensor]:
         """The logits of every item's rows, each through its own session's adapter and head."""
         length = max(item.hidden.shape[1] for item in items)
         sessions = list({id(i.session): i.session for i in items}.values())
