@@ -111,3 +111,31 @@ def test_committed_records_keep_their_keys():
             if not (root / "results" / "runs" / exp.name / f"{key}.json").is_file():
                 missing.append((exp.name, point["grid"], point["seed"]))
     assert not missing
+
+
+def test_a_warm_started_run_is_also_compared_with_a_reference_of_equal_passes(tmp_path, data_dir):
+    """A run that warm-starts its privatizer at home reads each sentence ``warm_start + epochs`` times; the
+    stricter reference trains that many epochs, and old records gain it when their config is run again."""
+    from splitpriv.experiments.frontier import frontier_points
+
+    config = tmp_path / "warm.json"
+    config.write_text(json.dumps({
+        "name": "warm", "base": {"dataset": "sst2", "train_limit": 32, "eval_limit": 16, "bottom_layers": 1,
+                                 "privacy": {"mechanism": "dchi", "eta": 4,
+                                             "privatizer": {"name": "bottleneck", "r": 4}},
+                                 "train": {"batch_size": 16, "noise_seed": 0, "privatizer_warm_start": 1,
+                                           "warm_start_blocks": True}},
+        "grid": {}, "seeds": [0], "attacks": []}))
+    results = tmp_path / "results"
+    (record,) = run_experiment(config, results_dir=results, progress=False, log=lambda _: None)
+    u = record["utility"]
+    assert u["passes_baseline_epochs"] == 2 and len(u["passes_baseline_correct"]) == 16
+    assert u["passes_accuracy_loss"] == pytest.approx(u["passes_baseline_accuracy"] - u["accuracy"])
+    (point,) = frontier_points(results, ["warm"])
+    assert point["passes_loss_pts"] == pytest.approx(100 * u["passes_accuracy_loss"])
+    (path,) = (results / "runs" / "warm").glob("*.json")
+    aged = json.loads(path.read_text())
+    aged["utility"] = {k: v for k, v in aged["utility"].items() if not k.startswith("passes_")}
+    path.write_text(json.dumps(aged))
+    (again,) = run_experiment(config, results_dir=results, progress=False, log=lambda _: None)
+    assert again["utility"] == u and again["wall_time_s"] == record["wall_time_s"]

@@ -222,14 +222,18 @@ def train_centralized(config: RunConfig, train, evaluation, *, progress: bool = 
     return {**history, **trainer.evaluate(evaluation.texts, evaluation.labels)}
 
 
-def reference_config(config: RunConfig) -> RunConfig:
+def reference_config(config: RunConfig, *, equal_passes: bool = False) -> RunConfig:
     """The centralized non-private LoRA a split run is compared with: the vendor's own model (not a noise-adapted
     one), the same data, seed and budget, no privacy, denoiser or privatizer training. When the customer trains its
     bottom's blocks at home (``warm_start_blocks``) the reference tunes every block (k = 0): a reference whose
-    bottom stays frozen would be handicapped by what the private run was allowed."""
+    bottom stays frozen would be handicapped by what the private run was allowed. ``equal_passes``: the stricter
+    reference that also gets the warm start's passes over the data (``epochs + privatizer_warm_start`` epochs), so
+    that a private run cannot look good only because it read each sentence more often."""
     from splitpriv.roles.robust_top import base_model_of
 
     train = replace(config.train, privatizer_lr=None, privatizer_warm_start=0, warm_start_blocks=False)
+    if equal_passes:
+        train = replace(train, epochs=config.train.epochs + config.train.privatizer_warm_start)
     k = config.bottom_layers
     if config.train.warm_start_blocks:
         k, train = 0, replace(train, bottom_lr=TrainConfig.bottom_lr)

@@ -13,6 +13,10 @@ an explicit generator); ``loss_ci95_pts`` is its 95% interval and ``within_1pt``
 most one point. ``best`` is the most private point within 1 point by that test (ties: the smaller loss); when no
 private point passes, ``best`` is the most private point whose *estimated* loss is at most one point, flagged
 ``"within_1pt": false``.
+
+Runs that warm-start a privatizer at home read each sentence ``warm_start`` more times than their epochs over the
+wire; their points also carry ``passes_baseline`` (the reference trained ``passes_baseline_epochs`` = warm start +
+epochs) and the same paired test against it (``passes_loss_pts``, ``passes_loss_ci95_pts``, ``passes_within_1pt``).
 """
 
 from __future__ import annotations
@@ -131,6 +135,11 @@ def _point(experiment: str, setting: dict, records: list[dict]) -> dict:
         point.update(paired_loss(baselines, corrects))
     else:  # records written before per-sentence correctness was kept: the estimate only, no test
         point.update(loss_pts=100 * (point["baseline"] - point["accuracy"]), loss_ci95_pts=None, within_1pt=None)
+    passes = [u.get("passes_baseline_correct") for u in utility]
+    if all(passes) and all(corrects):  # against the reference that also read the data as often as the warm start
+        point["passes_baseline"] = _mean(u["passes_baseline_accuracy"] for u in utility)
+        point["passes_baseline_epochs"] = utility[0]["passes_baseline_epochs"]
+        point.update({f"passes_{k}": v for k, v in paired_loss(passes, corrects).items() if k != "n_eval"})
     return point
 
 

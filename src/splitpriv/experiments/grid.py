@@ -236,10 +236,10 @@ def measure_privacy(config: RunConfig, specs: list[dict], limit: int, *, progres
     return out
 
 
-def _baseline(config: RunConfig, runs_dir: Path, progress: bool) -> dict:
+def _baseline(config: RunConfig, runs_dir: Path, progress: bool, *, equal_passes: bool = False) -> dict:
     from splitpriv.run import reference_config, run
 
-    base = reference_config(config)
+    base = reference_config(config, equal_passes=equal_passes)
 
     def compute():
         metrics = run(base, progress=progress)
@@ -255,6 +255,17 @@ def _baseline(config: RunConfig, runs_dir: Path, progress: bool) -> dict:
 def _baseline_fields(baseline: dict, accuracy: float) -> dict:
     return {"baseline_accuracy": baseline["accuracy"], "baseline_macro_f1": baseline["macro_f1"],
             "baseline_correct": baseline.get("correct"), "accuracy_loss": baseline["accuracy"] - accuracy}
+
+
+def _passes_fields(config: RunConfig, runs_dir: Path, progress: bool, accuracy: float) -> dict:
+    """Against the equal-passes reference (:func:`~splitpriv.run.reference_config`), for runs with a warm start
+    at home (which reads the data more often than the reference's epochs); none for the others."""
+    if not config.train.privatizer_warm_start:
+        return {}
+    passes = _baseline(config, runs_dir, progress, equal_passes=True)
+    return {"passes_baseline_accuracy": passes["accuracy"], "passes_baseline_correct": passes["correct"],
+            "passes_baseline_epochs": passes["config"]["train"]["epochs"],
+            "passes_accuracy_loss": passes["accuracy"] - accuracy}
 
 
 def _adaptation(config: RunConfig) -> dict:
@@ -302,6 +313,10 @@ def run_one(exp: Experiment, point: dict, runs_dir: Path, *, quick: bool, progre
             record["utility"] = {**utility, **_baseline_fields(_baseline(config, runs_dir, progress),
                                                                utility["accuracy"])}
             _write_json(path, record)
+        if want_utility and utility is not None and config.train.privatizer_warm_start and (
+                "passes_baseline_accuracy" not in record["utility"]):
+            record["utility"].update(_passes_fields(config, runs_dir, progress, utility["accuracy"]))
+            _write_json(path, record)
         if "utility" in record or not want_utility:  # a privacy-only record is completed, not trusted as whole
             return record
     started = time.perf_counter()
@@ -310,7 +325,8 @@ def run_one(exp: Experiment, point: dict, runs_dir: Path, *, quick: bool, progre
     if want_utility:
         baseline = _baseline(config, runs_dir, progress)
         utility = _utility(config, runs_dir, progress, force)
-        record["utility"] = {**utility, **_baseline_fields(baseline, utility["accuracy"])}
+        record["utility"] = {**utility, **_baseline_fields(baseline, utility["accuracy"]),
+                             **_passes_fields(config, runs_dir, progress, utility["accuracy"])}
     if specs:
         record["privacy"] = measure_privacy(config, specs, exp.attack_limit, progress=progress,
                                             cache_dir=runs_dir / "attacks", force=force)
