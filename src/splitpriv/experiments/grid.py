@@ -171,10 +171,13 @@ def _write_json(path: Path, obj) -> None:
     tmp.replace(path)
 
 
-def _cached(path: Path | None, compute, force: bool = False):
-    """``compute()``, stored as JSON at ``path``; read back instead when it is there (and not ``force``)."""
+def _cached(path: Path | None, compute, force: bool = False, complete=lambda value: True):
+    """``compute()``, stored as JSON at ``path``; read back instead when it is there, ``complete(stored)`` holds
+    and not ``force``."""
     if path is not None and path.is_file() and not force:
-        return json.loads(path.read_text())
+        stored = json.loads(path.read_text())
+        if complete(stored):
+            return stored
     value = compute()
     if path is not None:
         _write_json(path, value)
@@ -247,9 +250,9 @@ def _baseline(config: RunConfig, runs_dir: Path, progress: bool, *, equal_passes
                                           "n_eval", "correct")}
         return {**record, "config": base.to_dict()}
 
-    path = runs_dir / "baselines" / f"{_key(_config_key(base))}.json"
-    stale = path.is_file() and "correct" not in json.loads(path.read_text())  # older records: no paired interval
-    return _cached(path, compute, force=stale)
+    # an older record without per-sentence correctness allows no paired interval: recomputed
+    return _cached(runs_dir / "baselines" / f"{_key(_config_key(base))}.json", compute,
+                   complete=lambda stored: "correct" in stored)
 
 
 def _baseline_fields(baseline: dict, accuracy: float) -> dict:
@@ -308,15 +311,15 @@ def run_one(exp: Experiment, point: dict, runs_dir: Path, *, quick: bool, progre
     if path.is_file() and not force:
         record = json.loads(path.read_text())
         utility = record.get("utility")
-        if want_utility and utility is not None and utility.get("baseline_correct") is None:
-            # completed, as a privacy-only record is: a paired interval needs the baseline's per-sentence results
-            record["utility"] = {**utility, **_baseline_fields(_baseline(config, runs_dir, progress),
-                                                               utility["accuracy"])}
-            _write_json(path, record)
-        if want_utility and utility is not None and config.train.privatizer_warm_start and (
-                "passes_baseline_accuracy" not in record["utility"]):
-            record["utility"].update(_passes_fields(config, runs_dir, progress, utility["accuracy"]))
-            _write_json(path, record)
+        if want_utility and utility is not None:  # completed, as a privacy-only record is, with what it lacks
+            missing = {}
+            if utility.get("baseline_correct") is None:  # a paired interval needs per-sentence results
+                missing.update(_baseline_fields(_baseline(config, runs_dir, progress), utility["accuracy"]))
+            if "passes_baseline_accuracy" not in utility:
+                missing.update(_passes_fields(config, runs_dir, progress, utility["accuracy"]))
+            if missing:
+                record["utility"] = {**utility, **missing}
+                _write_json(path, record)
         if "utility" in record or not want_utility:  # a privacy-only record is completed, not trusted as whole
             return record
     started = time.perf_counter()

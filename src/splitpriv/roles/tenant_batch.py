@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from splitpriv.limits import request_cost
+from splitpriv.limits import check_int, request_cost
 from splitpriv.protocol import Outputs, PredictRequest
 from splitpriv.roles.session import VendorSession, check_representations
 from splitpriv.tuning.base import share_frozen_copy
@@ -77,7 +77,8 @@ class BatchTop:
             if self._rows is None:
                 return output
             a, b, scale = self._rows[path]
-            return output + scale[:, None, None] * torch.bmm(torch.bmm(inputs[0], a.transpose(1, 2)), b.transpose(1, 2))
+            delta = torch.bmm(torch.bmm(inputs[0], a.transpose(1, 2)), b.transpose(1, 2))
+            return output + scale[:, None, None] * delta
 
         return add_delta
 
@@ -144,8 +145,7 @@ class TenantBatcher:
     ``max_wait``: seconds a batch waits for its group's active sessions to queue (see the module docstring)."""
 
     def __init__(self, limits, max_rows: int = 64, max_wait: float = 0.005):
-        if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
-            raise ValueError(f"max_rows must be a positive integer, got {max_rows!r}")
+        check_int("max_rows", max_rows, 1, 2**31)
         if not 0 <= max_wait <= 1:
             raise ValueError(f"max_wait must be in [0, 1] seconds, got {max_wait!r}")
         self.limits, self.max_rows, self.max_wait = limits, max_rows, max_wait
@@ -165,7 +165,8 @@ class TenantBatcher:
             group = self._groups.get(key)
             if group is None:
                 group = self._groups[key] = _Group(BatchTop(session), threading.Condition(self._lock))
-                for old in [k for k, g in self._groups.items() if not g.busy][:max(0, len(self._groups) - MAX_GROUPS)]:
+                excess = max(0, len(self._groups) - MAX_GROUPS)
+                for old in [k for k, g in self._groups.items() if not g.busy][:excess]:
                     del self._groups[old]
             self._groups.move_to_end(key)
             group.queue.append(item)
