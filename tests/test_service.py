@@ -258,9 +258,11 @@ def test_wire_carries_only_representations_masks_and_gradients(runs, sst2):
     texts = [t.encode() for t in sst2[0].texts + sst2[1].texts if len(t) >= 12]
     kinds = []
     standard = {"host", "accept", "accept-encoding", "connection", "user-agent", "content-type", "content-length",
-                "authorization", "x-splitpriv-step"}  # a forward's step, which its body carries too
+                "authorization", "x-splitpriv-step",  # a forward's step, which its body carries too
+                "x-session-id"}  # the session id of the path, for a router in front of replicas
     for req in requests:
         assert set(req["headers"]) <= standard, req["headers"]
+        assert req["headers"].get("x-session-id", sid) == sid
         body = bytes(req["body"])
         assert not any(text in body for text in texts)
         if req["path"] == "/v1/sessions":

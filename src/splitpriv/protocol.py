@@ -36,11 +36,11 @@ HEADS = ("vendor", "customer")
 TASKS = ("sequence-classification", "causal-lm")
 DENOISERS = ("none", "nn", "map")  # vendor-side input projection, see splitpriv.roles.denoise
 WIRE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-# The largest [B, T, d] a packed message may rebuild to: the element count of the largest float16 padded hidden a
-# body under the service's default 64 MiB cap could carry. Packing sends no padding, so a small body could otherwise
-# claim a huge mask of padding and make the receiver allocate B·T·d zeros (1 mask byte → d floats).
+# The most elements a packed message may rebuild to (a float16 hidden filling the default 64 MiB body cap): else a
+# small body could claim a huge mask of padding and make the receiver allocate B·T·d zeros (1 mask byte → d floats).
 MAX_UNPACKED_ELEMENTS = 2**25
 STEP_HEADER = "X-Splitpriv-Step"  # a forward's step over HTTP: refused (or a retry answered) before its body is read
+SESSION_HEADER = "x-session-id"  # every session call's session, for a router that keeps a session on one replica
 
 
 class ProtocolError(ValueError):
@@ -414,7 +414,7 @@ def message_summary(msg: Message) -> dict:
 
 __all__ = [
     "BackwardRequest", "BackwardResult", "DecodeRequest", "ForwardRequest", "HEADS", "MESSAGES", "Message", "Outputs",
-    "MAX_UNPACKED_ELEMENTS", "PredictRequest", "ProtocolError", "STEP_HEADER", "SessionConfig", "SessionInfo",
-    "TASKS", "WIRE_DTYPES", "asdict", "decode", "message_summary", "pack_files", "pack_hidden", "unpack_files",
-    "unpack_hidden",
+    "MAX_UNPACKED_ELEMENTS", "PredictRequest", "ProtocolError", "SESSION_HEADER", "STEP_HEADER", "SessionConfig",
+    "SessionInfo", "TASKS", "WIRE_DTYPES", "asdict", "decode", "message_summary", "pack_files", "pack_hidden",
+    "unpack_files", "unpack_hidden",
 ]

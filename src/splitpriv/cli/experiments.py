@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -19,6 +20,9 @@ def experiment(
     report_only: bool = typer.Option(False, "--report-only", help="only aggregate existing records"),
     force: bool = typer.Option(False, "--force", help="re-run points whose record exists"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    ray: Optional[str] = typer.Option(None, "--ray", help="run each grid's points as Ray tasks, one CPU each: 'auto' "
+                                      "(the running cluster), its ADDRESS, or 'local' (a Ray instance on this machine); "
+                                      "same records as a sequential run (pip install 'splitpriv[ray]')"),
 ):
     """Run experiment grids (resumable: finished points are skipped), then write plots and REPORT.md."""
     from splitpriv.experiments.grid import run_experiment
@@ -31,7 +35,8 @@ def experiment(
             raise FileNotFoundError("no configs given and none found in experiments/configs/")
     if not report_only:
         for path in configs:
-            run_experiment(path, results_dir=results, quick=quick, progress=progress, force=force, log=typer.echo)
+            run_experiment(path, results_dir=results, quick=quick, progress=progress, force=force, log=typer.echo,
+                           ray_address=ray)
     commentary = None if quick else Path("experiments/commentary.md")  # it discusses the full grid's numbers
     typer.echo(f"report: {write_report(results, quick=quick, commentary=commentary)}")
 

@@ -33,6 +33,14 @@ def serve(
     ssl_certfile: Optional[Path] = typer.Option(None, help="serve HTTPS with this certificate (PEM)"),
     ssl_keyfile: Optional[Path] = typer.Option(None, help="the certificate's private key (PEM)"),
     log_format: str = typer.Option("text", help="text, or json: one JSON object per log line (access log included)"),
+    ray: bool = typer.Option(False, "--ray", help="run N replicas on Ray Serve behind its proxy, routed by session "
+                             "id (needs --state-dir on storage every replica shares; pip install 'splitpriv[ray]')"),
+    replicas: int = typer.Option(2, help="with --ray: how many vendor replicas"),
+    ray_address: Optional[str] = typer.Option(None, help="with --ray: the cluster to join ('auto', ray://HOST:PORT; "
+                                              "default: start a local Ray instance)"),
+    replica_cpus: float = typer.Option(1.0, help="with --ray: CPUs each replica reserves (and its torch threads)"),
+    lease_ttl: float = typer.Option(30.0, help="with --ray: seconds a replica's session lease lasts unrenewed (how "
+                                    "long a dead replica's sessions wait before another replica takes them)"),
 ):
     """Run the vendor service (FastAPI + uvicorn); OpenAPI docs at /docs, Prometheus metrics at /metrics."""
     from splitpriv.service.server import serve as run_service
@@ -41,11 +49,50 @@ def serve(
     for path in (ssl_certfile, ssl_keyfile):
         if path is not None and not path.is_file():
             raise FileNotFoundError(f"TLS file {path} does not exist")
+    if ray:
+        return _serve_ray(model=model, host=host, port=port, state_dir=state_dir, max_body_mb=max_body_mb,
+                          checkpoint_every=checkpoint_every, pending_ttl=pending_ttl, idle_unload=idle_unload,
+                          session_ttl=session_ttl, batch_predict=batch_predict, ssl_certfile=ssl_certfile,
+                          ssl_keyfile=ssl_keyfile, replicas=replicas, ray_address=ray_address,
+                          replica_cpus=replica_cpus, lease_ttl=lease_ttl)
     run_service(model=model, host=host, port=port, state_dir=str(state_dir) if state_dir else None,
                 max_body_bytes=int(max_body_mb * 2**20), checkpoint_every=checkpoint_every, pending_ttl=pending_ttl,
                 idle_unload=idle_unload or None, session_ttl=session_ttl or None, batch_predict=batch_predict,
                 ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
                 ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None, log_format=log_format)
+
+
+def _serve_ray(*, model, host, port, state_dir, max_body_mb, checkpoint_every, pending_ttl, idle_unload, session_ttl,
+               batch_predict, ssl_certfile, ssl_keyfile, replicas, ray_address, replica_cpus, lease_ttl) -> None:
+    """``serve --ray``: deploy on Ray Serve, then wait for Ctrl-C or SIGTERM and take the application down."""
+    import signal
+    import threading
+
+    if state_dir is None:
+        raise typer.BadParameter("--ray needs --state-dir: the replicas' sessions and leases live there (storage "
+                                 "every replica's machine mounts)", param_hint="--state-dir")
+    if replicas < 1:
+        raise typer.BadParameter(f"must be at least 1, got {replicas}", param_hint="--replicas")
+    try:
+        from splitpriv.service import ray_serve
+    except ImportError as exc:
+        raise typer.BadParameter(f"Ray Serve is not installed ({exc}): pip install 'splitpriv[ray]'",
+                                 param_hint="--ray") from exc
+    options = ray_serve.ReplicaOptions(
+        state_dir=str(state_dir.resolve()), model=model, lease_ttl=lease_ttl, checkpoint_every=checkpoint_every,
+        pending_ttl=pending_ttl, idle_unload=idle_unload or None, session_ttl=session_ttl or None,
+        batch_predict=batch_predict, max_body_bytes=int(max_body_mb * 2**20), torch_threads=max(1, int(replica_cpus)))
+    url = ray_serve.start(options, address=ray_address, host=host, port=port, replicas=replicas,
+                          num_cpus=replica_cpus, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
+    typer.echo(f"serving {replicas} replica(s) on Ray Serve at {url}", err=True)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    try:
+        done.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        ray_serve.stop()
 
 
 @app.command()

@@ -165,8 +165,11 @@ def trained_bottom_dir(config: RunConfig) -> Path:
 
 
 def _write_json(path: Path, obj) -> None:
+    import os
+    import secrets
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}-{secrets.token_hex(3)}.tmp")  # concurrent runs write caches
     tmp.write_text(json.dumps(obj, indent=2, default=str))
     tmp.replace(path)
 
@@ -339,17 +342,26 @@ def run_one(exp: Experiment, point: dict, runs_dir: Path, *, quick: bool, progre
 
 
 def run_experiment(path: str | Path, *, results_dir: str | Path = RESULTS_DIR, quick: bool = False,
-                   progress: bool = True, force: bool = False, log=print) -> list[dict]:
+                   progress: bool = True, force: bool = False, log=print, ray_address: str | None = None) -> list[dict]:
+    """Every point of the experiment at ``path`` (finished ones are read back); with ``ray_address`` ("auto", an
+    address, or "local" for a Ray instance of this machine's CPUs) the points run as Ray tasks
+    (:mod:`splitpriv.experiments.parallel`) and write the same records."""
     exp = load_experiment(path, quick=quick)
     runs_dir = Path(results_dir) / ("runs-quick" if quick else "runs")
     points = exp.runs()
+    if ray_address is not None:
+        from splitpriv.experiments.parallel import run_points
+
+        results = run_points(exp, points, runs_dir, quick=quick, force=force, address=ray_address)
+    else:
+        results = (run_one(exp, point, runs_dir, quick=quick, progress=progress, force=force) for point in points)
     records = []
-    for i, point in enumerate(points, 1):
-        t = time.perf_counter()
-        record = run_one(exp, point, runs_dir, quick=quick, progress=progress, force=force)
+    t = time.perf_counter()
+    for i, (point, record) in enumerate(zip(points, results), 1):
         records.append(record)
         u, p = record.get("utility", {}), record.get("privacy", {})
         log(f"[{exp.name} {i}/{len(points)}] {point['grid']} seed={point['seed']}: "
             f"acc={u.get('accuracy', float('nan')):.4f} loss={u.get('accuracy_loss', float('nan')):+.4f} "
             f"privacy={p.get('empirical_privacy', float('nan')):.3f} ({time.perf_counter() - t:.0f}s)")
+        t = time.perf_counter()
     return records

@@ -386,6 +386,7 @@ def create_app(vendor: Vendor, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, 
             "max_body_bytes": max_body_bytes,
             "persistent": vendor.state_dir is not None,
             "keys_required": bool(keys is not None and keys.active),
+            **({"replica": vendor.replica_id} if getattr(vendor, "replica_id", None) else {}),  # behind a router
         }
 
     if metrics:

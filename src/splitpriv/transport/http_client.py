@@ -20,7 +20,7 @@ from urllib.parse import quote
 import httpx
 
 from splitpriv.errors import UnknownSession, error_for
-from splitpriv.protocol import STEP_HEADER, SessionConfig, SessionInfo
+from splitpriv.protocol import SESSION_HEADER, STEP_HEADER, SessionConfig, SessionInfo
 from splitpriv.transport.base import Tap, Transient, TransportBase, VendorUnavailable
 from splitpriv.transport.registry import TRANSPORTS
 
@@ -93,6 +93,8 @@ class HttpTransport(TransportBase):
             headers["Authorization"] = f"Bearer {token}"
         if content is not None:
             headers["Content-Type"] = OCTET
+        if path.startswith("/v1/sessions/"):  # sticky routing to the replica serving this session
+            headers[SESSION_HEADER] = path.split("/")[3]
         url = f"{self.base_url}{path}"
         try:
             response = self._client.request(method, path, content=content, json=json, headers=headers)

@@ -1,0 +1,55 @@
+"""An experiment's independent points as Ray tasks (``splitpriv experiment --ray auto|ADDRESS|local``).
+
+Each point is one task running :func:`~splitpriv.experiments.grid.run_one`, exactly what the sequential loop runs,
+on one CPU with one torch thread: records, caches and keys are the same, so a grid run on Ray and one run
+sequentially write the same records (``tests/test_grid_ray.py``), and either resumes the other. Tasks write the
+shared caches (``runs/baselines``, ``runs/attacks``) with unique temporary names and atomic renames; two tasks that
+need one baseline at once both compute it and the second rename wins with equal content. The driver writes every
+returned record too, so a cluster whose workers do not share this results directory still leaves them here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+# what a worker needs from the driver's environment (data, caches, offline models)
+ENV_KEYS = ("SPLITPRIV_DATA_DIR", "SPLITPRIV_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def run_points(exp, points: list[dict], runs_dir: Path, *, quick: bool, force: bool, address: str = "auto"):
+    """Submit every point, then yield their records in the points' order as they finish. ``address``: "local"
+    starts a Ray instance on this machine; anything else is passed to ``ray.init`` ("auto": the running cluster)."""
+    import ray
+
+    if not ray.is_initialized():
+        kwargs = ({"include_dashboard": False, "_node_ip_address": "127.0.0.1"} if address == "local"
+                  else {"address": address})
+        ray.init(**kwargs, log_to_driver=False, configure_logging=False)
+    env = {k: os.environ[k] for k in ENV_KEYS if k in os.environ}
+    env.update(OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", TOKENIZERS_PARALLELISM="false")
+    task = ray.remote(num_cpus=1, max_retries=1, runtime_env={"env_vars": env})(_run_point)
+    runs_dir = Path(runs_dir).resolve()
+    refs = [task.remote(exp, point, str(runs_dir), quick, force) for point in points]
+    for ref in refs:
+        record = ray.get(ref)
+        path = runs_dir / exp.name / f"{record['run_id']}.json"
+        if not path.is_file():
+            from splitpriv.experiments.grid import _write_json
+
+            _write_json(path, record)
+        yield record
+
+
+def _run_point(exp, point: dict, runs_dir: str, quick: bool, force: bool) -> dict:
+    import torch
+
+    from splitpriv.experiments.grid import run_one
+
+    torch.set_num_threads(1)
+    record = run_one(exp, point, Path(runs_dir), quick=quick, progress=False, force=force)
+    return json.loads(json.dumps(record, default=str))
+
+
+__all__ = ["ENV_KEYS", "run_points"]
