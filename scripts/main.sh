@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up (idempotent), then splitpriv's main job on the embedded defaults, offline: the best measured preset (the
 # frontier's, results/frontier.json) on the 4,000-sentence SST-2 sample shipped in the package. The customer holds
-# k = 2 blocks and warm-starts them with a bottleneck privatizer at home on its own labels (r = 4, clip 1, d_chi
+# k = 4 blocks and warm-starts them with a bottleneck privatizer at home on its own labels (r = 4, clip 1, d_chi
 # eta = 4 in the loop), then trains the vendor's LoRA top over the wire (vendor and customer in one process, every message through the wire
 # encoding), one look per sentence; private inference on the SST-2 dev set, printed next to the centralized
 # non-private baseline; then every attack that applies, through the run's final privatizer, and one line with
@@ -13,7 +13,7 @@ cd "$root"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # OpenMP busy-waiting makes small torch ops 10-60x slower on shared cores
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
-.venv/bin/splitpriv train --dataset sst2-sample --method lora --bottom-layers 2 \
+.venv/bin/splitpriv train --dataset sst2-sample --method lora --bottom-layers 4 \
   --mechanism dchi --eta 4 --privatizer bottleneck:r=4,clip=1 --privatizer-warm-start 3 --privatizer-lr 0.01 \
   --warm-start-blocks --bottom-lr 1e-4 --epochs 1 --baseline --out runs/main "$@"
 # the attacker trains on public text (WikiText-2): from SPLITPRIV_DATA_DIR (or ../shared/data when it is there)
