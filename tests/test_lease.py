@@ -118,7 +118,7 @@ def test_a_session_moves_between_replicas_and_continues_exactly(tmp_path, data_d
         torch.testing.assert_close(tensor, theirs[name], atol=1e-6, rtol=0)
 
     stale = b._sessions[sid]  # b wakes up: its copy is stale (step 3), its lease gone
-    with pytest.raises(LeaseLost, match="epoch 2"):
+    with pytest.raises(LeaseLost, match="another replica"):
         b._checkpoint(stale)
     transport.vendor = b
     with pytest.raises(LeaseLost):
@@ -131,3 +131,18 @@ def test_a_session_moves_between_replicas_and_continues_exactly(tmp_path, data_d
     with pytest.raises(UnknownSession):
         b.session(sid, token)
     assert a.leases.holder_of(sid) is None
+
+
+def test_an_idle_session_whose_lease_ran_out_untaken_is_still_checkpointed(tmp_path, data_dir):
+    from splitpriv.data import load_dataset
+
+    train = load_dataset("sst2", "train", limit=16, seed=0)
+    vendor = ReplicaVendor(state_dir=tmp_path, replica_id="a", lease_ttl=5, checkpoint_every=0)
+    vendor.leases.clock = clock = Clock()
+    transport = InProcessTransport(vendor)
+    customer = Customer.open(transport, *CONFIG)
+    _steps(customer, train.texts, train.labels, {1, 2})
+    clock.now += 3600  # idle for an hour: the lease expired, nobody took it
+    info = transport.session
+    assert vendor.checkpoint(info.session_id, info.token)["completed_step"] == 2
+    assert vendor.leases.holder_of(info.session_id)["expires"] > clock.now

@@ -83,15 +83,14 @@ class Leases:
 
     def release(self, session_id: str, epoch: int, *, forget: bool = False) -> None:
         """Give the lease up (it expires now; the epoch stays, so the next holder gets a higher one); ``forget``
-        also removes its files (the session is closed)."""
+        also removes it (the session is closed). The empty lock file stays: removing a lock file another process
+        may be waiting on would let two processes hold "the" lock at once."""
         with self._locked(session_id):
             if self._current(session_id, epoch):
                 if forget:
                     self._path(session_id).unlink(missing_ok=True)
                 else:
                     self._write(session_id, {"holder": self.holder, "epoch": epoch, "expires": 0.0})
-        if forget:
-            self._path(session_id).with_suffix(".lock").unlink(missing_ok=True)
 
     def holder_of(self, session_id: str) -> dict | None:
         """The lease as stored (``holder``, ``epoch``, ``expires``), or None."""

@@ -81,13 +81,28 @@ class ReplicaVendor(Vendor):
             if epoch is None:
                 raise LeaseLost(f"session {session.session_id!r} is held by another replica")
             self._epochs[session.session_id] = epoch
-            self._renewed[session.session_id] = time.monotonic()
+        elif not self.leases.renew(session.session_id, epoch):  # an idle session's lease may have run out untaken
+            self._forget(session.session_id)
+            raise LeaseLost(f"session {session.session_id!r} has passed to another replica: not checkpointed here")
+        self._renewed[session.session_id] = time.monotonic()
         try:
             with self.leases.fenced(session.session_id, epoch):
                 return super()._save_locked(session)
         except LeaseLost:
             self._forget(session.session_id)
             raise
+
+    def sweep_idle(self) -> dict[str, int]:
+        """As :meth:`Vendor.sweep_idle`; the leases of sessions it closed are removed too."""
+        done = super().sweep_idle()
+        with self._lock:
+            gone = [sid for sid in self._epochs if sid not in self._sessions]
+        for sid in gone:
+            epoch = self._epochs.pop(sid, None)
+            self._renewed.pop(sid, None)
+            if epoch is not None and not self.store.session_dir(sid).is_dir():
+                self.leases.release(sid, epoch, forget=True)
+        return done
 
     def _keep(self, session_id: str) -> bool:
         """Renew this replica's lease when a third of its TTL has passed; False when it has been lost."""
