@@ -11,11 +11,7 @@ returned record too, so a cluster whose workers do not share this results direct
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-
-# what a worker needs from the driver's environment (data, caches, offline models)
-ENV_KEYS = ("SPLITPRIV_DATA_DIR", "SPLITPRIV_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
 def run_points(exp, points: list[dict], runs_dir: Path, *, quick: bool, force: bool, address: str = "auto"):
@@ -23,13 +19,10 @@ def run_points(exp, points: list[dict], runs_dir: Path, *, quick: bool, force: b
     starts a Ray instance on this machine; anything else is passed to ``ray.init`` ("auto": the running cluster)."""
     import ray
 
-    if not ray.is_initialized():
-        kwargs = ({"include_dashboard": False, "_node_ip_address": "127.0.0.1"} if address == "local"
-                  else {"address": address})
-        ray.init(**kwargs, log_to_driver=False, configure_logging=False)
-    env = {k: os.environ[k] for k in ENV_KEYS if k in os.environ}
-    env.update(OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", TOKENIZERS_PARALLELISM="false")
-    task = ray.remote(num_cpus=1, max_retries=1, runtime_env={"env_vars": env})(_run_point)
+    from splitpriv.service.ray_serve import connect, worker_env
+
+    connect(address)
+    task = ray.remote(num_cpus=1, max_retries=1, runtime_env={"env_vars": worker_env(1)})(_run_point)
     runs_dir = Path(runs_dir).resolve()
     refs = [task.remote(exp, point, str(runs_dir), quick, force) for point in points]
     for ref in refs:
@@ -52,4 +45,4 @@ def _run_point(exp, point: dict, runs_dir: str, quick: bool, force: bool) -> dic
     return json.loads(json.dumps(record, default=str))
 
 
-__all__ = ["ENV_KEYS", "run_points"]
+__all__ = ["run_points"]

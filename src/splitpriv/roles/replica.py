@@ -1,4 +1,5 @@
-"""One vendor replica among several that share a state dir (``splitpriv serve --ray``, :mod:`splitpriv.service.ray`).
+"""One vendor replica among several that share a state dir (``splitpriv serve --ray``,
+:mod:`splitpriv.service.ray_serve`).
 
 :class:`ReplicaVendor` is a :class:`~splitpriv.roles.vendor.Vendor` that serves a session only while it holds the
 session's lease (:mod:`splitpriv.roles.lease`) and commits its checkpoints only under that lease's fence:
@@ -69,8 +70,7 @@ class ReplicaVendor(Vendor):
 
     def close(self, session_id: str, token: str | None) -> None:
         super().close(session_id, token)
-        epoch = self._epochs.pop(session_id, None)
-        self._renewed.pop(session_id, None)
+        epoch = self._unlease(session_id)
         if epoch is not None:
             self.leases.release(session_id, epoch, forget=True)
 
@@ -98,8 +98,7 @@ class ReplicaVendor(Vendor):
         with self._lock:
             gone = [sid for sid in self._epochs if sid not in self._sessions]
         for sid in gone:
-            epoch = self._epochs.pop(sid, None)
-            self._renewed.pop(sid, None)
+            epoch = self._unlease(sid)
             if epoch is not None and not self.store.session_dir(sid).is_dir():
                 self.leases.release(sid, epoch, forget=True)
         return done
@@ -147,16 +146,19 @@ class ReplicaVendor(Vendor):
             log.info("session %s claimed at epoch %d (step %d)", session_id, epoch, stub.completed_step)
 
     def _let_go(self, session_id: str) -> None:
-        epoch = self._epochs.get(session_id)
-        self._forget(session_id)
+        epoch = self._forget(session_id)
         if epoch is not None:
             self.leases.release(session_id, epoch)
 
-    def _forget(self, session_id: str) -> None:
+    def _forget(self, session_id: str) -> int | None:
+        """Drop the local copy and the lease bookkeeping of ``session_id``; returns the epoch it was held at."""
         with self._lock:
             self._sessions.pop(session_id, None)
-        self._epochs.pop(session_id, None)
+        return self._unlease(session_id)
+
+    def _unlease(self, session_id: str) -> int | None:
         self._renewed.pop(session_id, None)
+        return self._epochs.pop(session_id, None)
 
 
 __all__ = ["ReplicaVendor"]

@@ -84,7 +84,8 @@ def application(options: ReplicaOptions, *, replicas: int = 2, sticky: bool = Tr
             request_router_class=ROUTER, request_router_kwargs={"num_fallback_replicas": 0})
     deployment = serve.deployment(VendorReplica, name=DEPLOYMENT).options(
         num_replicas=replicas, max_ongoing_requests=max_ongoing_requests,
-        ray_actor_options={"num_cpus": num_cpus, "runtime_env": {"env_vars": _replica_env(options.torch_threads)}}, **extra)
+        ray_actor_options={"num_cpus": num_cpus, "runtime_env": {"env_vars": worker_env(options.torch_threads)}},
+        **extra)
     return deployment.bind(asdict(options))
 
 
@@ -93,14 +94,9 @@ def start(options: ReplicaOptions, *, address: str | None = None, host: str = "1
           ssl_keyfile: str | None = None, ray_cpus: int | None = None):
     """Connect to the Ray cluster at ``address`` ("auto", ``ray://...``; None: start a local one with ``ray_cpus``),
     start Serve's proxy on ``host:port`` (HTTPS with a certificate) and deploy; returns once every replica is up."""
-    import ray
-
     if bool(ssl_certfile) != bool(ssl_keyfile):
         raise ValueError("TLS needs both ssl_certfile and ssl_keyfile (--ssl-certfile F --ssl-keyfile F)")
-    if not ray.is_initialized():
-        kwargs = {"address": address} if address else {"num_cpus": ray_cpus, "include_dashboard": False,
-                                                         "_node_ip_address": "127.0.0.1"}  # a local one: loopback
-        ray.init(**kwargs, log_to_driver=False, configure_logging=False)
+    connect(address, num_cpus=ray_cpus)
     http = {"host": host, "port": port}
     if ssl_certfile:
         http.update(ssl_certfile=str(ssl_certfile), ssl_keyfile=str(ssl_keyfile))
@@ -121,11 +117,31 @@ def stop() -> None:
     ray.shutdown()
 
 
-def _replica_env(threads: int) -> dict:
-    keep = ("SPLITPRIV_DATA_DIR", "SPLITPRIV_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    env = {k: os.environ[k] for k in keep if k in os.environ}
+def connect(address: str | None = None, *, num_cpus: int | None = None) -> None:
+    """Join the Ray cluster at ``address`` ("auto", ``ray://...``) unless this process already has; None or "local":
+    start a Ray instance on this machine with ``num_cpus`` (default: all), its services bound to loopback."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address in (None, "local"):
+        kwargs = {"num_cpus": num_cpus, "include_dashboard": False, "_node_ip_address": "127.0.0.1"}
+    else:
+        kwargs = {"address": address}
+    ray.init(**kwargs, log_to_driver=False, configure_logging=False)
+
+
+# what a Ray worker needs from the driver's environment: data, caches, offline models
+WORKER_ENV_KEYS = ("SPLITPRIV_DATA_DIR", "SPLITPRIV_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def worker_env(threads: int) -> dict:
+    """The environment of a Ray worker running splitpriv: :data:`WORKER_ENV_KEYS` from this process, and ``threads``
+    OpenMP threads that sleep while they wait."""
+    env = {k: os.environ[k] for k in WORKER_ENV_KEYS if k in os.environ}
     env.update(OMP_NUM_THREADS=str(threads), OMP_WAIT_POLICY="PASSIVE", TOKENIZERS_PARALLELISM="false")
     return env
 
 
-__all__ = ["APP_NAME", "DEPLOYMENT", "ROUTER", "ReplicaOptions", "VendorReplica", "application", "start", "stop"]
+__all__ = ["APP_NAME", "DEPLOYMENT", "ROUTER", "WORKER_ENV_KEYS", "ReplicaOptions", "VendorReplica", "application",
+           "connect", "start", "stop", "worker_env"]
