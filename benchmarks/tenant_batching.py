@@ -7,7 +7,8 @@ the vendor before batching). Against each, ``--customers`` threads, each its own
 HTTP connection, send ``--requests`` predicts of one SST-2 dev sentence each (bottom → d_chi η = 10, float32 wire),
 all starting together. Reported per mode: requests/s over the whole burst, latency p50/p99 per request, and the
 mean rows per batch the vendor ran (its ``/metrics``); the headline is the throughput ratio batched / one at a
-time. The two modes alternate ``--rounds`` times (the machine is shared; "best" is the least disturbed round).
+time. First, the vendor's compute alone (no threads): the same predicts as one packed batch, one padded batch and
+one at a time. The two modes alternate ``--rounds`` times (the machine is shared; "best" is the least disturbed round).
 
     python benchmarks/tenant_batching.py [--quick] [--customers 16] [--requests 20] [--rounds 2]
 """
@@ -128,6 +129,41 @@ def burst(tenants, customers: int, requests: int, bodies) -> dict:
             "mean_rows_per_batch": (after[1] - before[1]) / batches if batches else None}
 
 
+def vendor_compute(customers: int, bodies, reps: int = 5) -> dict:
+    """The vendor's compute alone, without threads or scheduling: ``customers`` sessions' single-sentence predicts
+    as one packed batch, as one right-padded batch (the layout without packing), and one at a time; ms, best of
+    ``reps`` (interleaved 3 times)."""
+    import torch
+
+    from splitpriv.roles.tenant_batch import BatchTop, _Item
+    from splitpriv.roles.vendor import Vendor
+
+    vendor = Vendor(batch_predict=64)
+    sessions = [vendor.session(i.session_id, i.token) for i in (vendor.open_session(SESSION) for _ in range(customers))]
+    items = [_Item(s, h.float(), m.long()) for s, (h, m) in zip(sessions, bodies)]
+    top = BatchTop(sessions[0])
+
+    def packed(flag):
+        top.packs = flag
+        return top(items)
+
+    runs = {"packed": lambda: packed(True), "padded": lambda: packed(False),
+            "one_at_a_time": lambda: [i.session.tuned.module(i.hidden, i.mask) for i in items]}
+    best = {k: float("inf") for k in runs}
+    with torch.no_grad():
+        for _ in range(3):
+            for name, run in runs.items():
+                run()
+                for _ in range(reps):
+                    start = time.perf_counter()
+                    run()
+                    best[name] = min(best[name], 1000 * (time.perf_counter() - start))
+    lengths = [int(m.shape[1]) for _, m in bodies[:customers]]
+    return {"ms": best, "tokens": sum(lengths), "padded_tokens": customers * max(lengths),
+            "packed_vs_one_at_a_time": best["one_at_a_time"] / best["packed"],
+            "padded_vs_one_at_a_time": best["one_at_a_time"] / best["padded"]}
+
+
 @contextmanager
 def tenants_of(transport: str, rows: int):
     if transport == "http":
@@ -158,6 +194,13 @@ def main() -> None:
     modes = {"batched": 64, "one_at_a_time": 0}
     out = {"quick": a.quick, "machine": machine(), "customers": a.customers, "requests_per_customer": a.requests,
            "session": SESSION.to_dict(), "goal": {"throughput_ratio": ">= 4"}}
+    with tenants_of("inprocess", 64) as tenants:
+        out["vendor_compute"] = vendor_compute(a.customers, representations(tenants.transport(), texts))
+    compute = out["vendor_compute"]
+    print(f"vendor compute for {a.customers} predicts ({compute['tokens']} tokens, {compute['padded_tokens']} padded): "
+          + ", ".join(f"{k} {v:.1f} ms" for k, v in compute["ms"].items())
+          + f"; packed {compute['packed_vs_one_at_a_time']:.2f}x one at a time, padded "
+          f"{compute['padded_vs_one_at_a_time']:.2f}x", flush=True)
     for transport in a.transports.split(","):
         runs: dict[str, list[dict]] = {m: [] for m in modes}
         for round_ in range(a.rounds):

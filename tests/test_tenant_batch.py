@@ -14,7 +14,7 @@ from splitpriv.config import PrivacyConfig, TrainConfig
 from splitpriv.errors import UnknownSession
 from splitpriv.protocol import PredictRequest, SessionConfig
 from splitpriv.roles.customer import Customer
-from splitpriv.roles.tenant_batch import BatchTop, _Item, group_key
+from splitpriv.roles.tenant_batch import BatchTop, _Item, _pack, group_key
 from splitpriv.roles.vendor import Vendor
 from splitpriv.transport import InProcessTransport
 
@@ -65,15 +65,39 @@ def test_a_batch_of_tenants_equals_each_tenants_lone_predict(tenants):
     # rows of different lengths and batch sizes, two requests from one session, in one batch
     requests = [_request(customers[0], texts[0:3]), _request(customers[1], texts[3:4]),
                 _request(customers[2], texts[4:9]), _request(customers[0], texts[9:10])]
-    owners = [sessions[0], sessions[1], sessions[2], sessions[0]]
+    holes = _request(customers[1], texts[10:12])  # a caller's own mask with holes: its first token masked out
+    holes.attention_mask[0, 0] = 0
+    requests.append(holes)
+    owners = [sessions[0], sessions[1], sessions[2], sessions[0], sessions[1]]
     alone = [s.predict(r).outputs for s, r in zip(owners, requests)]
     assert not torch.allclose(alone[0], sessions[1].predict(requests[0]).outputs, **TOL)  # the tenants do differ
     top = BatchTop(sessions[0])
     items = [_Item(s, r.hidden.float(), r.attention_mask.long()) for s, r in zip(owners, requests)]
+    lengths = [r.hidden.shape[1] for r in requests for _ in range(r.hidden.shape[0])]
+    assert top.packs and _pack(lengths)[1] < len(lengths)  # BERT packs: fewer sequences than rows
     with torch.no_grad():
         batched = top(items)
     for got, want in zip(batched, alone):
         torch.testing.assert_close(got, want, **TOL)
+
+
+def test_packing_places_every_row_once_within_the_longest_rows_length():
+    import random
+
+    rng = random.Random(0)
+    for _ in range(200):
+        lengths = [rng.randint(1, 64) for _ in range(rng.randint(1, 40))]
+        places, n_seq, capacity = _pack(lengths)
+        assert capacity == max(lengths) and n_seq <= len(lengths)
+        used = [[0] * capacity for _ in range(n_seq)]
+        for (seq, at), length in zip(places, lengths):
+            assert at + length <= capacity
+            for t in range(at, at + length):
+                used[seq][t] += 1
+        assert max(max(u) for u in used) == 1  # no two rows share a position
+        # first-fit decreasing never opens a sequence a later one could have shared: any two are fuller than one
+        fill = sorted(sum(u) for u in used)
+        assert n_seq == 1 or fill[0] + fill[1] > capacity
 
 
 def test_concurrent_predicts_are_batched_and_each_gets_its_own_answer(tenants):

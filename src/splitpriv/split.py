@@ -169,10 +169,11 @@ class Top(_Part):
         return self.d_model if self.privatizer_up is None else self.privatizer_up.in_features
 
     def encode(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None,
-               cache=None) -> torch.Tensor:
+               cache=None, block_inputs: BlockInputs | None = None) -> torch.Tensor:
+        """``block_inputs`` replaces the ones built from ``attention_mask`` (a packed batch's block-diagonal mask)."""
         check_mask(hidden, attention_mask, self.input_width)
         hidden = hidden if self.privatizer_up is None else self.privatizer_up(hidden)
-        inputs = self._block_inputs(hidden, attention_mask, cache=cache)
+        inputs = block_inputs or self._block_inputs(hidden, attention_mask, cache=cache)
         hidden = _advanced(cache, self._run_blocks(self.block_paths, hidden, inputs))
         if self.family.final_norm is not None and self.task == SEQUENCE_CLASSIFICATION:
             hidden = self.get_submodule(self.family.final_norm)(hidden)
