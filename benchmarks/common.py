@@ -166,3 +166,29 @@ def print_table(rows: list[list], header: list[str]) -> None:
 
 __all__ = ["RESULTS", "ROOT", "cpu_seconds", "free_port", "load_dev", "load_texts", "machine", "percentile",
            "print_table", "quiet", "rss_bytes", "summarize", "vendor_service", "write_result"]
+
+
+def together(n: int, body) -> float:
+    """Run ``body(i)`` for i < n in n threads released at once by a barrier; returns the wall time in s, and raises
+    the first error any thread hit."""
+    import threading
+
+    barrier, errors = threading.Barrier(n), []
+
+    def work(i: int) -> None:
+        try:
+            barrier.wait()
+            body(i)
+        except BaseException as exc:  # noqa: BLE001 - raised below, in the caller's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+    start = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    wall = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    return wall

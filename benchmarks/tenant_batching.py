@@ -18,12 +18,11 @@ from __future__ import annotations
 import argparse
 import re
 import statistics
-import threading
 import time
 from contextlib import contextmanager
 
 import common  # noqa: F401  (environment first)
-from common import load_dev, machine, percentile, print_table, quiet, vendor_service, write_result
+from common import load_dev, machine, percentile, print_table, quiet, together, vendor_service, write_result
 
 SESSION = None  # set in main (imports after the environment)
 
@@ -95,33 +94,21 @@ def burst(tenants, customers: int, requests: int, bodies) -> dict:
     for predict, _ in opened:  # warm-up: one predict each, alone
         predict(*bodies[0])
     times: list[list[float]] = [[] for _ in opened]
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(customers)
 
     def work(i: int) -> None:
-        try:
-            barrier.wait()
-            for r in range(requests):
-                hidden, mask = bodies[(i * requests + r) % len(bodies)]
-                start = time.perf_counter()
-                opened[i][0](hidden, mask)
-                times[i].append(time.perf_counter() - start)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+        for r in range(requests):
+            hidden, mask = bodies[(i * requests + r) % len(bodies)]
+            start = time.perf_counter()
+            opened[i][0](hidden, mask)
+            times[i].append(time.perf_counter() - start)
 
     before = tenants.counters()
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(customers)]
-    start = time.perf_counter()
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    wall = time.perf_counter() - start
-    after = tenants.counters()
-    for _, close in opened:
-        close()
-    if errors:
-        raise errors[0]
+    try:
+        wall = together(customers, work)
+    finally:
+        after = tenants.counters()
+        for _, close in opened:
+            close()
     flat = [x for ts in times for x in ts]
     batches = after[0] - before[0]
     return {"requests_per_s": len(flat) / wall, "wall_s": wall, "p50_s": percentile(flat, 50),

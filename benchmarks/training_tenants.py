@@ -16,11 +16,10 @@ batches tenants, :mod:`splitpriv.roles.tenant_batch`, the training path does not
 from __future__ import annotations
 
 import argparse
-import threading
 import time
 
 import common  # noqa: F401  (environment first)
-from common import load_dev, machine, quiet, write_result
+from common import load_dev, machine, quiet, together, write_result
 
 
 def concurrent(customers: int, steps: int, texts, labels) -> dict:
@@ -44,29 +43,15 @@ def concurrent(customers: int, steps: int, texts, labels) -> dict:
             enc = encode_texts(c.tokenizer, texts, 64)
             rows = [torch.arange(8 * (i * steps + s), 8 * (i * steps + s + 1)) % len(enc) for s in range(steps)]
             batches.append([(*collate(enc, r, c.tokenizer.pad_token_id), torch.tensor(labels)[r], r) for r in rows])
-        barrier, errors = threading.Barrier(n), []
-
         def work(i: int) -> None:
-            try:
-                barrier.wait()
-                for s, (ids, mask, y, r) in enumerate(batches[i], start=1):
-                    opened[i].train_step(s, ids, mask, y, r)
-            except BaseException as exc:  # noqa: BLE001 - reported below
-                errors.append(exc)
+            for s, (ids, mask, y, r) in enumerate(batches[i], start=1):
+                opened[i].train_step(s, ids, mask, y, r)
 
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
-        start = time.perf_counter()
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        wall = time.perf_counter() - start
-        if errors:
-            raise errors[0]
+        wall = together(n, work)
         return n * steps / wall
 
-    alone, together = run(1), run(customers)
-    return {"steps_per_s_alone": alone, "steps_per_s_concurrent": together, "ratio": together / alone}
+    alone, many = run(1), run(customers)
+    return {"steps_per_s_alone": alone, "steps_per_s_concurrent": many, "ratio": many / alone}
 
 
 def ceiling(customers: int, texts, reps: int = 3) -> dict:
