@@ -164,10 +164,6 @@ def print_table(rows: list[list], header: list[str]) -> None:
             print("  " + "  ".join("-" * w for w in widths))
 
 
-__all__ = ["RESULTS", "ROOT", "cpu_seconds", "free_port", "load_dev", "load_texts", "machine", "percentile",
-           "print_table", "quiet", "rss_bytes", "summarize", "vendor_service", "write_result"]
-
-
 def together(n: int, body) -> float:
     """Run ``body(i)`` for i < n in n threads released at once by a barrier; returns the wall time in s, and raises
     the first error any thread hit."""
@@ -192,3 +188,7 @@ def together(n: int, body) -> float:
     if errors:
         raise errors[0]
     return wall
+
+
+__all__ = ["RESULTS", "ROOT", "cpu_seconds", "free_port", "load_dev", "load_texts", "machine", "percentile",
+           "print_table", "quiet", "rss_bytes", "summarize", "together", "vendor_service", "write_result"]

@@ -116,7 +116,7 @@ def burst(tenants, customers: int, requests: int, bodies) -> dict:
             "mean_rows_per_batch": (after[1] - before[1]) / batches if batches else None}
 
 
-def vendor_compute(customers: int, bodies, reps: int = 5) -> dict:
+def vendor_compute(customers: int, texts: list[str], reps: int = 5) -> dict:
     """The vendor's compute alone, without threads or scheduling: ``customers`` sessions' single-sentence predicts
     as one packed batch, as one right-padded batch (the layout without packing), and one at a time; ms, best of
     ``reps`` (interleaved 3 times)."""
@@ -124,8 +124,10 @@ def vendor_compute(customers: int, bodies, reps: int = 5) -> dict:
 
     from splitpriv.roles.tenant_batch import BatchTop, _Item
     from splitpriv.roles.vendor import Vendor
+    from splitpriv.transport import InProcessTransport
 
     vendor = Vendor(batch_predict=64)
+    bodies = representations(InProcessTransport(vendor), texts)
     sessions = [vendor.session(i.session_id, i.token) for i in (vendor.open_session(SESSION) for _ in range(customers))]
     items = [_Item(s, h.float(), m.long()) for s, (h, m) in zip(sessions, bodies)]
     top = BatchTop(sessions[0])
@@ -181,8 +183,7 @@ def main() -> None:
     modes = {"batched": 64, "one_at_a_time": 0}
     out = {"quick": a.quick, "machine": machine(), "customers": a.customers, "requests_per_customer": a.requests,
            "session": SESSION.to_dict(), "goal": {"throughput_ratio": ">= 4"}}
-    with tenants_of("inprocess", 64) as tenants:
-        out["vendor_compute"] = vendor_compute(a.customers, representations(tenants.transport(), texts))
+    out["vendor_compute"] = vendor_compute(a.customers, texts)
     compute = out["vendor_compute"]
     print(f"vendor compute for {a.customers} predicts ({compute['tokens']} tokens, {compute['padded_tokens']} padded): "
           + ", ".join(f"{k} {v:.1f} ms" for k, v in compute["ms"].items())

@@ -43,6 +43,7 @@ def concurrent(customers: int, steps: int, texts, labels) -> dict:
             enc = encode_texts(c.tokenizer, texts, 64)
             rows = [torch.arange(8 * (i * steps + s), 8 * (i * steps + s + 1)) % len(enc) for s in range(steps)]
             batches.append([(*collate(enc, r, c.tokenizer.pad_token_id), torch.tensor(labels)[r], r) for r in rows])
+
         def work(i: int) -> None:
             for s, (ids, mask, y, r) in enumerate(batches[i], start=1):
                 opened[i].train_step(s, ids, mask, y, r)
@@ -54,8 +55,9 @@ def concurrent(customers: int, steps: int, texts, labels) -> dict:
     return {"steps_per_s_alone": alone, "steps_per_s_concurrent": many, "ratio": many / alone}
 
 
-def ceiling(customers: int, texts, reps: int = 3) -> dict:
+def ceiling(customers: int, texts, reps: int = 7) -> dict:
     import torch
+    from transformers import AutoTokenizer
 
     from splitpriv.batching import collate, encode_texts
     from splitpriv.protocol import SessionConfig
@@ -63,20 +65,14 @@ def ceiling(customers: int, texts, reps: int = 3) -> dict:
 
     vendor = Vendor()
     info = vendor.open_session(SessionConfig(n_bottom_layers=2, tuning={"method": "lora", "r": 8}))
-    from transformers import AutoTokenizer
-
     session = vendor.session(info.session_id, info.token)
     tokenizer = AutoTokenizer.from_pretrained(vendor.model_folder)
     enc = encode_texts(tokenizer, texts, 64)
-    batches = [collate(enc, torch.arange(8 * i, 8 * i + 8), tokenizer.pad_token_id) for i in range(customers)]
     with torch.no_grad():
-        alone = [session.parts.bottom(ids, mask) for ids, mask in batches]
-    masks = [mask for _, mask in batches]
-    length = max(m.shape[1] for m in masks)
-    pad = lambda x, m: (torch.nn.functional.pad(x, (0, 0, 0, length - x.shape[1])),  # noqa: E731
-                        torch.nn.functional.pad(m, (0, length - m.shape[1])))
-    joined = [pad(x, m) for x, m in zip(alone, masks)]
-    big = (torch.cat([x for x, _ in joined]), torch.cat([m for _, m in joined]))
+        alone = [(session.parts.bottom(ids, mask), mask) for ids, mask in
+                 (collate(enc, torch.arange(8 * i, 8 * i + 8), tokenizer.pad_token_id) for i in range(customers))]
+        ids, mask = collate(enc, torch.arange(8 * customers), tokenizer.pad_token_id)  # all rows, padded to the longest
+        big = (session.parts.bottom(ids, mask), mask)
     module = session.tuned.module
     module.train()
 
@@ -86,13 +82,13 @@ def ceiling(customers: int, texts, reps: int = 3) -> dict:
 
     best = {"one_at_a_time": float("inf"), "one_batch": float("inf")}
     for _ in range(reps):
-        for name, pairs in (("one_at_a_time", list(zip(alone, masks))), ("one_batch", [big])):
+        for name, pairs in (("one_at_a_time", alone), ("one_batch", [big])):
             step(pairs)
             start = time.perf_counter()
             step(pairs)
             best[name] = min(best[name], 1000 * (time.perf_counter() - start))
-    return {"ms": best, "rows": 8 * customers, "padded_length": length,
-            "tokens": int(sum(m.numel() for m in masks)), "ratio": best["one_at_a_time"] / best["one_batch"]}
+    return {"ms": best, "rows": 8 * customers, "padded_length": int(big[1].shape[1]),
+            "tokens": int(sum(m.numel() for _, m in alone)), "ratio": best["one_at_a_time"] / best["one_batch"]}
 
 
 def main() -> None:

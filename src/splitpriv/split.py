@@ -173,7 +173,7 @@ class Top(_Part):
         """``block_inputs`` replaces the ones built from ``attention_mask`` (a packed batch's block-diagonal mask)."""
         check_mask(hidden, attention_mask, self.input_width)
         hidden = hidden if self.privatizer_up is None else self.privatizer_up(hidden)
-        inputs = block_inputs or self._block_inputs(hidden, attention_mask, cache=cache)
+        inputs = self._block_inputs(hidden, attention_mask, cache=cache) if block_inputs is None else block_inputs
         hidden = _advanced(cache, self._run_blocks(self.block_paths, hidden, inputs))
         if self.family.final_norm is not None and self.task == SEQUENCE_CLASSIFICATION:
             hidden = self.get_submodule(self.family.final_norm)(hidden)

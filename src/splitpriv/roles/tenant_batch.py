@@ -90,8 +90,7 @@ class BatchTop:
             if self._rows is None:
                 return output
             (a, b, scale), (gather, valid) = self._rows[path], self._rows["tokens"]
-            x = inputs[0].reshape(-1, inputs[0].shape[-1])
-            x = torch.cat([x, x.new_zeros(1, x.shape[1])])[gather]  # [S, M, d_in]: session s's tokens, zero-padded
+            x = inputs[0].reshape(-1, inputs[0].shape[-1])[gather]  # [S, M, d_in]: session s's tokens (then filler)
             delta = torch.bmm(torch.bmm(x, a.transpose(1, 2)), b.transpose(1, 2)) * scale[:, None, None]
             output.view(-1, output.shape[-1]).index_add_(0, gather[valid], delta[valid])  # the linear keeps no output
             return output
@@ -109,10 +108,11 @@ class BatchTop:
                           torch.tensor([float(layer.scaling["default"]) for layer in layers]))
         positions = [torch.nonzero(slot == k).squeeze(1) for k in range(len(sessions))]
         longest = max(len(p) for p in positions)
-        gather = torch.full((len(sessions), longest), slot.numel(), dtype=torch.long)  # slot.numel(): the zero row
+        gather = torch.zeros((len(sessions), longest), dtype=torch.long)  # filler: any position, its delta is dropped
+        valid = torch.zeros((len(sessions), longest), dtype=torch.bool)
         for k, p in enumerate(positions):
-            gather[k, :len(p)] = p
-        rows["tokens"] = (gather, gather < slot.numel())
+            gather[k, :len(p)], valid[k, :len(p)] = p, True
+        rows["tokens"] = (gather, valid)
         return rows
 
     def __call__(self, items: list[_Item]) -> list[torch.Tensor]:
@@ -129,10 +129,10 @@ class BatchTop:
         hidden = rows[0][0].new_zeros(n_seq, length, rows[0][0].shape[-1])
         mask = torch.zeros(n_seq, length, dtype=torch.long)
         owner = torch.full((n_seq, length), -1, dtype=torch.long)  # row index of each position, -1: filler
-        slot = torch.full((n_seq, length), -1, dtype=torch.long)
-        for r, ((x, m, k), (seq, at)) in enumerate(zip(rows, places)):
-            hidden[seq, at:at + len(m)], mask[seq, at:at + len(m)] = x, m
-            owner[seq, at:at + len(m)], slot[seq, at:at + len(m)] = r, k
+        for r, ((x, m, _), (seq, at)) in enumerate(zip(rows, places)):
+            hidden[seq, at:at + len(m)], mask[seq, at:at + len(m)], owner[seq, at:at + len(m)] = x, m, r
+        session_of_row = torch.tensor([k for _, _, k in rows])
+        slot = torch.where(owner >= 0, session_of_row[owner.clamp(min=0)], -1)  # each position's session, -1: filler
         self._rows = self._gather(sessions, slot.reshape(-1))
         try:
             if self.packs:
