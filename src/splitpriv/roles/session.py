@@ -137,6 +137,7 @@ class _Pending:
     hidden: torch.Tensor
     outputs: torch.Tensor
     reply: Outputs
+    shared: object = None  # SharedBackward: the forward ran in a multi-tenant batch, its backward joins the batch's
     created: float = field(default_factory=time.monotonic)
 
 
@@ -198,24 +199,41 @@ class VendorSession:
 
     def forward(self, req: ForwardRequest) -> Outputs:
         with self.lock:
-            self.check_open()
-            if self._pending is not None and req.step == self._pending.step:
-                return self._pending.reply
-            check_next_step(req.step, self.completed_step)
+            cached = self.admit_forward(req.step)
+            if cached is not None:
+                return cached
             hidden, mask = check_representations(req.hidden, req.attention_mask, self.d_model, self.max_tokens,
                                                  self.limits)
-            hidden.requires_grad_(self.config.train_bottom)
-            self.tuned.module.train(self.config.dropout)
-            with RNG_LOCK, step_rng(self.config.seed, "vendor", req.step):
-                outputs = self._run_top(hidden, mask)
-            if not bool(torch.isfinite(outputs).all()):
-                del outputs
-                raise ProtocolError(f"the top's outputs for step {req.step} are not finite (the inputs overflow it): "
-                                    "the step was refused and the session is unchanged")
-            self.expired = None
-            reply = Outputs(step=req.step, outputs=outputs.detach())
-            self._pending = _Pending(req.step, hidden, outputs, reply)
-            return reply
+            return self.run_forward(req.step, hidden, mask)
+
+    def run_forward(self, step: int, hidden: torch.Tensor, mask: torch.Tensor) -> Outputs:
+        """The caller holds the lock and admitted ``step``: the session's own training forward, kept pending."""
+        hidden.requires_grad_(self.config.train_bottom)
+        self.tuned.module.train(self.config.dropout)
+        with RNG_LOCK, step_rng(self.config.seed, "vendor", step):
+            outputs = self._run_top(hidden, mask)
+        return self.keep_forward(step, hidden, outputs)
+
+    def admit_forward(self, step: int) -> Outputs | None:
+        """The caller holds the lock: the stored reply when ``step`` repeats the pending forward, else None once
+        ``step`` is checked to be the next one (:class:`OutOfOrder` if not)."""
+        self.check_open()
+        if self._pending is not None and step == self._pending.step:
+            return self._pending.reply
+        check_next_step(step, self.completed_step)
+        return None
+
+    def keep_forward(self, step: int, hidden: torch.Tensor, outputs: torch.Tensor, shared=None) -> Outputs:
+        """The caller holds the lock: keep a computed forward (its graph) pending until its backward; ``shared``: the
+        :class:`~splitpriv.roles.training_batch.SharedBackward` of the multi-tenant batch it was computed in."""
+        if not bool(torch.isfinite(outputs).all()):
+            del outputs
+            raise ProtocolError(f"the top's outputs for step {step} are not finite (the inputs overflow it): "
+                                "the step was refused and the session is unchanged")
+        self.expired = None
+        reply = Outputs(step=step, outputs=outputs.detach())
+        self._pending = _Pending(step, hidden, outputs, reply, shared)
+        return reply
 
     def backward(self, req: BackwardRequest) -> BackwardResult:
         with self.lock:
@@ -241,7 +259,10 @@ class VendorSession:
                 )
             check_magnitude("grad_outputs", grad, self.limits.max_abs_value)
             self.optimizer.zero_grad(set_to_none=True)
-            pending.outputs.backward(grad.float())
+            if pending.shared is None:
+                pending.outputs.backward(grad.float())
+            else:
+                pending.shared.backward(self, pending, grad.float())
             if not self._gradients_finite(pending):
                 self.optimizer.zero_grad(set_to_none=True)
                 self._pending = None
@@ -283,9 +304,14 @@ class VendorSession:
 
     @property
     def pending_cost(self) -> int:
-        """batch × T² of the pending forward (0 without one): what its graph holds, in attention units."""
+        """batch × T² of the pending forward (0 without one): what its graph holds, in attention units; the whole
+        batch's once the other members of a multi-tenant batch have run their backward and kept the graph for it."""
         pending = self._pending
-        return 0 if pending is None else int(pending.hidden.shape[0]) * int(pending.hidden.shape[1]) ** 2
+        if pending is None:
+            return 0
+        if pending.shared is not None and pending.shared.rounds:
+            return pending.shared.cost
+        return int(pending.hidden.shape[0]) * int(pending.hidden.shape[1]) ** 2
 
     @property
     def pending_step(self) -> int | None:

@@ -34,12 +34,14 @@ import torch
 
 from splitpriv.limits import check_int, request_cost
 from splitpriv.models import BlockInputs
-from splitpriv.protocol import Outputs, PredictRequest
+from splitpriv.protocol import ForwardRequest, Outputs, PredictRequest
 from splitpriv.roles.session import VendorSession, check_representations
+from splitpriv.roles.training_batch import BACKWARD_WAIT, run_training
 from splitpriv.tuning.base import share_frozen_copy
 from splitpriv.tuning.lora import LoRA
 
 ACTIVE_WINDOW = 1.0  # seconds: a session that sent a predict this recently is expected to send another
+TRAIN_ACTIVE_WINDOW = 5.0  # the same for training forwards (a step's round trip is longer)
 MAX_GROUPS = 64  # batch tops kept (least recently used first out): callers choosing odd configs cannot grow it
 
 
@@ -52,6 +54,13 @@ def group_key(session: VendorSession) -> str | None:
         return None
     return json.dumps([config.num_labels, config.n_bottom_layers, tuned.config.to_dict(), session.d_model],
                       sort_keys=True)
+
+
+def train_group_key(session: VendorSession) -> str | None:
+    """The training batch group of ``session``, or None when its training forwards run alone: a predict group's
+    session that trains without dropout (:mod:`splitpriv.roles.training_batch` says why)."""
+    key = group_key(session)
+    return None if key is None or session.config.dropout else "train:" + key
 
 
 class BatchTop:
@@ -175,6 +184,7 @@ class _Item:
     session: VendorSession
     hidden: torch.Tensor
     mask: torch.Tensor
+    step: int | None = None  # a training forward's step (None: a predict)
     arrived: float = field(default_factory=time.monotonic)
     wake: threading.Event = field(default_factory=threading.Event)  # set when done, or when it is to lead a batch
     done: bool = False
@@ -186,6 +196,9 @@ class _Item:
 class _Group:
     top: BatchTop
     arrivals: threading.Condition  # the leader collecting a batch waits on it; every arrival notifies it
+    run: object  # (top, items) -> None: computes every item's result or error, its sessions' locks held
+    active: float  # seconds: a session that sent a request this recently is expected to send another
+    wait: float  # seconds a leader waits for the group's active sessions to queue
     queue: list[_Item] = field(default_factory=list)
     busy: bool = False  # a leader is collecting or running a batch (the queue is empty whenever it is False)
     seen: dict = field(default_factory=dict)  # session id -> when its last request arrived
@@ -196,11 +209,15 @@ class TenantBatcher:
     ``max_rows``: sequences per batch; the vendor's ``limits`` bound each batch's batch × T and batch × T² too;
     ``max_wait``: seconds a batch waits for its group's active sessions to queue (see the module docstring)."""
 
-    def __init__(self, limits, max_rows: int = 64, max_wait: float = 0.005):
+    def __init__(self, limits, max_rows: int = 64, max_wait: float = 0.005, *, train: bool = True,
+                 train_wait: float = 0.05, backward_wait: float = BACKWARD_WAIT):
         check_int("max_rows", max_rows, 1, 2**31)
-        if not 0 <= max_wait <= 1:
-            raise ValueError(f"max_wait must be in [0, 1] seconds, got {max_wait!r}")
+        for name, wait in (("max_wait", max_wait), ("train_wait", train_wait), ("backward_wait", backward_wait)):
+            if not 0 <= wait <= 1:
+                raise ValueError(f"{name} must be in [0, 1] seconds, got {wait!r}")
         self.limits, self.max_rows, self.max_wait = limits, max_rows, max_wait
+        self.train, self.train_wait, self.backward_wait = train, train_wait, backward_wait
+        self.train_batches = self.train_rows = 0  # counters: shared training forwards (2+ sessions) and their rows
         self._groups: OrderedDict[str, _Group] = OrderedDict()
         self._lock = threading.Lock()
         self.batches = self.rows = 0  # counters: how many batches ran and how many sequences they held
@@ -210,13 +227,28 @@ class TenantBatcher:
         key = group_key(session)
         if key is None:
             return session.predict(req)
+        return self._submit(key, session, req, None, (self._run, ACTIVE_WINDOW, self.max_wait))
+
+    def forward(self, session: VendorSession, req: ForwardRequest) -> Outputs:
+        """``session.forward(req)``, in a batch with other sessions' training forwards when its group allows
+        (:mod:`splitpriv.roles.training_batch`)."""
+        key = train_group_key(session) if self.train else None
+        if key is None:
+            return session.forward(req)
+        cached = session.repeated_forward(req.step)
+        if cached is not None:
+            return cached
+        return self._submit(key, session, req, req.step, (self._run_training, TRAIN_ACTIVE_WINDOW, self.train_wait))
+
+    def _submit(self, key: str, session: VendorSession, req, step: int | None, schedule: tuple) -> Outputs:
+        """Queue one request in ``key``'s group; ``schedule``: the group's (run, active window, wait)."""
         hidden, mask = check_representations(req.hidden, req.attention_mask, session.d_model, session.max_tokens,
                                              session.limits)
-        item, lead = _Item(session, hidden, mask), False
+        item, lead = _Item(session, hidden, mask, step), False
         with self._lock:
             group = self._groups.get(key)
             if group is None:
-                group = self._groups[key] = _Group(BatchTop(session), threading.Condition(self._lock))
+                group = self._groups[key] = _Group(BatchTop(session), threading.Condition(self._lock), *schedule)
                 excess = max(0, len(self._groups) - MAX_GROUPS)
                 for old in [k for k, g in self._groups.items() if not g.busy][:excess]:
                     del self._groups[old]
@@ -232,7 +264,7 @@ class TenantBatcher:
                 with self._lock:
                     self._collect(group)
                     batch = self._take(group)
-                self._run(group.top, batch)
+                self._locked(group, batch)
             finally:
                 with self._lock:  # hand over to the next queued request, or stand down with the queue empty
                     if group.queue:
@@ -244,14 +276,14 @@ class TenantBatcher:
         return item.result
 
     def _collect(self, group: _Group) -> None:
-        """Wait up to ``max_wait`` s for every session of the group active in the last second (that is not queued
-        already) to send its next request, or until ``max_rows`` rows are queued. Customers in a closed loop (send,
+        """Wait up to the group's wait (``max_wait``; ``train_wait`` for training forwards) for every session of the
+        group active within its window (that is not queued already) to send its next request, or until ``max_rows`` rows are queued. Customers in a closed loop (send,
         wait, send again) then share one batch instead of alternating between two half batches; a lone customer,
         or one whose neighbours are all queued, never waits."""
         now = time.monotonic()
-        for sid in [sid for sid, t in group.seen.items() if now - t > ACTIVE_WINDOW]:
+        for sid in [sid for sid, t in group.seen.items() if now - t > group.active]:
             del group.seen[sid]
-        deadline = now + self.max_wait
+        deadline = now + group.wait
         while (sum(i.hidden.shape[0] for i in group.queue) < self.max_rows and time.monotonic() < deadline
                and not set(group.seen) <= {i.session.session_id for i in group.queue}):
             group.arrivals.wait(deadline - time.monotonic())
@@ -270,30 +302,17 @@ class TenantBatcher:
         del group.queue[:len(taken)]
         return taken
 
-    def _run(self, top: BatchTop, batch: list[_Item]) -> None:
+    def _locked(self, group: _Group, batch: list[_Item]) -> None:
+        """``group.run`` with every session of ``batch`` locked (in session-id order); every item ends done with a
+        result or an error, none is left blocked."""
         sessions = sorted({id(i.session): i.session for i in batch}.values(), key=lambda s: s.session_id)
         held = []
         try:
             for s in sessions:
                 s.lock.acquire()
                 held.append(s)
-            live = []
-            for item in batch:
-                try:
-                    item.session.check_open()
-                    live.append(item)
-                except Exception as exc:  # noqa: BLE001 - one closed session fails its own request only
-                    item.error = exc
-            if live:
-                with torch.no_grad():
-                    for s in {id(i.session): i.session for i in live}.values():
-                        s.tuned.module.eval()
-                    lone = live[0].session.tuned.module if len(live) == 1 else None  # no mixing: its own top
-                    logits = top(live) if lone is None else [lone(live[0].hidden, live[0].mask)]
-                for item, out in zip(live, logits):
-                    item.result = Outputs(step=item.session.completed_step, outputs=out)
-                self.batches, self.rows = self.batches + 1, self.rows + sum(i.hidden.shape[0] for i in live)
-        except Exception as exc:  # noqa: BLE001 - every waiting caller gets the error, none is left blocked
+            group.run(group.top, batch)
+        except Exception as exc:  # noqa: BLE001 - every waiting caller gets the error
             for item in batch:
                 if item.result is None and item.error is None:
                     item.error = exc
@@ -304,5 +323,28 @@ class TenantBatcher:
                 item.done = True
                 item.wake.set()
 
+    def _run(self, top: BatchTop, batch: list[_Item]) -> None:
+        live = []
+        for item in batch:
+            try:
+                item.session.check_open()
+                live.append(item)
+            except Exception as exc:  # noqa: BLE001 - one closed session fails its own request only
+                item.error = exc
+        if live:
+            with torch.no_grad():
+                for s in {id(i.session): i.session for i in live}.values():
+                    s.tuned.module.eval()
+                lone = live[0].session.tuned.module if len(live) == 1 else None  # no mixing: its own top
+                logits = top(live) if lone is None else [lone(live[0].hidden, live[0].mask)]
+            for item, out in zip(live, logits):
+                item.result = Outputs(step=item.session.completed_step, outputs=out)
+            self.batches, self.rows = self.batches + 1, self.rows + sum(i.hidden.shape[0] for i in live)
 
-__all__ = ["BatchTop", "TenantBatcher", "group_key"]
+    def _run_training(self, top: BatchTop, batch: list[_Item]) -> None:
+        rows = run_training(top, batch, self.backward_wait)
+        if rows:
+            self.train_batches, self.train_rows = self.train_batches + 1, self.train_rows + rows
+
+
+__all__ = ["BatchTop", "TenantBatcher", "group_key", "train_group_key"]

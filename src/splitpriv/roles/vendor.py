@@ -53,12 +53,14 @@ class Vendor:
 
     Every call names its session and carries the session's bearer token (compared in constant time). Predicts of
     LoRA sessions arriving together run as one batch of up to ``batch_predict`` rows
-    (:mod:`~splitpriv.roles.tenant_batch`; 0 or None: one at a time).
+    (:mod:`~splitpriv.roles.tenant_batch`; 0 or None: one at a time); with ``batch_train``, so do the training
+    forwards of such sessions that train without dropout (:mod:`~splitpriv.roles.training_batch`).
     """
 
     def __init__(self, model: str | None = None, *, max_sessions: int = 256, state_dir: str | os.PathLike | None = None,
                  checkpoint_every: int | None = 50, max_num_labels: int = 1000, limits: RequestLimits | None = None,
-                 idle_unload: float | None = None, session_ttl: float | None = None, batch_predict: int | None = 64):
+                 idle_unload: float | None = None, session_ttl: float | None = None, batch_predict: int | None = 64,
+                 batch_train: bool = True):
         for name, every in (("checkpoint_every", checkpoint_every), ("batch_predict", batch_predict)):
             if every is not None:
                 check_int(name, every, 0, 2**31)
@@ -69,7 +71,7 @@ class Vendor:
                 raise ValueError(f"{name} must be > 0 seconds or None, got {value!r}")
         self.idle_unload, self.session_ttl = idle_unload, session_ttl  # seconds: see splitpriv.roles.idle
         self.max_sessions = max_sessions
-        self.batcher = TenantBatcher(self.limits, batch_predict) if batch_predict else None  # rows per batch
+        self.batcher = TenantBatcher(self.limits, batch_predict, train=batch_train) if batch_predict else None
         self.max_num_labels = max_num_labels
         self.checkpoint_every = checkpoint_every or None
         self.state_dir = Path(state_dir) if state_dir is not None else None
@@ -261,7 +263,7 @@ class Vendor:
             if held + cost > self.limits.max_pending_cost:
                 raise VendorBusy(f"the vendor is holding {held} units (batch x tokens^2) of pending forwards, its "
                                  f"limit is {self.limits.max_pending_cost}: retry shortly")
-        return session.forward(req)
+        return self.batcher.forward(session, req) if self.batcher is not None else session.forward(req)
 
     def repeated_forward(self, session_id: str, token: str | None, step: int) -> Outputs | None:
         """The cached reply when ``step`` is the session's pending forward (a retry), else ``None``: a transport

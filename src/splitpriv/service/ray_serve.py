@@ -42,6 +42,7 @@ class ReplicaOptions:
     idle_unload: float | None = 900.0
     session_ttl: float | None = 7 * 86400.0
     batch_predict: int | None = 64
+    batch_train: bool = True
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     torch_threads: int = 1
 
@@ -62,7 +63,8 @@ class VendorReplica:
         self.vendor = ReplicaVendor(opts.model, state_dir=opts.state_dir, lease_ttl=opts.lease_ttl,
                                     checkpoint_every=opts.checkpoint_every,
                                     limits=RequestLimits(pending_ttl=opts.pending_ttl), idle_unload=opts.idle_unload,
-                                    session_ttl=opts.session_ttl, batch_predict=opts.batch_predict)
+                                    session_ttl=opts.session_ttl, batch_predict=opts.batch_predict,
+                                    batch_train=opts.batch_train)
 
     def __serve_build_asgi_app__(self):
         from splitpriv.service.app import create_app

@@ -30,6 +30,7 @@ def serve(
     idle_unload: float | None = 900.0,
     session_ttl: float | None = 7 * 86400.0,
     batch_predict: int | None = 64,
+    batch_train: bool = True,
     log_format: str = "text",
 ) -> None:
     """Run the vendor service with uvicorn until interrupted or SIGTERM (open sessions are checkpointed on shutdown
@@ -37,6 +38,7 @@ def serve(
     backward before its graph is freed; ``idle_unload``: seconds without a call before a session is checkpointed and
     dropped from memory (with ``state_dir``); ``session_ttl``: seconds without a call before it is closed;
     ``batch_predict``: rows per multi-tenant predict batch (0: none; :mod:`splitpriv.roles.tenant_batch`);
+    ``batch_train``: batch dropout-free LoRA sessions' training forwards too (:mod:`splitpriv.roles.training_batch`);
     ``log_format="json"``: one JSON object per log line, uvicorn's access log included."""
     import uvicorn
 
@@ -58,7 +60,7 @@ def serve(
         raise ValueError(f"pending_ttl must be > 0 seconds, got {pending_ttl!r}")
     vendor = Vendor(model, state_dir=state_dir, checkpoint_every=checkpoint_every,
                     limits=RequestLimits(pending_ttl=pending_ttl), idle_unload=idle_unload, session_ttl=session_ttl,
-                    batch_predict=batch_predict)
+                    batch_predict=batch_predict, batch_train=batch_train)
     if vendor.load_errors:
         log.error("%d saved session(s) could not be restored: %s", len(vendor.load_errors), vendor.load_errors)
     app = create_app(vendor, max_body_bytes=max_body_bytes)
