@@ -74,6 +74,9 @@ def train(
                                            "during the warm start (at home, at --bottom-lr), then freeze them"),
     lora_r: int = typer.Option(8, help="LoRA rank"),
     seed: int = typer.Option(0, help="data order, initialisation and dropout"),
+    dropout: bool = typer.Option(True, "--dropout/--no-dropout", help="dropout in the vendor's top while training; "
+                                 "without it, a vendor that batches tenants runs this session's training forwards "
+                                 "in batches with other customers' (serve --batch-train)"),
     noise_seed: Optional[int] = typer.Option(None, help="fixes the noise (experiments only: keep it secret in real use)"),
     model: Optional[str] = typer.Option(None, help="Hugging Face id or folder (default: all-MiniLM-L6-v2, offline)"),
     out: Optional[Path] = typer.Option(None, help="run folder: metrics.json, vendor adapter, customer bottom"),
@@ -104,6 +107,7 @@ def train(
         dataset=dataset, task=task.value, tail_layers=tail_layers, eval_before=eval_before, train_limit=train_limit,
         eval_limit=eval_limit, model=model, method=method.value,
         method_params=method_params, bottom_layers=bottom_layers, head=head.value, denoise=denoise.value, lr=lr,
+        dropout=dropout,
         centralized=centralized,
         baseline=baseline, vendor_url=vendor,
         privacy=PrivacyConfig(mechanism=mechanism.value, **mechanism_params, cti=cti,
