@@ -30,8 +30,9 @@ def serve(
                                       "state deleted (0: never)"),
     batch_predict: int = typer.Option(64, help="predicts of LoRA sessions that arrive together run as one batch of "
                                       "the shared base, up to N sequences (0: one request at a time)"),
-    batch_train: bool = typer.Option(True, help="with --batch-predict: training forwards of LoRA sessions that train "
-                                     "without dropout (dropout=false) batch together too, one shared backward each"),
+    batch_train: bool = typer.Option(False, help="with --batch-predict: training forwards of LoRA sessions that train "
+                                     "without dropout (train --no-dropout) batch together too, one shared backward "
+                                     "each (off: on a CPU it cost throughput, benchmarks/training_tenants.py)"),
     ssl_certfile: Optional[Path] = typer.Option(None, help="serve HTTPS with this certificate (PEM)"),
     ssl_keyfile: Optional[Path] = typer.Option(None, help="the certificate's private key (PEM)"),
     log_format: str = typer.Option("text", help="text, or json: one JSON object per log line (access log included)"),
@@ -54,9 +55,9 @@ def serve(
     if ray:
         return _serve_ray(model=model, host=host, port=port, state_dir=state_dir, max_body_mb=max_body_mb,
                           checkpoint_every=checkpoint_every, pending_ttl=pending_ttl, idle_unload=idle_unload,
-                          session_ttl=session_ttl, batch_predict=batch_predict, batch_train=batch_train, ssl_certfile=ssl_certfile,
-                          ssl_keyfile=ssl_keyfile, replicas=replicas, ray_address=ray_address,
-                          replica_cpus=replica_cpus, lease_ttl=lease_ttl)
+                          session_ttl=session_ttl, batch_predict=batch_predict, batch_train=batch_train,
+                          ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, replicas=replicas,
+                          ray_address=ray_address, replica_cpus=replica_cpus, lease_ttl=lease_ttl)
     run_service(model=model, host=host, port=port, state_dir=str(state_dir) if state_dir else None,
                 max_body_bytes=int(max_body_mb * 2**20), checkpoint_every=checkpoint_every, pending_ttl=pending_ttl,
                 idle_unload=idle_unload or None, session_ttl=session_ttl or None, batch_predict=batch_predict,
@@ -65,7 +66,8 @@ def serve(
 
 
 def _serve_ray(*, model, host, port, state_dir, max_body_mb, checkpoint_every, pending_ttl, idle_unload, session_ttl,
-               batch_predict, batch_train, ssl_certfile, ssl_keyfile, replicas, ray_address, replica_cpus, lease_ttl) -> None:
+               batch_predict, batch_train, ssl_certfile, ssl_keyfile, replicas, ray_address, replica_cpus,
+               lease_ttl) -> None:
     """``serve --ray``: deploy on Ray Serve, then wait for Ctrl-C or SIGTERM and take the application down."""
     import signal
     import threading
@@ -83,7 +85,8 @@ def _serve_ray(*, model, host, port, state_dir, max_body_mb, checkpoint_every, p
     options = ray_serve.ReplicaOptions(
         state_dir=str(state_dir.resolve()), model=model, lease_ttl=lease_ttl, checkpoint_every=checkpoint_every,
         pending_ttl=pending_ttl, idle_unload=idle_unload or None, session_ttl=session_ttl or None,
-        batch_predict=batch_predict, batch_train=batch_train, max_body_bytes=int(max_body_mb * 2**20), torch_threads=max(1, int(replica_cpus)))
+        batch_predict=batch_predict, batch_train=batch_train, max_body_bytes=int(max_body_mb * 2**20),
+        torch_threads=max(1, int(replica_cpus)))
     url = ray_serve.start(options, address=ray_address, host=host, port=port, replicas=replicas,
                           num_cpus=replica_cpus, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
     typer.echo(f"serving {replicas} replica(s) on Ray Serve at {url}", err=True)

@@ -79,16 +79,17 @@ class BatchTop:
     the real tokens of its own row only). Per layer, packed attention costs at most what the padded batch would
     (no more sequences than rows, none longer), and the padding a batch of unequal sentences would compute is
     gone (16 single-sentence SST-2 predicts: 59 ms padded, 51 ms packed; ``benchmarks/tenant_batching.py``). Other
-    families (causal attention, rotary positions, a 2-D eager mask) are right-padded to the longest row."""
+    families (causal attention, rotary positions, a 2-D eager mask), and ``pack=False``, are right-padded to the
+    longest row."""
 
-    def __init__(self, template: VendorSession):
+    def __init__(self, template: VendorSession, pack: bool = True):
         from peft.tuners.lora import LoraLayer
 
         self.module = share_frozen_copy(template.parts.top)
         self.module.privatizer_up = None  # each session lifts its own rows (its up-projection is trained per session)
         self.module.eval()
         family = self.module.family
-        self.packs = not family.causal and family.rotary is None and not family.eager_mask_2d
+        self.packs = pack and not family.causal and family.rotary is None and not family.eager_mask_2d
         self.paths = [n for n, m in template.tuned.module.named_modules() if isinstance(m, LoraLayer)]
         self._rows = None  # during a batch: {path: (A [S, r, d_in], B [S, d_out, r], scale [S])} and the gathers
         for path in self.paths:
@@ -209,7 +210,7 @@ class TenantBatcher:
     ``max_rows``: sequences per batch; the vendor's ``limits`` bound each batch's batch × T and batch × T² too;
     ``max_wait``: seconds a batch waits for its group's active sessions to queue (see the module docstring)."""
 
-    def __init__(self, limits, max_rows: int = 64, max_wait: float = 0.005, *, train: bool = True,
+    def __init__(self, limits, max_rows: int = 64, max_wait: float = 0.005, *, train: bool = False,
                  train_wait: float = 0.05, backward_wait: float = BACKWARD_WAIT):
         check_int("max_rows", max_rows, 1, 2**31)
         for name, wait in (("max_wait", max_wait), ("train_wait", train_wait), ("backward_wait", backward_wait)):
@@ -248,7 +249,10 @@ class TenantBatcher:
         with self._lock:
             group = self._groups.get(key)
             if group is None:
-                group = self._groups[key] = _Group(BatchTop(session), threading.Condition(self._lock), *schedule)
+                # training batches right-pad: in a backward, the packed block mask costs more than the padding it
+                # saves (64 rows: 848 ms packed, 771 ms padded; benchmarks/training_tenants.py)
+                top = BatchTop(session, pack=step is None)
+                group = self._groups[key] = _Group(top, threading.Condition(self._lock), *schedule)
                 excess = max(0, len(self._groups) - MAX_GROUPS)
                 for old in [k for k, g in self._groups.items() if not g.busy][:excess]:
                     del self._groups[old]
@@ -277,9 +281,10 @@ class TenantBatcher:
 
     def _collect(self, group: _Group) -> None:
         """Wait up to the group's wait (``max_wait``; ``train_wait`` for training forwards) for every session of the
-        group active within its window (that is not queued already) to send its next request, or until ``max_rows`` rows are queued. Customers in a closed loop (send,
-        wait, send again) then share one batch instead of alternating between two half batches; a lone customer,
-        or one whose neighbours are all queued, never waits."""
+        group active within its window (that is not queued already) to send its next request, or until
+        ``max_rows`` rows are queued. Customers in a closed loop (send, wait, send again) then share one batch
+        instead of alternating between two half batches; a lone customer, or one whose neighbours are all queued,
+        never waits."""
         now = time.monotonic()
         for sid in [sid for sid, t in group.seen.items() if now - t > group.active]:
             del group.seen[sid]

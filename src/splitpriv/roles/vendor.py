@@ -60,7 +60,7 @@ class Vendor:
     def __init__(self, model: str | None = None, *, max_sessions: int = 256, state_dir: str | os.PathLike | None = None,
                  checkpoint_every: int | None = 50, max_num_labels: int = 1000, limits: RequestLimits | None = None,
                  idle_unload: float | None = None, session_ttl: float | None = None, batch_predict: int | None = 64,
-                 batch_train: bool = True):
+                 batch_train: bool = False):
         for name, every in (("checkpoint_every", checkpoint_every), ("batch_predict", batch_predict)):
             if every is not None:
                 check_int(name, every, 0, 2**31)

@@ -42,7 +42,7 @@ class ReplicaOptions:
     idle_unload: float | None = 900.0
     session_ttl: float | None = 7 * 86400.0
     batch_predict: int | None = 64
-    batch_train: bool = True
+    batch_train: bool = False
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     torch_threads: int = 1
 

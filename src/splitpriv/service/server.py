@@ -30,7 +30,7 @@ def serve(
     idle_unload: float | None = 900.0,
     session_ttl: float | None = 7 * 86400.0,
     batch_predict: int | None = 64,
-    batch_train: bool = True,
+    batch_train: bool = False,
     log_format: str = "text",
 ) -> None:
     """Run the vendor service with uvicorn until interrupted or SIGTERM (open sessions are checkpointed on shutdown
