@@ -209,13 +209,13 @@ def test_sessions_with_dropout_train_alone(train_set):
     assert all(s.completed_step == STEPS for s in sessions)
 
 
-@pytest.mark.parametrize("pack", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("pack", [True, False], ids=["packed", "padded"])
 def test_one_shared_round_gives_each_member_its_own_outputs_and_gradients(train_set, pack):
     """The core identity, one step, no optimizer in between: a batch of two tenants (one training its bottom) through
     :func:`run_training` and one joint :class:`SharedBackward` round gives each member the outputs and the gradients
     (its weights', and its representations') of its own top run alone. A second item of a session in the same batch
-    gets the first one's reply (same step: a retry) or is refused as out of order (another step). Training batches
-    are right-padded; the packed layout (predict batches) is checked too."""
+    gets the first one's reply (same step: a retry) or is refused as out of order (another step). Both layouts:
+    packed (BERT-like encoders) and right-padded (every other family)."""
     vendor = Vendor(batch_predict=64, batch_train=True)
     customers = [_open(vendor, SPECS[0], 0), _open(vendor, SPECS[1], 1)]
     sessions = [vendor.session(c.transport.session.session_id, c.transport.session.token) for c in customers]

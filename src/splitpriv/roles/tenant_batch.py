@@ -249,10 +249,7 @@ class TenantBatcher:
         with self._lock:
             group = self._groups.get(key)
             if group is None:
-                # training batches right-pad: in a backward, the packed block mask costs more than the padding it
-                # saves (64 rows: 848 ms packed, 771 ms padded; benchmarks/training_tenants.py)
-                top = BatchTop(session, pack=step is None)
-                group = self._groups[key] = _Group(top, threading.Condition(self._lock), *schedule)
+                group = self._groups[key] = _Group(BatchTop(session), threading.Condition(self._lock), *schedule)
                 excess = max(0, len(self._groups) - MAX_GROUPS)
                 for old in [k for k, g in self._groups.items() if not g.busy][:excess]:
                     del self._groups[old]
