@@ -118,8 +118,10 @@ def burst(tenants, customers: int, requests: int, bodies) -> dict:
 
 def vendor_compute(customers: int, texts: list[str], reps: int = 5) -> dict:
     """The vendor's compute alone, without threads or scheduling: ``customers`` sessions' single-sentence predicts
-    as one packed batch, as one right-padded batch (the layout without packing), and one at a time; ms, best of
-    ``reps`` (interleaved 3 times)."""
+    as one packed batch, as one right-padded batch (the layout without packing), and one at a time; and the blocks'
+    dense layers alone, each applied once to all the predicts' real tokens as one matrix (no attention, norms,
+    adapters or head): a floor under any batched forward, so one at a time / it bounds what batching can gain on
+    this machine. ms, best of ``reps`` (interleaved 3 times)."""
     import torch
 
     from splitpriv.roles.tenant_batch import BatchTop, _Item
@@ -136,8 +138,14 @@ def vendor_compute(customers: int, texts: list[str], reps: int = 5) -> dict:
         top.packs = flag
         return top(items)
 
+    # the floor no batching can go under: the blocks' dense layers on the real tokens as one matrix each
+    lengths = [int(m.shape[1]) for _, m in bodies[:customers]]
+    linears = [m for path in top.module.block_paths for m in top.module.get_submodule(path).modules()
+               if isinstance(m, torch.nn.Linear)]
+    tokens = {d: torch.randn(sum(lengths), d) for d in {lin.in_features for lin in linears}}
     runs = {"packed": lambda: packed(True), "padded": lambda: packed(False),
-            "one_at_a_time": lambda: [i.session.tuned.module(i.hidden, i.mask) for i in items]}
+            "one_at_a_time": lambda: [i.session.tuned.module(i.hidden, i.mask) for i in items],
+            "dense_layers_only": lambda: [lin(tokens[lin.in_features]) for lin in linears]}
     best = {k: float("inf") for k in runs}
     with torch.no_grad():
         for _ in range(3):
@@ -147,10 +155,10 @@ def vendor_compute(customers: int, texts: list[str], reps: int = 5) -> dict:
                     start = time.perf_counter()
                     run()
                     best[name] = min(best[name], 1000 * (time.perf_counter() - start))
-    lengths = [int(m.shape[1]) for _, m in bodies[:customers]]
     return {"ms": best, "tokens": sum(lengths), "padded_tokens": customers * max(lengths),
             "packed_vs_one_at_a_time": best["one_at_a_time"] / best["packed"],
-            "padded_vs_one_at_a_time": best["one_at_a_time"] / best["padded"]}
+            "padded_vs_one_at_a_time": best["one_at_a_time"] / best["padded"],
+            "bound_vs_one_at_a_time": best["one_at_a_time"] / best["dense_layers_only"]}
 
 
 @contextmanager
@@ -188,7 +196,9 @@ def main() -> None:
     print(f"vendor compute for {a.customers} predicts ({compute['tokens']} tokens, {compute['padded_tokens']} padded): "
           + ", ".join(f"{k} {v:.1f} ms" for k, v in compute["ms"].items())
           + f"; packed {compute['packed_vs_one_at_a_time']:.2f}x one at a time, padded "
-          f"{compute['padded_vs_one_at_a_time']:.2f}x", flush=True)
+          f"{compute['padded_vs_one_at_a_time']:.2f}x; the blocks' dense layers alone on all tokens at once take "
+          f"{compute['ms']['dense_layers_only']:.1f} ms: no batching can beat {compute['bound_vs_one_at_a_time']:.2f}x",
+          flush=True)
     for transport in a.transports.split(","):
         runs: dict[str, list[dict]] = {m: [] for m in modes}
         for round_ in range(a.rounds):
