@@ -136,32 +136,29 @@ def main() -> None:
     quiet()
     texts, labels = load_dev(None)
     out = {"quick": a.quick, "machine": machine(), "customers": a.customers, "batch_size": 8, "steps": a.steps}
-    out["ceiling"] = ceiling(a.customers, texts)
-    c = out["ceiling"]
-    print(f"vendor top forward+backward of {c['rows']} rows: {c['ms']['one_at_a_time']:.0f} ms as {a.customers} "
-          f"batches of 8, {c['ms']['one_batch']:.0f} ms as one batch (padded to {c['padded_length']}): at most "
-          f"{c['ratio']:.2f}x from training batches", flush=True)
-    write_result("training_tenants", out)
-    out["ceiling_dropout_free"] = ceiling(a.customers, texts, dropout=False)
-    c = out["ceiling_dropout_free"]
-    print(f"the same without dropout: {c['ms']['one_at_a_time']:.0f} ms as {a.customers} batches, "
-          f"{c['ms']['one_batch']:.0f} ms padded ({c['ratio']:.2f}x); as one multi-tenant batch (a LoRA per "
-          f"batch of 8): {c['ms']['one_batch_multi_tenant']:.0f} ms padded ({c['ratio_multi_tenant']:.2f}x), "
-          f"{c['ms']['one_batch_packed']:.0f} ms packed ({c['ratio_packed']:.2f}x)", flush=True)
-    write_result("training_tenants", out)
-    out["concurrent"] = concurrent(a.customers, a.steps, texts, labels)
-    c = out["concurrent"]
-    print(f"{a.customers} customers training at once: {c['steps_per_s_concurrent']:.2f} steps/s against "
-          f"{c['steps_per_s_alone']:.2f} for one alone ({c['ratio']:.2f}x)", flush=True)
-    write_result("training_tenants", out)
-    out["training_batches"] = training_batches(a.customers, a.steps, texts, labels)
-    c = out["training_batches"]
-    print(f"{a.customers} dropout-free customers: {c['batched']['steps_per_s_concurrent']:.2f} steps/s with "
-          f"training batches ({c['batched']['rows_in_shared_forwards']} of {c['batched']['rows']} rows in shared "
-          f"forwards), {c['unbatched']['steps_per_s_concurrent']:.2f} without ({c['ratio']:.2f}x); one alone: "
-          f"{c['unbatched']['steps_per_s_alone']:.2f}", flush=True)
-    write_result("training_tenants", out)
-
+    stages = [  # (record key, measurement, its line of output); each is recorded as soon as it is measured
+        ("ceiling", lambda: ceiling(a.customers, texts), lambda c: (
+            f"vendor top forward+backward of {c['rows']} rows: {c['ms']['one_at_a_time']:.0f} ms as {a.customers} "
+            f"batches of 8, {c['ms']['one_batch']:.0f} ms as one batch (padded to {c['padded_length']}): at most "
+            f"{c['ratio']:.2f}x from training batches")),
+        ("ceiling_dropout_free", lambda: ceiling(a.customers, texts, dropout=False), lambda c: (
+            f"the same without dropout: {c['ms']['one_at_a_time']:.0f} ms as {a.customers} batches, "
+            f"{c['ms']['one_batch']:.0f} ms padded ({c['ratio']:.2f}x); as one multi-tenant batch (a LoRA per "
+            f"batch of 8): {c['ms']['one_batch_multi_tenant']:.0f} ms padded ({c['ratio_multi_tenant']:.2f}x), "
+            f"{c['ms']['one_batch_packed']:.0f} ms packed ({c['ratio_packed']:.2f}x)")),
+        ("concurrent", lambda: concurrent(a.customers, a.steps, texts, labels), lambda c: (
+            f"{a.customers} customers training at once: {c['steps_per_s_concurrent']:.2f} steps/s against "
+            f"{c['steps_per_s_alone']:.2f} for one alone ({c['ratio']:.2f}x)")),
+        ("training_batches", lambda: training_batches(a.customers, a.steps, texts, labels), lambda c: (
+            f"{a.customers} dropout-free customers: {c['batched']['steps_per_s_concurrent']:.2f} steps/s with "
+            f"training batches ({c['batched']['rows_in_shared_forwards']} of {c['batched']['rows']} rows in shared "
+            f"forwards), {c['unbatched']['steps_per_s_concurrent']:.2f} without ({c['ratio']:.2f}x); one alone: "
+            f"{c['unbatched']['steps_per_s_alone']:.2f}")),
+    ]
+    for key, measure, line in stages:
+        out[key] = measure()
+        print(line(out[key]), flush=True)
+        write_result("training_tenants", out)
 
 if __name__ == "__main__":
     main()
