@@ -29,7 +29,11 @@ in lock step got 0.64x-0.71x the steps/s they get stepping alone (the cores idle
 members' gradients; ``benchmarks/training_tenants.py``). Hence off by default (``Vendor(batch_train=False)``):
 it is for hardware where a small batch leaves the device idle, such as a GPU, which was not measured here.
 
-Threat model: as for predict batches, a member observes nothing of another but timing.
+Threat model: as for predict batches, a member observes nothing of another but timing, and its gradient reaches
+no other member's leaves: in a packed sequence another member's rows meet it only through masked attention
+entries, whose weights are exact zeros, and a ``grad_outputs`` that is not finite or above the vendor's magnitude
+cap is refused before it joins a round (``0 × Inf`` would be NaN). A member's gradient held back or refused costs
+the others at most ``wait``.
 """
 
 from __future__ import annotations
