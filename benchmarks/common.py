@@ -44,7 +44,7 @@ def machine() -> dict:
     import torch
 
     import splitpriv
-    from splitpriv.provenance import git_commit
+    from splitpriv.provenance import git_commit, git_dirty
 
     cpu = None
     try:
@@ -72,6 +72,7 @@ def machine() -> dict:
         "python": platform.python_version(),
         "splitpriv": splitpriv.__version__,
         "git_commit": git_commit(),
+        "git_dirty": git_dirty(),  # true: tracked files differed from that commit when it ran
         "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
 
