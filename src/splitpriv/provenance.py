@@ -32,9 +32,10 @@ def git_commit() -> str | None:
 
 
 def git_dirty() -> bool | None:
-    """Whether tracked files differ from :func:`git_commit` (the result then came from code no commit holds);
-    None outside a git checkout."""
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    """Whether tracked files other than results differ from :func:`git_commit` (the result then came from code no
+    commit holds); None outside a git checkout."""
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                  ":(top,exclude)benchmarks/results", ":(top,exclude)results")
     return None if status is None else bool(status)
 
 
