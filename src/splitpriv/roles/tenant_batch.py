@@ -78,7 +78,7 @@ class BatchTop:
     decreasing into sequences as long as the batch's longest row, with a block-diagonal mask (a token attends to
     the real tokens of its own row only). Per layer, packed attention costs at most what the padded batch would
     (no more sequences than rows, none longer), and the padding a batch of unequal sentences would compute is
-    gone (16 single-sentence SST-2 predicts: 59 ms padded, 51 ms packed; ``benchmarks/tenant_batching.py``). Other
+    gone (16 single-sentence SST-2 predicts: 81.5 ms padded, 72.9 ms packed; ``benchmarks/tenant_batching.py``). Other
     families (causal attention, rotary positions, a 2-D eager mask), and ``pack=False``, are right-padded to the
     longest row."""
 

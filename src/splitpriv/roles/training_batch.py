@@ -24,8 +24,8 @@ rows inside a shared forward would need an attention of its own per member, whic
 Sessions with dropout train alone, so their RNG streams stay their own.
 
 Cost: on a 2-core CPU a training batch of 8 sentences already keeps the cores busy, so the top's forward + backward
-of 64 rows costs about the same as one multi-tenant batch as it does as 8 batches of 8 (1.02x), and 8 customers
-in lock step got 0.64x-0.71x the steps/s they get stepping alone (the cores idle while a batch waits for its
+of 64 rows costs about the same as one multi-tenant batch as it does as 8 batches of 8 (0.91x-1.03x), and 8
+customers in lock step got 0.64x-0.78x the steps/s they get stepping alone (the cores idle while a batch waits for its
 members' gradients; ``benchmarks/training_tenants.py``). Hence off by default (``Vendor(batch_train=False)``):
 it is for hardware where a small batch leaves the device idle, such as a GPU, which was not measured here.
 
