@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 
+import httpx
 import pytest
 import torch
 from test_service import Server, _train
@@ -156,9 +157,12 @@ def test_tenants_over_http_train_together_and_match_their_lone_runs(solo, train_
     try:
         customers = [_open(vendor, SPECS[k], k, HttpTransport(server.url)) for k in (0, 2)]
         losses = _together(customers, train_set.texts, train_set.labels)
+        metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
     finally:
         server.stop()
     assert vendor.batcher.train_batches >= STEPS - 1
+    assert f"splitpriv_train_batches {float(vendor.batcher.train_batches)}" in metrics
+    assert f"splitpriv_train_batch_rows {float(vendor.batcher.train_rows)}" in metrics
     for got_losses, customer, k in zip(losses, customers, (0, 2)):
         assert got_losses == pytest.approx(solo[k][0], rel=1e-4, abs=1e-5)
         got = _state(vendor, customer)

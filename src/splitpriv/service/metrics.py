@@ -5,6 +5,7 @@
 * ``splitpriv_sessions`` (of which ``splitpriv_sessions_unloaded`` are idle, on disk), ``splitpriv_pending_forwards``,
   ``splitpriv_base_models``: the vendor's tables now; ``splitpriv_predict_batches`` and ``_batch_rows``: the
   multi-tenant predict batches run so far and the sequences they held (their ratio is the mean batch size);
+  ``splitpriv_train_batches`` and ``_batch_rows``: the same for shared training forwards (``serve --batch-train``);
 * ``process_resident_memory_bytes``, CPU seconds, open files: ``prometheus_client``'s process collector.
 
 Aggregates only, nothing per tenant. When the vendor has a key store, reading it needs an admin key
@@ -38,9 +39,11 @@ class ServiceMetrics:
         Gauge("splitpriv_base_models", "frozen base models (and heads per label count) loaded",
               registry=self.registry).set_function(lambda: len(vendor._bases))
         batcher = vendor.batcher
-        for name, what, attr in (("batches", "multi-tenant predict batches run", "batches"),
-                                 ("batch_rows", "sequences those batches held", "rows")):
-            Gauge(f"splitpriv_predict_{name}", what, registry=self.registry).set_function(
+        for name, what, attr in (("predict_batches", "multi-tenant predict batches run", "batches"),
+                                 ("predict_batch_rows", "sequences those batches held", "rows"),
+                                 ("train_batches", "multi-tenant training forwards run (2+ sessions)", "train_batches"),
+                                 ("train_batch_rows", "sequences those training forwards held", "train_rows")):
+            Gauge(f"splitpriv_{name}", what, registry=self.registry).set_function(
                 lambda attr=attr: getattr(batcher, attr) if batcher is not None else 0)
         ProcessCollector(registry=self.registry)
 
