@@ -132,7 +132,7 @@ def test_tenants_training_together_match_their_lone_runs(solo, train_set):
     sessions = [vendor.session(c.transport.session.session_id, c.transport.session.token) for c in customers]
     assert len({train_group_key(s) for s in sessions}) == 1 and train_group_key(sessions[0]) is not None
     losses = _together(customers, train_set.texts, train_set.labels)
-    # from step 1 on every tenant is known active, so the leader waits for all three (step 1 may start alone)
+    # from step 2 on every tenant is known active, so the leader waits for all three (step 1 may start alone)
     assert vendor.batcher.train_batches >= STEPS - 1
     assert vendor.batcher.train_rows >= 3 * 8 * (STEPS - 1)
     for k, customer in enumerate(customers):
