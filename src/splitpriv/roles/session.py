@@ -66,6 +66,11 @@ class ForwardExpired(OutOfOrder):
     """A backward whose forward waited longer than the vendor's pending-forward TTL: resend the forward."""
 
 
+def attention_units(shape) -> int:
+    """batch × T² of a ``[batch, T, d]`` forward: what its kept graph holds, the unit of the pending-cost cap."""
+    return int(shape[0]) * int(shape[1]) ** 2
+
+
 def check_magnitude(name: str, tensor: torch.Tensor, max_abs: float) -> None:
     """Refuse NaN, Inf and finite values above ``max_abs`` in magnitude (they overflow inside the top)."""
     if not bool(torch.isfinite(tensor).all()):
@@ -311,7 +316,7 @@ class VendorSession:
             return 0
         if pending.shared is not None and pending.shared.rounds:
             return pending.shared.cost
-        return int(pending.hidden.shape[0]) * int(pending.hidden.shape[1]) ** 2
+        return attention_units(pending.hidden.shape)
 
     @property
     def pending_step(self) -> int | None:

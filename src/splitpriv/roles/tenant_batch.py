@@ -228,7 +228,7 @@ class TenantBatcher:
         key = group_key(session)
         if key is None:
             return session.predict(req)
-        return self._submit(key, session, req, None, (self._run, ACTIVE_WINDOW, self.max_wait))
+        return self._submit(key, session, req, None)
 
     def forward(self, session: VendorSession, req: ForwardRequest) -> Outputs:
         """``session.forward(req)``, in a batch with other sessions' training forwards when its group allows
@@ -239,16 +239,18 @@ class TenantBatcher:
         cached = session.repeated_forward(req.step)
         if cached is not None:
             return cached
-        return self._submit(key, session, req, req.step, (self._run_training, TRAIN_ACTIVE_WINDOW, self.train_wait))
+        return self._submit(key, session, req, req.step)
 
-    def _submit(self, key: str, session: VendorSession, req, step: int | None, schedule: tuple) -> Outputs:
-        """Queue one request in ``key``'s group; ``schedule``: the group's (run, active window, wait)."""
+    def _submit(self, key: str, session: VendorSession, req, step: int | None) -> Outputs:
+        """Queue one request (a predict, or the training forward of ``step``) in ``key``'s group."""
         hidden, mask = check_representations(req.hidden, req.attention_mask, session.d_model, session.max_tokens,
                                              session.limits)
         item, lead = _Item(session, hidden, mask, step), False
         with self._lock:
             group = self._groups.get(key)
             if group is None:
+                schedule = ((self._run, ACTIVE_WINDOW, self.max_wait) if step is None
+                            else (self._run_training, TRAIN_ACTIVE_WINDOW, self.train_wait))
                 group = self._groups[key] = _Group(BatchTop(session), threading.Condition(self._lock), *schedule)
                 excess = max(0, len(self._groups) - MAX_GROUPS)
                 for old in [k for k, g in self._groups.items() if not g.busy][:excess]:

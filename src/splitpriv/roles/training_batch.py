@@ -44,7 +44,7 @@ import time
 import torch
 
 from splitpriv.errors import OutOfOrder
-from splitpriv.roles.session import VendorSession
+from splitpriv.roles.session import VendorSession, attention_units
 
 BACKWARD_WAIT = 0.2  # seconds the first member's backward waits for the batch's others
 
@@ -125,7 +125,7 @@ def run_training(top, batch: list, wait: float = BACKWARD_WAIT) -> int:
         for item in live:
             item.session.tuned.module.eval()
             item.hidden.requires_grad_(item.session.config.train_bottom)
-        cost = sum(int(i.hidden.shape[0]) * int(i.hidden.shape[1]) ** 2 for i in live)
+        cost = sum(attention_units(i.hidden.shape) for i in live)
         shared = SharedBackward([i.session.session_id for i in live], wait, cost)
         shared_rows = sum(i.hidden.shape[0] for i in live)
         for item, outputs in zip(live, top(live)):

@@ -38,7 +38,7 @@ from splitpriv.protocol import SessionConfig, SessionInfo, pack_files
 from splitpriv.roles.checkpoint import CHECKPOINT_FORMAT, SESSIONS_DIR, TOP_DIR, CheckpointStore, read_state
 from splitpriv.roles.memory import return_freed_memory
 from splitpriv.roles.session import RNG_LOCK, RequestLimits, VendorSession, check_representations, check_tuning_size
-from splitpriv.roles.session import token_hash
+from splitpriv.roles.session import attention_units, token_hash
 from splitpriv.roles.tenant_batch import TenantBatcher
 from splitpriv.seeding import step_rng
 from splitpriv.split import HEAD_WEIGHTS, TAIL_WEIGHTS, SplitModel, save_bottom, split_model
@@ -257,7 +257,7 @@ class Vendor:
         session = self.session(req.session_id, token)
         shape = getattr(req.hidden, "shape", ())
         if session.pending_step != req.step and len(shape) == 3:  # a retry holds nothing new
-            cost = int(shape[0]) * int(shape[1]) ** 2
+            cost = attention_units(shape)
             with self._lock:
                 held = sum(s.pending_cost for s in self._sessions.values())
             if held + cost > self.limits.max_pending_cost:
