@@ -32,6 +32,8 @@ options, kind, what it applies to, ``run``); a new attack is one new module here
 * :mod:`.image_space` — with a privatizer at k = 0, nn/map/opt decode against its image of every token;
 * :mod:`.averaging` — ``average``: link a sentence's observations across epochs (fresh noise), average, invert;
 * :mod:`.cti_aware` — ``cti``: detect CTI's reduced-noise positions from the noise radius, invert accordingly;
+* :mod:`.set_level` — ``set``: which content words a sentence contains, from all its vectors (set recovery vs the
+  public-frequency guess);
 * :mod:`.attribute` — ``aia``: author attributes from pooled representations;
 * :mod:`.label` — ``label``: training labels from the gradients in a training run's wire transcript (:mod:`.wire`);
 * :mod:`.observe` — what the vendor observes (through :func:`splitpriv.privacy.privatize`, the customer's path);
@@ -39,7 +41,7 @@ options, kind, what it applies to, ``run``); a new attack is one new module here
 """
 
 # The order of these imports is the registry's order (help texts, ``"all"``, result tables): floor, nn, map, opt,
-# learned, adaptive, average, cti, aia, label.
+# learned, adaptive, average, cti, set, aia, label.
 from splitpriv.attacks.floor import PriorFloor  # isort: skip
 from splitpriv.attacks.nearest import CandidateSpace, MAPInversion, NearestNeighbour  # isort: skip
 from splitpriv.attacks.optimization import OptimizationInversion  # isort: skip
@@ -47,6 +49,7 @@ from splitpriv.attacks.learned import LearnedInversion  # isort: skip
 from splitpriv.attacks.adaptive import AdaptiveInversion  # isort: skip
 from splitpriv.attacks.averaging import AveragingAttack, averaging_attack, link_epochs  # isort: skip
 from splitpriv.attacks.cti_aware import CTIAwareInversion, cti_attack  # isort: skip
+from splitpriv.attacks.set_level import SetInference  # isort: skip
 from splitpriv.attacks import attribute, label  # isort: skip  # noqa: F401
 from splitpriv.attacks.base import (
     AttackerKnowledge,
@@ -75,6 +78,7 @@ __all__ = [
     "NearestNeighbour",
     "OptimizationInversion",
     "PriorFloor",
+    "SetInference",
     "applicable",
     "attack_option_help",
     "attack_specs",

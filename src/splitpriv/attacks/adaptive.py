@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from splitpriv.attacks.base import AttackerKnowledge, InversionAttack, torch_threads
-from splitpriv.attacks.floor import attacker_public_texts
+from splitpriv.attacks.floor import attacker_public_texts, position_prior
 from splitpriv.attacks.observe import clean_hidden, tokenize
 from splitpriv.attacks.registry import ATTACKS, Attack
 from splitpriv.attacks.training import (
@@ -91,14 +91,18 @@ def token_images(bottom, tokenizer, vocab_size: int, n_positions: int, allowed: 
 
 
 class VendorBlocks(nn.Module):
-    """The vendor's pretrained blocks ``k .. k+layers-1`` (copied, trainable) as the inverter's body (r = d)."""
+    """The vendor's pretrained blocks ``k .. k+layers-1`` (copied, trainable; the last ``layers`` blocks when the
+    model has fewer after ``k``) as the inverter's body, reading width ``d``."""
 
     def __init__(self, model: nn.Module, k: int, layers: int):
         super().__init__()
+        from splitpriv.models import num_blocks
         from splitpriv.split import split_model
 
-        self.part = split_model(copy.deepcopy(model), k + layers).bottom
-        self.paths = self.part.block_paths[k:]
+        part = split_model(copy.deepcopy(model), min(k + layers, num_blocks(model))).bottom
+        self.part = part
+        self.paths = part.block_paths[max(0, len(part.block_paths) - layers):]
+        self.d = part.d_model
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.part._run_blocks(self.paths, x, self.part._block_inputs(x, mask))
@@ -120,7 +124,11 @@ class AdaptiveInverter(nn.Module):
         self.log_scale = nn.Parameter(torch.tensor(0.0))
         self.vendor = body is not None
         if self.vendor:
-            self.body, width = body, r
+            self.body, width = body, body.d
+            if r != width:  # a privatizer's r-dim code, lifted into the vendor's width, positions added
+                self.inp = nn.Sequential(nn.LayerNorm(r), nn.Linear(r, width))
+                self.pos = nn.Embedding(offsets.shape[0], width)
+                nn.init.normal_(self.pos.weight, std=0.02)
         else:
             heads = next(h for h in (heads, 8, 4, 2, 1) if width % h == 0)
             self.inp = nn.Sequential(nn.LayerNorm(r), nn.Linear(r, width))
@@ -133,14 +141,14 @@ class AdaptiveInverter(nn.Module):
         nn.init.zeros_(self.out[1].weight)
         nn.init.zeros_(self.out[1].bias)
 
-    def features(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def hidden(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The body's output [B, T, width]: each position in the context of the whole received sentence."""
         t = z.shape[1]
-        if self.vendor:
-            x = self.body(z, mask)
-        else:
-            x = self.inp(z) + self.pos(torch.arange(t, device=z.device))
-            x = self.body(x, src_key_padding_mask=~mask.bool())
-        return z - self.offsets[:t] + self.out(x)
+        x = z if self.vendor and not hasattr(self, "inp") else self.inp(z) + self.pos(torch.arange(t, device=z.device))
+        return self.body(x, mask) if self.vendor else self.body(x, src_key_padding_mask=~mask.bool())
+
+    def features(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return z - self.offsets[:z.shape[1]] + self.out(self.hidden(z, mask))
 
     def logits(self, x: torch.Tensor, token_ids: torch.Tensor | None = None, dtype=torch.float32) -> torch.Tensor:
         """[n, V] (or [n, len(token_ids)]) logits for features ``x`` [n, r]."""
@@ -162,9 +170,10 @@ class AdaptiveInversion(InversionAttack):
     def __init__(self, epochs: int = 3, width: int = 384, layers: int = 2, lr: float = 1e-3, batch_size: int = 32,
                  prior_weight: float = 1.0, head: str = "distance", head_init: str = "images",
                  init_from_vendor: bool = False, n_sampled: int | None = 4096, seed: int = 0,
-                 progress: bool = True, threads: int | None = 1):
+                 progress: bool = True, threads: int | None = 1, prior_mix: float | None = None):
         if head_init not in ("images", "random"):
             raise ValueError(f"adaptive head_init must be 'images' or 'random', got {head_init!r}")
+        self.prior_mix, self.position_prior, self.mix_scores = prior_mix, None, {}
         self.epochs, self.width, self.layers, self.lr, self.batch_size = epochs, width, layers, lr, batch_size
         self.prior_weight, self.head, self.head_init, self.init_from_vendor = prior_weight, head, head_init, \
             init_from_vendor
@@ -172,16 +181,52 @@ class AdaptiveInversion(InversionAttack):
         self.history: list[float] = []
 
     def fit(self, knowledge: AttackerKnowledge, texts: list[str] | None = None,
-            vendor_model: nn.Module | None = None) -> AdaptiveInversion:
+            vendor_model: nn.Module | None = None, position_prior=None,
+            holdout: list[str] | None = None) -> AdaptiveInversion:
         """Train on ``texts`` (default: the knowledge's public text); ``vendor_model`` (the vendor's full pretrained
-        model) is needed for ``init_from_vendor``."""
+        model) is needed for ``init_from_vendor``. With ``position_prior`` (a fitted
+        :class:`~splitpriv.attacks.floor.PriorFloor`) decoding multiplies the posterior by it (:meth:`log_probs`),
+        with the exponent ``prior_mix`` or, when that is None, the one that recovers most of ``holdout`` (public
+        sentences kept out of training)."""
         super().fit(knowledge)
         texts = list(knowledge.public_texts if texts is None else texts)
         if not texts:
             raise ValueError("the adaptive inversion needs public texts")
         with torch_threads(self.threads):
             self._train(knowledge, texts, vendor_model)
+            if position_prior is not None:
+                self.position_prior = position_prior
+                if self.prior_mix is None:
+                    self.prior_mix = self._choose_mix(holdout or texts[-256:])
         return self
+
+    MIXES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+
+    @torch.no_grad()
+    def _choose_mix(self, texts: list[str]) -> float:
+        """The exponent λ of :meth:`log_probs` that recovers most tokens of public ``texts`` through the bottom and
+        fresh noise (λ = 0 is the floor itself, so the choice never does worse than the floor on these texts)."""
+        tok = self.knowledge.tokenizer
+        ids, mask, tt = tokenize(tok, texts, self.knowledge.max_length)
+        z = self._noisy(clean_hidden(self.knowledge.bottom, ids, mask, tt), mask,
+                        torch.Generator().manual_seed(self.seed + 2))
+        fixed, _ = fixed_positions(tok, mask)
+        rows, cols = (mask.bool() & ~fixed).nonzero(as_tuple=True)
+        lp = self._posterior(z, mask, rows, cols)
+        truth = ids[rows, cols]
+        hits = dict.fromkeys(self.MIXES, 0)
+        for s in range(0, len(rows), 1024):
+            sl = slice(s, s + 1024)
+            ratio = self.position_prior.log_ratio(mask, rows[sl], cols[sl])
+            for mix in self.MIXES:
+                hits[mix] += int((self._mixed(lp[sl], ratio, mix).argmax(1) == truth[sl]).sum())
+        self.mix_scores = {m: h / max(len(rows), 1) for m, h in hits.items()}
+        return max(self.MIXES, key=lambda m: (hits[m], -m))
+
+    def _mixed(self, lp: torch.Tensor, ratio: torch.Tensor, mix: float) -> torch.Tensor:
+        """λ·(log posterior − log global prior) + log position prior: the floor at λ = 0, Bayes at λ = 1."""
+        floor = ratio + self.position_prior.log_unigram
+        return floor if mix == 0 else mix * (lp.clamp(min=-1e4) - self.position_prior.log_unigram) + floor
 
     def _build(self, knowledge, texts, h, mask, vendor_model):
         tok, bottom = knowledge.tokenizer, knowledge.bottom
@@ -200,8 +245,8 @@ class AdaptiveInversion(InversionAttack):
             a = torch.randn(vocab, r) * h[real].std() * 0.1
         body = None
         if self.init_from_vendor:
-            if vendor_model is None or r != bottom.d_model:
-                raise ValueError(f"init_from_vendor needs the vendor's model and r = d (r = {r}, d = {bottom.d_model})")
+            if vendor_model is None:
+                raise ValueError("init_from_vendor needs the vendor's model")
             body = VendorBlocks(vendor_model, bottom.n_layers, self.layers)
         self.model = AdaptiveInverter(a, offsets, self.prior_weight * prior, head=self.head, width=self.width,
                                       layers=self.layers, body=body)
@@ -265,10 +310,23 @@ class AdaptiveInversion(InversionAttack):
         return privatize(self.knowledge.mechanism, h, mask, generator=gen)
 
     @torch.no_grad()
-    def log_probs(self, hidden: torch.Tensor, attention_mask: torch.Tensor, rows, cols) -> torch.Tensor:
-        """Log-probabilities [n, V] at (rows, cols), given in row-major order."""
+    def _posterior(self, hidden: torch.Tensor, attention_mask: torch.Tensor, rows, cols) -> torch.Tensor:
         return batched_log_probs(self.model.features, lambda x, _: self.model.logits(x) - self.penalty, hidden,
                                  attention_mask, rows, cols, self.penalty.numel())
+
+    @torch.no_grad()
+    def log_probs(self, hidden: torch.Tensor, attention_mask: torch.Tensor, rows, cols) -> torch.Tensor:
+        r"""Log-probabilities [n, V] at (rows, cols), given in row-major order: the inverter's posterior
+        :math:`p(t \mid z)`, times (with a position prior) :math:`(\hat P(t \mid i, j) / \hat P(t))` raised to
+        the chosen λ, renormalised. The attacker knows every sentence's length, so it may condition on positions."""
+        lp = self._posterior(hidden, attention_mask, rows, cols)
+        if self.position_prior is None:
+            return lp
+        for s in range(0, len(rows), 1024):
+            sl = slice(s, s + 1024)
+            ratio = self.position_prior.log_ratio(attention_mask, rows[sl], cols[sl])
+            lp[sl] = torch.log_softmax(self._mixed(lp[sl], ratio, self.prior_mix), dim=1)
+        return lp
 
     def rank(self, hidden: torch.Tensor, attention_mask: torch.Tensor, k: int = 5) -> torch.Tensor:
         """The ``k`` most probable tokens [N, T, k] (template ids at fixed positions)."""
@@ -284,6 +342,8 @@ class AdaptiveOptions:
     n_public: int = field(default=2000, metadata={"help": "WikiText-2 sentences the inverter is trained on"})
     n_in_domain: int = field(default=2000, metadata={
         "help": "public in-domain sentences added (the dataset's test split; 0: none)"})
+    n_unused_train: int = field(default=20000, metadata={
+        "help": "training rows the customer did not use, added as in-domain public text (0: none)"})
     adaptive_epochs: int = field(default=3, metadata={"help": "training epochs of the adaptive inverter (fresh "
                                                               "noise every epoch)"})
     adaptive_width: int = field(default=384, metadata={"help": "width of the adaptive inverter's Transformer"})
@@ -295,26 +355,58 @@ class AdaptiveOptions:
         "help": "distance (b_t - s·||x - a_t||) or linear (s·(2x·a_t - ||a_t||²) + b_t) head over the vocabulary"})
     head_init: str = field(default="images", metadata={
         "help": "images (head starts at the shipped bottom's image of every token) or random (from scratch)"})
-    init_from_vendor: bool = field(default=False, metadata={
-        "help": "use the vendor's pretrained blocks k..k+layers-1 as the body (needs r = d)"})
+    init_from_vendor: bool = field(default=True, metadata={
+        "help": "the body is the vendor's pretrained blocks k..k+layers-1 (a privatizer's code lifted to width d)"})
+    prior_mix: float | None = field(default=None, metadata={
+        "help": "exponent of the position prior's evidence in decoding (0: the floor); None: chosen on held-out "
+                "public sentences"})
+    adaptive_holdout: int = field(default=256, metadata={
+        "help": "public in-domain sentences kept out of training to choose prior_mix"})
+
+
+def split_holdout(texts: list[str], n: int, pool: list[str], seed: int) -> tuple[list[str], list[str]]:
+    """``(training texts, n held-out texts)``, the held-out drawn from ``pool`` (in-domain public text) when it
+    has enough texts among ``texts``, else from all of them."""
+    import random
+
+    members = set(pool)
+    candidates = [i for i, t in enumerate(texts) if t in members]
+    if len(candidates) < 2 * n:
+        candidates = list(range(len(texts)))
+    held = set(random.Random(seed).sample(candidates, min(n, len(candidates) // 2)))
+    return [t for i, t in enumerate(texts) if i not in held], [texts[i] for i in sorted(held)]
+
+
+def fitted_adaptive(evaluation, options) -> AdaptiveInversion:
+    """The adaptive inverter of ``options``, trained once per evaluation (the set-level attack reads it too)."""
+    def fit():
+        texts = attacker_public_texts(evaluation, options.n_public, options.n_in_domain, seed=evaluation.attacker_seed,
+                                      n_unused_train=options.n_unused_train)
+        texts, holdout = split_holdout(texts, options.adaptive_holdout, evaluation.in_domain_texts,
+                                       evaluation.attacker_seed)
+        return AdaptiveInversion(
+            epochs=options.adaptive_epochs, width=options.adaptive_width, layers=options.adaptive_layers,
+            lr=options.adaptive_lr, batch_size=options.adaptive_batch_size, prior_weight=options.prior_weight,
+            head=options.adaptive_head, head_init=options.head_init, init_from_vendor=options.init_from_vendor,
+            seed=evaluation.attacker_seed, progress=evaluation.progress, prior_mix=options.prior_mix,
+        ).fit(evaluation.knowledge(), texts, evaluation.loaded[0] if options.init_from_vendor else None,
+              position_prior(evaluation), holdout)
+
+    return evaluation.memo(("adaptive", options), fit)
 
 
 @ATTACKS.register("adaptive")
 class AdaptiveEntry(Attack):
     description = ("a generic inverter trained from scratch on public + in-domain text through the bottom as "
-                   "shipped (any privatizer, any width, any k)")
+                   "shipped (any privatizer, any width, any k), decoded with the floor's position prior")
     Options = AdaptiveOptions
 
     @staticmethod
     def run(evaluation, options):
-        texts = attacker_public_texts(evaluation, options.n_public, options.n_in_domain, seed=evaluation.attacker_seed)
-        attack = AdaptiveInversion(
-            epochs=options.adaptive_epochs, width=options.adaptive_width, layers=options.adaptive_layers,
-            lr=options.adaptive_lr, batch_size=options.adaptive_batch_size, prior_weight=options.prior_weight,
-            head=options.adaptive_head, head_init=options.head_init, init_from_vendor=options.init_from_vendor,
-            seed=evaluation.attacker_seed, progress=evaluation.progress,
-        ).fit(evaluation.knowledge(), texts, evaluation.loaded[0] if options.init_from_vendor else None)
+        attack = fitted_adaptive(evaluation, options)
         return evaluation.score("adaptive", attack, {
             "train_seconds": attack.train_seconds, "n_train_texts": attack.n_train_texts,
-            "initial_scale": attack.initial_scale, "head": attack.head,
+            "n_train_steps": len(attack.history), "initial_scale": attack.initial_scale, "head": attack.head,
+            "init_from_vendor": attack.init_from_vendor, "prior_mix": attack.prior_mix,
+            "holdout_recovery_by_mix": attack.mix_scores,
             "final_train_loss": attack.history[-1] if attack.history else None})

@@ -24,8 +24,8 @@ from splitpriv.candidates import (  # noqa: F401  (re-exported: what the attacks
 
 AttackerKnowledge = VendorKnowledge
 
-# Function words excluded from "content token" recovery (plus punctuation and subword pieces shorter than 2
-# characters). Sentiment and topic live in the remaining tokens, which is what a privacy figure must cover.
+# Function words excluded from content words (:func:`is_content_word`). Sentiment and topic live in the remaining
+# words, which is what a privacy figure must cover.
 STOPWORDS = frozenset(
     """a about above after again against all am an and any are as at be because been before being below between
     both but by can could did do does doing down during each few for from further had has have having he her here
@@ -75,16 +75,25 @@ def real_token_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor, token
 
 
 def content_token_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer) -> torch.Tensor:
-    """Real tokens that carry content: not stopwords, not punctuation, not single characters."""
+    """Real tokens that are content words (:func:`is_content_word`)."""
     real = real_token_mask(input_ids, attention_mask, tokenizer)
+    is_content = content_vocabulary(tokenizer)
+    return real & is_content[input_ids.clamp(0, len(is_content) - 1)]
+
+
+def is_content_word(token: str) -> bool:
+    """The one definition of a content word, shared by token and set-level recovery: a vocabulary entry that starts
+    a word (not a WordPiece ``##`` continuation), is alphabetic, has at least 3 characters and is not a stop word."""
+    if token.startswith("##"):
+        return False
+    word = token.lstrip("Ġ▁").lower()
+    return len(word) >= 3 and word.isalpha() and word not in STOPWORDS
+
+
+def content_vocabulary(tokenizer) -> torch.Tensor:
+    """[V] bool: which token ids are content words (:func:`is_content_word`)."""
     vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-    is_content = torch.tensor([_is_content(t) for t in vocab], dtype=torch.bool)
-    return real & is_content[input_ids.clamp(0, len(vocab) - 1)]
-
-
-def _is_content(token: str) -> bool:
-    word = token.lstrip("Ġ▁").removeprefix("##").lower()
-    return len(word) >= 2 and any(c.isalpha() for c in word) and word not in STOPWORDS
+    return torch.tensor([is_content_word(t) for t in vocab], dtype=torch.bool)
 
 
 def recovery_metrics(predicted: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer,
@@ -121,6 +130,19 @@ def _rates(hit: torch.Tensor, input_ids, attention_mask, tokenizer, extra_masks)
         out[f"{name}_recovery"] = rate(real & mask)
         out[f"n_{name}_tokens"] = int((real & mask).sum())
     return out
+
+
+def set_recovery(ranked: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer) -> dict:
+    """Set-level recovery of ranked guesses [N, K] (best first): for each sentence with the set S of distinct content
+    tokens, the first m = min(|S|, K) guesses are scored against S; ``set_recovery`` = hits / Σ m."""
+    content = content_token_mask(input_ids, attention_mask, tokenizer)
+    hits = total = 0
+    for row, guesses in zip(range(input_ids.shape[0]), ranked.tolist()):
+        truth = set(input_ids[row][content[row]].tolist())
+        m = min(len(truth), len(guesses))
+        hits += len(truth & set(guesses[:m]))
+        total += m
+    return {"set_recovery": hits / total if total else float("nan"), "n_set_words": total}
 
 
 @torch.no_grad()

@@ -13,7 +13,7 @@ from functools import cached_property
 
 import torch
 
-from splitpriv.attacks.base import AttackResult, most_frequent_rate, recovery_metrics
+from splitpriv.attacks.base import AttackResult, most_frequent_rate, recovery_metrics, set_recovery
 from splitpriv.seeding import derive_seed
 
 TOP_K = 5
@@ -38,7 +38,8 @@ class Evaluation:
 
     def __init__(self, *, dataset="sst2", split="dev", n_bottom_layers=0, mechanism=None, cti=False,
                  cti_multiplier=2.0, limit=200, seed=0, model=None, progress=True, max_length=64,
-                 public_splits=("valid", "test"), vendor=None, privatizer=None, bottom=None):
+                 public_splits=("valid", "test"), vendor=None, privatizer=None, bottom=None,
+                 customer_train_limit=None):
         from splitpriv.privacy import build_mechanism
 
         self.dataset, self.split, self.limit, self.seed = dataset, split, limit, seed
@@ -47,6 +48,7 @@ class Evaluation:
         self.model, self.progress, self.max_length = model, progress, int(max_length)
         self.public_splits, self.vendor = tuple(public_splits), vendor
         self.privatizer_spec, self.shipped_bottom = privatizer, bottom
+        self.customer_train_limit = customer_train_limit
         self.customer_seed = derive_seed("customer-noise", seed)
         self.attacker_seed = derive_seed("attacker", seed) % (2 ** 31)
         self._memo: dict = {}
@@ -112,6 +114,24 @@ class Evaluation:
         from splitpriv.data import public_in_domain
 
         return [] if self.split == "test" else public_in_domain(self.dataset)
+
+    @cached_property
+    def unused_train_texts(self) -> list[str]:
+        """The dataset's training rows the customer did not use: public in-domain text when the customer trains on
+        a ``customer_train_limit``-row sample (the rows outside ``sample_indices(N, limit, seed)``, the subset
+        :func:`splitpriv.run.load_data` draws for this seed); ``[]`` when the customer's rows are not a known
+        sample (no limit given: the attacker must then assume the whole train split is private)."""
+        if not self.customer_train_limit:
+            return []
+        from splitpriv.data import DatasetNotFoundError, load_dataset
+        from splitpriv.data.core import sample_indices
+
+        try:
+            full = load_dataset(self.dataset, "train")
+        except (ValueError, DatasetNotFoundError):
+            return []
+        used = set(sample_indices(len(full), int(self.customer_train_limit), self.seed))
+        return [t for i, t in enumerate(full.texts) if i not in used]
 
     def observations(self):
         """What the vendor receives for the evaluation texts: ``(z, mask, input_ids)`` (ids: truth)."""
@@ -196,6 +216,15 @@ class Evaluation:
         metrics = recovery_metrics(attack.invert(z, mask), ids, mask, self.tokenizer, self.extra(ids), ranked)
         metrics.update(extra_metrics or {})
         return AttackResult(name, metrics["token_recovery"], metrics)
+
+    def score_sets(self, name: str, attack, extra_metrics: dict | None = None) -> AttackResult:
+        """Score a fitted set-level ``attack`` (``rank(z, mask, k)`` -> [N, k] content tokens, ``floor_rank(n, k)``
+        its public-frequency guess) by :func:`~splitpriv.attacks.base.set_recovery`; success = set recovery."""
+        z, mask, ids = self.observations()
+        got = set_recovery(attack.rank(z, mask), ids, mask, self.tokenizer)
+        floor = set_recovery(attack.floor_rank(len(ids)), ids, mask, self.tokenizer)["set_recovery"]
+        metrics = {**got, "set_floor": floor, "set_advantage": got["set_recovery"] - floor, **(extra_metrics or {})}
+        return AttackResult(name, got["set_recovery"], metrics)
 
     def describe(self) -> dict:
         z, mask, ids = self.observations()

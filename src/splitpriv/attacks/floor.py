@@ -54,6 +54,7 @@ class PriorFloor(InversionAttack):
         texts = list(knowledge.public_texts if texts is None else texts)
         if not texts:
             raise ValueError("the prior-only floor needs public texts")
+        self.n_texts = len(texts)
         vocab = len(tok)
         ids, mask, _ = tokenize(tok, texts, knowledge.max_length)
         fixed, _ = fixed_positions(tok, mask)
@@ -104,22 +105,43 @@ class PriorFloor(InversionAttack):
     def invert(self, hidden: torch.Tensor | None, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.rank(hidden, attention_mask, 1)[..., 0]
 
+    def log_ratio(self, attention_mask: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        r"""[n, V] :math:`\log \hat P(t \mid i, j) - \log \hat P(t)` at (rows, cols): what knowing the position adds
+        to a posterior that already holds the global prior (``-inf`` at tokens no attack guesses)."""
+        fixed, _ = fixed_positions(self.knowledge.tokenizer, attention_mask)
+        start, end = guess_index(attention_mask, fixed)
+        return self.scores(start[rows, cols], end[rows, cols]) - self.log_unigram
+
 
 def attacker_public_texts(evaluation, n_public: int | None = None, n_in_domain: int | None = None,
-                          seed: int = 0) -> list[str]:
+                          seed: int = 0, n_unused_train: int | None = 0) -> list[str]:
     """The vendor's public text in ``evaluation``'s setting: WikiText-2 (``n_public`` of its sentences, all when
-    None or 0) plus the evaluation dataset's public in-domain sentences (``n_in_domain``, all when None; its test
-    split, disjoint from the customer's train and dev)."""
+    None or 0), the evaluation dataset's public in-domain sentences (``n_in_domain``, all when None; its test split,
+    disjoint from the customer's train and dev) and (``n_unused_train``, all when None, none when 0) the training
+    rows the customer did not use (:attr:`~splitpriv.attacks.evaluation.Evaluation.unused_train_texts`)."""
     import random
 
-    wiki = list(evaluation.knowledge().public_texts)
-    own = list(evaluation.in_domain_texts)
     rng = random.Random(seed)
-    if n_public and len(wiki) > n_public:
-        wiki = rng.sample(wiki, n_public)
-    if n_in_domain is not None and len(own) > n_in_domain:
-        own = rng.sample(own, n_in_domain) if n_in_domain > 0 else []
-    return wiki + own
+
+    def take(texts: list[str], n: int | None) -> list[str]:
+        if n is None or len(texts) <= n:
+            return list(texts)
+        return rng.sample(list(texts), n) if n > 0 else []
+
+    wiki = take(evaluation.knowledge().public_texts, n_public or None)
+    own = take(evaluation.in_domain_texts, n_in_domain)
+    unused = take(evaluation.unused_train_texts, n_unused_train) if n_unused_train != 0 else []
+    return wiki + own + unused
+
+
+def position_prior(evaluation) -> PriorFloor:
+    """The floor every attack may multiply its posterior by: fitted once per evaluation on all of the attacker's
+    public text (WikiText-2, the test split and the customer's unused training rows), anchored at both ends."""
+    def fit():
+        texts = attacker_public_texts(evaluation, n_in_domain=None, n_unused_train=None)
+        return PriorFloor(anchor="both").fit(evaluation.knowledge(), texts)
+
+    return evaluation.memo("position-prior", fit)
 
 
 @dataclass(frozen=True)
@@ -128,7 +150,8 @@ class FloorOptions:
         "help": "start (position-wise unigram), both (positions from the start and from the end), global "
                 "(one most frequent token)"})
     floor_in_domain: bool = field(default=True, metadata={
-        "help": "count the dataset's public test sentences besides WikiText-2"})
+        "help": "count the dataset's public test sentences and the customer's unused training rows besides "
+                "WikiText-2"})
 
 
 @ATTACKS.register("floor")
@@ -138,6 +161,10 @@ class FloorEntry(Attack):
 
     @staticmethod
     def run(evaluation, options):
-        texts = attacker_public_texts(evaluation, n_in_domain=None if options.floor_in_domain else 0)
-        attack = PriorFloor(anchor=options.floor_anchor).fit(evaluation.knowledge(), texts)
-        return evaluation.score("floor", attack, {"anchor": options.floor_anchor, "n_public_texts": len(texts)})
+        if options.floor_in_domain and options.floor_anchor == "both":
+            attack = position_prior(evaluation)
+        else:
+            texts = attacker_public_texts(evaluation, n_in_domain=None if options.floor_in_domain else 0,
+                                          n_unused_train=None if options.floor_in_domain else 0)
+            attack = PriorFloor(anchor=options.floor_anchor).fit(evaluation.knowledge(), texts)
+        return evaluation.score("floor", attack, {"anchor": options.floor_anchor, "n_public_texts": attack.n_texts})

@@ -8,7 +8,9 @@ advantage over it, and the privacy of content words and of CTI's contributing wo
 
 Attacks come from the registry (:mod:`splitpriv.attacks.registry`): each declares its kind, its options and what
 it applies to. ``"all"`` runs every registered inversion attack that applies (token recovery is comparable across
-them; attribute and label inference measure something else and are run on their own).
+them) and the set-level attack (reported as ``set_recovery`` beside ``set_floor``, never in the token figure), and
+lists the attacks it skipped with the reason (``skipped``); attribute and label inference measure something else
+and are run on their own.
 
 Keywords of :func:`run_attack`: the setting (``dataset``, ``split``, ``n_bottom_layers``, ``mechanism`` as a name,
 a config dict ``{"name": "dchi", "eta": 10}`` or a built mechanism, ``cti``, ``cti_multiplier``, ``limit``,
@@ -37,7 +39,7 @@ from splitpriv.attacks.registry import ATTACKS as REGISTRY
 from splitpriv.attacks.registry import Setting, attack_option_help, names_of_kind
 
 __all__ = ["Evaluation", "applicable", "attack_option_help", "attack_specs", "evaluate", "run_attack",
-           "run_label_attack", "summary"]
+           "run_label_attack", "skipped_specs", "summary"]
 
 
 def __getattr__(name: str):
@@ -76,7 +78,7 @@ def _per_attack(attack: str, options: dict) -> dict[str, dict]:
     that none declares is an error)."""
     if attack != "all":
         return {REGISTRY.canonical(attack): options}
-    names = names_of_kind("inversion")
+    names = names_of_kind("inversion") + names_of_kind("set")
     accepted = sorted({o for n in names for o in REGISTRY.get(n).option_names()})
     unknown = sorted(set(options) - set(accepted))
     if unknown:
@@ -85,7 +87,8 @@ def _per_attack(attack: str, options: dict) -> dict[str, dict]:
 
 
 def _prepare(attack: str, setting_kw: dict, kw: dict):
-    """The evaluation and ``{attack name: options}`` of the attacks to run (``"all"``: those that apply)."""
+    """The evaluation, ``{attack name: options}`` of the attacks to run (``"all"``: those that apply) and
+    ``{attack name: why it does not apply}`` of those ``"all"`` skips."""
     from splitpriv.privacy import build_mechanism, mechanism_parameters
 
     declared = mechanism_parameters()
@@ -96,12 +99,13 @@ def _prepare(attack: str, setting_kw: dict, kw: dict):
     options = {n: REGISTRY.get(n).options(o) for n, o in _per_attack(attack, kw).items()}
     reasons = {n: REGISTRY.get(n).applies(evaluation) for n in options}
     if attack == "all":
-        return evaluation, {n: o for n, o in options.items() if reasons[n] is None}
+        return (evaluation, {n: o for n, o in options.items() if reasons[n] is None},
+                {n: r for n, r in reasons.items() if r is not None})
     ((name, reason),) = reasons.items()
     if reason is not None:
-        raise ValueError(f"attack {name!r} does not apply to k={evaluation.n_bottom_layers}, cti={evaluation.cti}: "
-                         f"{reason}")
-    return evaluation, options
+        raise ValueError(f"attack {name!r} does not apply to k={evaluation.n_bottom_layers}, cti={evaluation.cti}"
+                         f"{', privatized' if evaluation.privatized else ''}: {reason}")
+    return evaluation, options, {}
 
 
 def _run(evaluation: Evaluation, name: str, options) -> dict:
@@ -114,7 +118,7 @@ def _run(evaluation: Evaluation, name: str, options) -> dict:
 def evaluate(attack: str, **kw) -> AttackResult:
     """One attack on one setting (the keywords of :func:`run_attack`), as its :class:`AttackResult`."""
     setting_kw = {k: kw.pop(k) for k in SETTING_KEYS if k in kw}
-    evaluation, options = _prepare(attack, setting_kw, kw)
+    evaluation, options, _ = _prepare(attack, setting_kw, kw)
     ((name, opts),) = options.items()
     return REGISTRY.get(name).run(evaluation, opts)
 
@@ -126,27 +130,32 @@ def run_label_attack(**kw) -> AttackResult:
 
 def run_attack(attack: str, *, dataset="sst2", split="dev", n_bottom_layers=0, mechanism="none", cti=False,
                cti_multiplier=2.0, limit=200, seed=0, model=None, progress=True, max_length=64,
-               public_splits=("valid", "test"), vendor=None, privatizer=None, bottom=None, **kw) -> dict:
+               public_splits=("valid", "test"), vendor=None, privatizer=None, bottom=None, customer_train_limit=None,
+               **kw) -> dict:
     """Run ``attack`` (a registered name or ``"all"``) on ``limit`` texts of ``dataset``/``split``; a JSON-able dict
     with at least ``attack``, ``success`` (0–1) and ``empirical_privacy``; for ``"all"`` also ``results`` (per
     attack) and ``strongest_attack``. ``privatizer`` (a spec, attached fresh) or ``bottom`` (a bottom as shipped, its
     privatizer's final weights included) evaluate a privatized split. ``model`` is a model name/folder (``None`` = MiniLM) or a loaded
-    ``(model, tokenizer)`` pair. ``kw``: mechanism parameters and attack options (module docstring)."""
+    ``(model, tokenizer)`` pair. ``customer_train_limit``: the customer trains on that seeded sample of the train
+    split, so the rest of it is public in-domain text. ``kw``: mechanism parameters and attack options (module
+    docstring)."""
     setting_kw = dict(dataset=dataset, split=split, n_bottom_layers=n_bottom_layers, mechanism=mechanism, cti=cti,
                       cti_multiplier=cti_multiplier, limit=limit, seed=seed, model=model, progress=progress,
                       max_length=max_length, public_splits=public_splits, vendor=vendor, privatizer=privatizer,
-                      bottom=bottom)
-    evaluation, options = _prepare(attack, setting_kw, dict(kw))
+                      bottom=bottom, customer_train_limit=customer_train_limit)
+    evaluation, options, skipped = _prepare(attack, setting_kw, dict(kw))
     results = {name: _run(evaluation, name, opts) for name, opts in options.items()}
     if attack != "all":
         (name, result), = results.items()
-        if REGISTRY.get(name).kind != "inversion":
+        if REGISTRY.get(name).kind not in ("inversion", "set"):
             return _jsonable(result)
         return _jsonable({**result, **{k: v for k, v in evaluation.describe().items() if k not in result}})
-    best = max(results.values(), key=lambda r: r["success"])
+    tokens = [r for n, r in results.items() if REGISTRY.get(n).kind == "inversion"]
+    best = max(tokens, key=lambda r: r["success"])
     return _jsonable({
         "attack": "all", "success": best["success"], "empirical_privacy": 1.0 - best["success"],
-        "strongest_attack": best["attack"], "results": results, **summary(results), **evaluation.describe(),
+        "strongest_attack": best["attack"], "results": results, "skipped": skipped, **summary(results),
+        **evaluation.describe(),
     })
 
 
@@ -157,8 +166,13 @@ def summary(results: dict[str, dict]) -> dict:
     best top-5 recovery of the attacks that rank candidates."""
     floor = results.get("floor", {}).get("success")
     out = {"floor": floor}
+    sets = [r for r in results.values() if r.get("set_floor") is not None]
+    if sets:
+        best_set = max(sets, key=lambda r: r["set_recovery"])
+        out.update(set_recovery=best_set["set_recovery"], set_floor=best_set["set_floor"])
     for r in results.values():
-        r["advantage_over_floor"] = None if floor is None else r["success"] - floor
+        if r.get("set_floor") is None:
+            r["advantage_over_floor"] = None if floor is None else r["success"] - floor
     for words in ("content", "contributing"):
         seen = {n: r[f"{words}_recovery"] for n, r in results.items()
                 if isinstance(r.get(f"{words}_recovery"), float) and not math.isnan(r[f"{words}_recovery"])}
@@ -171,12 +185,25 @@ def summary(results: dict[str, dict]) -> dict:
     return out
 
 
+def skipped_specs(attacks: list, setting) -> dict[str, str]:
+    """``{attack name: why it does not apply to setting}`` for the attacks of ``attacks`` (as for
+    :func:`attack_specs`) that it drops: what a record lists instead of a silent drop."""
+    out = {}
+    for item in attacks:
+        name = item if isinstance(item, str) else item.get("attack")
+        for n in _per_attack(name, {}):
+            reason = REGISTRY.get(n).applies(setting)
+            if reason is not None:
+                out[n] = reason
+    return out
+
+
 def attack_specs(attacks: list, setting) -> list[dict]:
     """The experiment grid's attack list for one setting: each item a name or ``{"attack": name, **keywords}``
     (keywords: setting keys of :func:`run_attack`, mechanism parameters, the attack's options). Every option is
     checked against the attack's ``Options`` (an unknown one is an error naming the attack and the accepted ones);
     attacks that do not apply to ``setting`` (``n_bottom_layers``, ``cti``, ``mechanism``) are dropped; ``"all"``
-    stands for every registered inversion attack. Returns ``{"attack": canonical name, **its keywords}``."""
+    stands for every registered inversion and set-level attack. Returns ``{"attack": canonical name, **its keywords}``."""
     from splitpriv.privacy import mechanism_parameters
 
     passthrough = set(SETTING_KEYS) | set(mechanism_parameters())
