@@ -13,7 +13,8 @@ from splitpriv.split import split_model
 
 
 def test_registry_lists_every_attack_in_order_with_kind_description_and_documented_options():
-    assert ATTACKS.names() == ["floor", "nn", "map", "opt", "learned", "adaptive", "average", "cti", "aia", "label"]
+    assert ATTACKS.names() == ["floor", "nn", "map", "opt", "learned", "adaptive", "average", "cti", "set",
+                              "linear", "aia", "label"]
     listed = attack_option_help()
     assert {n: e["kind"] for n, e in listed.items() if e["kind"] != "inversion"} == {"aia": "attribute",
                                                                                       "label": "label"}
@@ -68,7 +69,7 @@ def test_attack_specs_drop_what_does_not_apply_and_keep_the_keywords():
         {"attack": "opt", "limit": 32, "steps": 40}, {"attack": "aia", "dataset": "trustpilot"}]
     assert [s["attack"] for s in attack_specs(attacks, Setting(0, cti=True))] == ["nn", "map", "opt", "cti", "aia"]
     assert [s["attack"] for s in attack_specs([{"attack": "all", "steps": 5}], Setting(1))] == [
-        "floor", "opt", "learned", "adaptive", "average"]
+        "floor", "opt", "learned", "adaptive", "average", "linear", "set"]
 
 
 def test_a_mechanism_an_attack_cannot_handle_is_an_error_naming_both(minilm):

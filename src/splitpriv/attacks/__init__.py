@@ -34,6 +34,8 @@ options, kind, what it applies to, ``run``); a new attack is one new module here
 * :mod:`.cti_aware` — ``cti``: detect CTI's reduced-noise positions from the noise radius, invert accordingly;
 * :mod:`.set_level` — ``set``: which content words a sentence contains, from all its vectors (set recovery vs the
   public-frequency guess);
+* :mod:`.linear_map` — ``linear``: a ridge map from the received vectors to the embedding rows, fitted on public
+  text through the bottom as shipped (any family, k, privatizer; ``learned`` starts from it where it fits better);
 * :mod:`.attribute` — ``aia``: author attributes from pooled representations;
 * :mod:`.label` — ``label``: training labels from the gradients in a training run's wire transcript (:mod:`.wire`);
 * :mod:`.observe` — what the vendor observes (through :func:`splitpriv.privacy.privatize`, the customer's path);
@@ -50,6 +52,7 @@ from splitpriv.attacks.adaptive import AdaptiveInversion  # isort: skip
 from splitpriv.attacks.averaging import AveragingAttack, averaging_attack, link_epochs  # isort: skip
 from splitpriv.attacks.cti_aware import CTIAwareInversion, cti_attack  # isort: skip
 from splitpriv.attacks.set_level import SetInference  # isort: skip
+from splitpriv.attacks.linear_map import LinearMapInversion  # isort: skip  # noqa: F401
 from splitpriv.attacks import attribute, label  # isort: skip  # noqa: F401
 from splitpriv.attacks.base import (
     AttackerKnowledge,
