@@ -10,9 +10,16 @@ The paired test behind "within 1 point": with :math:`c^{b}_{s,i}, c_{s,i} \in \{
 baseline and of the private run of seed :math:`s` on dev sentence :math:`i`, the per-sentence loss
 :math:`d_i = \frac{1}{S}\sum_s (c^{b}_{s,i} - c_{s,i})` is resampled over sentences (bootstrap, ``n_boot`` draws of
 an explicit generator); ``loss_ci95_pts`` is its 95% interval and ``within_1pt`` holds when its upper end is at
-most one point. ``best`` is the most private point within 1 point by that test (ties: the smaller loss); when no
-private point passes, ``best`` is the most private point whose *estimated* loss is at most one point, flagged
-``"within_1pt": false``.
+most one point. ``best`` is, among the points where the customer holds at most a third of the blocks
+(``customer_blocks`` ≤ ``total_blocks`` / 3), the most private point within 1 point by that test against the
+equal-passes reference where the point has one (ties: the smaller loss); when no such point passes, the most private
+one whose *estimated* loss is at most one point, flagged ``"within_1pt": false``.
+
+Every point also says what the customer holds and gets (:func:`_holdings`): ``disclosure``, ``customer_blocks``,
+``total_blocks``, ``customer_compute_share`` (:mod:`~splitpriv.experiments.accounting`), ``local_only_accuracy``
+(the customer alone, :mod:`~splitpriv.experiments.local_only`), ``vendor_gain_pts`` = accuracy − local-only,
+``headroom_pts`` = baseline − the clean local-only model, ``set_recovery`` / ``set_floor`` (the set-level attack
+and its public-frequency guess), ``label_attack`` (the label attack's success) and ``skipped_attacks``.
 
 Runs that warm-start a privatizer at home read each sentence ``warm_start`` more times than their epochs over the
 wire; their points also carry ``passes_baseline`` (the reference trained ``passes_baseline_epochs`` = warm start +
@@ -30,7 +37,9 @@ import numpy as np
 
 FRONTIER_FILE = "frontier.json"
 FIELDS = ("experiment", "setting", "train_args", "accuracy", "baseline", "loss_pts", "privacy", "content_privacy",
-          "contributing_privacy", "floor", "strongest_attack", "seeds")
+          "contributing_privacy", "floor", "strongest_attack", "seeds", "disclosure", "customer_blocks", "total_blocks",
+          "customer_compute_share", "local_only_accuracy", "vendor_gain_pts", "headroom_pts", "set_recovery",
+          "set_floor", "label_attack")
 
 
 def paired_loss(baseline: list[str], private: list[str], *, n_boot: int = 10_000, seed: int = 0) -> dict:
@@ -135,12 +144,36 @@ def _point(experiment: str, setting: dict, records: list[dict]) -> dict:
         point.update(paired_loss(baselines, corrects))
     else:  # records written before per-sentence correctness was kept: the estimate only, no test
         point.update(loss_pts=100 * (point["baseline"] - point["accuracy"]), loss_ci95_pts=None, within_1pt=None)
+    point.update(_holdings(records, point))
     passes = [u.get("passes_baseline_correct") for u in utility]
     if all(passes) and all(corrects):  # against the reference that also read the data as often as the warm start
         point["passes_baseline"] = _mean(u["passes_baseline_accuracy"] for u in utility)
         point["passes_baseline_epochs"] = utility[0]["passes_baseline_epochs"]
         point.update({f"passes_{k}": v for k, v in paired_loss(passes, corrects).items() if k != "n_eval"})
     return point
+
+
+def _holdings(records: list[dict], point: dict) -> dict:
+    """What the customer holds and does (:mod:`splitpriv.experiments.accounting`), what it gets alone, and the
+    set-level and label attacks, means over seeds (None where a record did not measure them)."""
+    from splitpriv.experiments.accounting import accounting
+
+    utility = [r["utility"] for r in records]
+    privacy = [r.get("privacy", {}) for r in records]
+    local = _mean(u.get("local_only_accuracy") for u in utility)
+    clean = _mean(u.get("local_only_clean_accuracy") for u in utility)
+    out = {**accounting(records[0]["config"]), "local_only_accuracy": local,
+           "local_only_clean_accuracy": clean,
+           "vendor_gain_pts": None if local is None else 100 * (point["accuracy"] - local),
+           "headroom_pts": None if clean is None else 100 * (point["baseline"] - clean),
+           "set_recovery": _mean(p.get("set_recovery") for p in privacy),
+           "set_floor": _mean(p.get("set_floor") for p in privacy),
+           "label_attack": _mean(p.get("label_attack") for p in privacy)}
+    skipped = {}
+    for p in privacy:
+        skipped.update(p.get("skipped") or {})
+    out["skipped_attacks"] = skipped
+    return out
 
 
 def frontier_points(results_dir: str | Path, experiments: list[str], *, quick: bool = False) -> list[dict]:
@@ -158,12 +191,21 @@ def frontier_points(results_dir: str | Path, experiments: list[str], *, quick: b
 
 
 def best_point(points: list[dict]) -> dict | None:
-    """The most private point within 1 point of loss (module docstring)."""
-    tested = [p for p in points if p.get("within_1pt") and p.get("privacy") is not None]
-    pool = tested or [p for p in points if p.get("privacy") is not None and p["loss_pts"] <= 1.0]
+    """The most private point within 1 point of loss (module docstring) among those where the customer holds at
+    most a third of the blocks; the loss is against the equal-passes reference where the point has one."""
+    def loss(p):
+        return p["passes_loss_pts"] if p.get("passes_loss_pts") is not None else p["loss_pts"]
+
+    def within(p):
+        return p["passes_within_1pt"] if p.get("passes_within_1pt") is not None else p.get("within_1pt")
+
+    capped = [p for p in points if p.get("privacy") is not None
+              and p.get("customer_blocks", 0) <= p.get("total_blocks", 0) / 3]
+    tested = [p for p in capped if within(p)]
+    pool = tested or [p for p in capped if loss(p) <= 1.0]
     if not pool:
         return None
-    return max(pool, key=lambda p: (round(p["privacy"], 6), -p["loss_pts"]))
+    return max(pool, key=lambda p: (round(p["privacy"], 6), -loss(p)))
 
 
 def write_frontier(results_dir: str | Path, experiments: list[str], *, quick: bool = False) -> Path:
@@ -187,17 +229,22 @@ def frontier_section(results_dir: str | Path, *, quick: bool = False) -> list[st
     lines = [f"## Frontier (`{path.name}`: `splitpriv frontier {' '.join(data['experiments'])}`)", "",
              "One row per setting, means over seeds; loss with the 95% paired-bootstrap interval over dev sentences "
              "(\"≤1\": its upper end is within one point). Privacy = 1 − the strongest attack, on all tokens, content "
-             "words and CTI's contributing words; floor = the prior-only guess's recovery.", "",
-             "| experiment: setting | n train | seeds | accuracy % | baseline % | loss (pts) [95% CI] | ≤1 | privacy % "
-             "| content % | contributing % | floor % | strongest | wall s |", "|" + "---|" * 13]
+             "words and CTI's contributing words; floor = the prior-only guess's recovery; set = content words the "
+             "set-level attack names vs its public-frequency guess; label = the label attack's accuracy; held = "
+             "blocks at home / all, disclosure and compute share; local = the customer alone (– where not measured).",
+             "", "| experiment: setting | n train | seeds | accuracy % | baseline % | loss (pts) [95% CI] | ≤1 "
+             "| privacy % | content % | floor % | strongest | set % (floor) | label % | held | local % | wall s |",
+             "|" + "---|" * 16]
     for p in sorted(data["points"], key=lambda p: (p["experiment"], p["loss_pts"])):
         ci = p.get("loss_ci95_pts")
         loss = f"{p['loss_pts']:.1f}" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "")
         setting = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in p["setting"].items()) or "–"
         lines.append(f"| {p['experiment']}: {setting} | {p.get('n_train')} | {len(p['seeds'])} | {_pct(p['accuracy'])} "
                      f"| {_pct(p['baseline'])} | {loss} | {_yes_no(p.get('within_1pt'))} "
-                     f"| {_pct(p['privacy'])} | {_pct(p['content_privacy'])} | {_pct(p['contributing_privacy'])} "
-                     f"| {_pct(p['floor'])} | {p['strongest_attack'] or '–'} | {p.get('wall_time_s') or 0:.0f} |")
+                     f"| {_pct(p['privacy'])} | {_pct(p['content_privacy'])} "
+                     f"| {_pct(p['floor'])} | {p['strongest_attack'] or '–'} "
+                     f"| {_pct(p.get('set_recovery'))} ({_pct(p.get('set_floor'))}) | {_pct(p.get('label_attack'))} "
+                     f"| {_held(p)} | {_pct(p.get('local_only_accuracy'))} | {p.get('wall_time_s') or 0:.0f} |")
     best = data.get("best")
     if best:
         lines += ["", f"Most private point within 1 point of loss: **{best['experiment']}: {best['setting']}**, "
@@ -205,6 +252,13 @@ def frontier_section(results_dir: str | Path, *, quick: bool = False) -> list[st
                   f"{best['loss_pts']:.2f} pts{'' if best.get('within_1pt') else ' (estimate; the paired test does not confirm it)'}. "
                   f"Reproduce: `{best['train_args']}`."]
     return lines + [""]
+
+
+def _held(p: dict) -> str:
+    if p.get("total_blocks") is None:
+        return "–"
+    return (f"{p['customer_blocks']}/{p['total_blocks']}, {_pct(p['disclosure'])}%, "
+            f"{_pct(p['customer_compute_share'])}%")
 
 
 def _yes_no(flag) -> str:

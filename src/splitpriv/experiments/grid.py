@@ -142,17 +142,28 @@ def _key(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _setting(config: RunConfig):
+    from splitpriv.attacks.registry import Setting
+
+    return Setting(n_bottom_layers=config.bottom_layers, cti=config.privacy.cti,
+                   mechanism=config.privacy.build_mechanism(), privatized=config.privacy.privatizer is not None)
+
+
 def _attack_specs(attacks: list, config: RunConfig) -> list[dict]:
     """The registered attacks of the config that apply to the point (options checked by the attack registry)."""
-    from splitpriv.attacks.registry import Setting
     from splitpriv.attacks.runner import attack_specs
 
-    setting = Setting(n_bottom_layers=config.bottom_layers, cti=config.privacy.cti,
-                      mechanism=config.privacy.build_mechanism(), privatized=config.privacy.privatizer is not None)
-    return attack_specs(attacks, setting)
+    return attack_specs(attacks, _setting(config))
 
 
-CACHE_DIRS = ("baselines", "utility", "attacks")
+def _skipped(attacks: list, config: RunConfig) -> dict[str, str]:
+    """The config's attacks that do not apply to the point, with the reason (recorded, never silently dropped)."""
+    from splitpriv.attacks.runner import skipped_specs
+
+    return skipped_specs(attacks, _setting(config))
+
+
+CACHE_DIRS = ("baselines", "utility", "attacks", "local_only")
 
 
 def trained_bottom_dir(config: RunConfig) -> Path:
@@ -188,7 +199,7 @@ def _cached(path: Path | None, compute, force: bool = False, complete=lambda val
 
 
 def measure_privacy(config: RunConfig, specs: list[dict], limit: int, *, progress=False,
-                    cache_dir: Path | None = None, force: bool = False) -> dict:
+                    cache_dir: Path | None = None, force: bool = False, skipped: dict | None = None) -> dict:
     """Run the attacks on the setting's eval data; empirical privacy = 1 − the strongest inversion attack.
 
     The attacked representations come from the *initial* bottom, which the attacker knows exactly; with a trained
@@ -205,6 +216,8 @@ def measure_privacy(config: RunConfig, specs: list[dict], limit: int, *, progres
     common = dict(dataset=config.dataset if config.dataset != "sst2-sample" else "sst2",
                   split=config.eval_split, n_bottom_layers=config.bottom_layers, cti=p.cti,
                   cti_multiplier=p.cti_multiplier, limit=limit, seed=config.train.seed, model=config.model)
+    if config.dataset != "sst2-sample":  # the rest of the train split is public in-domain text
+        common["customer_train_limit"] = config.train_limit
     legacy = p.legacy_layout()
     mech_key = ({k: legacy[k] for k in ("mechanism", *LEGACY_PARAMETERS)} if isinstance(legacy["mechanism"], str)
                 else {"mechanism": p.mechanism_config})
@@ -234,7 +247,13 @@ def measure_privacy(config: RunConfig, specs: list[dict], limit: int, *, progres
     from splitpriv.attacks.registry import names_of_kind
 
     inversion = {k: v for k, v in results.items() if k.split("-")[0] in names_of_kind("inversion")}
-    out = {"attacks": results}
+    out = {"attacks": results, "skipped": skipped or {}}
+    sets = [v for k, v in results.items() if k.split("-")[0] in names_of_kind("set")]
+    if sets:
+        out.update(set_recovery=max(v["set_recovery"] for v in sets), set_floor=sets[0]["set_floor"])
+    labels = [v for k, v in results.items() if k.split("-")[0] in names_of_kind("label")]
+    if labels:
+        out["label_attack"] = max(v["success"] for v in labels)
     if inversion:
         best = max(inversion, key=lambda k: inversion[k]["success"])
         out.update(strongest_attack=best, max_success=inversion[best]["success"],
@@ -272,6 +291,25 @@ def _passes_fields(config: RunConfig, runs_dir: Path, progress: bool, accuracy: 
     return {"passes_baseline_accuracy": passes["accuracy"], "passes_baseline_correct": passes["correct"],
             "passes_baseline_epochs": passes["config"]["train"]["epochs"],
             "passes_accuracy_loss": passes["accuracy"] - accuracy}
+
+
+def _local_only_fields(config: RunConfig, runs_dir: Path) -> dict:
+    """The customer alone (:mod:`splitpriv.experiments.local_only`), with the point's noise and without (cached by
+    the config: every point with the same bottom, privatizer, data and passes shares it)."""
+    from splitpriv.experiments.local_only import local_only_accuracy
+    from splitpriv.run import load_data
+
+    out = {}
+    for noise, name in ((True, "local_only_accuracy"), (False, "local_only_clean_accuracy")):
+        def compute(noise=noise):
+            train, evaluation = load_data(config)
+            started = time.perf_counter()
+            return {"accuracy": local_only_accuracy(config, train, evaluation, noise=noise),
+                    "wall_time_s": time.perf_counter() - started}
+
+        key = _key({"local_only": _config_key(config), "noise": noise})
+        out[name] = _cached(runs_dir / "local_only" / f"{key}.json", compute)["accuracy"]
+    return out
 
 
 def _adaptation(config: RunConfig) -> dict:
@@ -320,6 +358,8 @@ def run_one(exp: Experiment, point: dict, runs_dir: Path, *, quick: bool, progre
                 missing.update(_baseline_fields(_baseline(config, runs_dir, progress), utility["accuracy"]))
             if "passes_baseline_accuracy" not in utility:
                 missing.update(_passes_fields(config, runs_dir, progress, utility["accuracy"]))
+            if exp.extra.get("local_only") and "local_only_accuracy" not in utility:
+                missing.update(_local_only_fields(config, runs_dir))
             if missing:
                 record["utility"] = {**utility, **missing}
                 _write_json(path, record)
@@ -332,10 +372,12 @@ def run_one(exp: Experiment, point: dict, runs_dir: Path, *, quick: bool, progre
         baseline = _baseline(config, runs_dir, progress)
         utility = _utility(config, runs_dir, progress, force)
         record["utility"] = {**utility, **_baseline_fields(baseline, utility["accuracy"]),
-                             **_passes_fields(config, runs_dir, progress, utility["accuracy"])}
+                             **_passes_fields(config, runs_dir, progress, utility["accuracy"]),
+                             **(_local_only_fields(config, runs_dir) if exp.extra.get("local_only") else {})}
     if specs:
         record["privacy"] = measure_privacy(config, specs, exp.attack_limit, progress=progress,
-                                            cache_dir=runs_dir / "attacks", force=force)
+                                            cache_dir=runs_dir / "attacks", force=force,
+                                            skipped=_skipped(exp.attacks, config))
     record["wall_time_s"] = time.perf_counter() - started
     _write_json(path, record)
     return record

@@ -34,26 +34,30 @@ from splitpriv.batching import collate, training_order
 
 def warm_start_privatizer(bottom, mechanism, encodings: list[list[int]], labels: torch.Tensor, num_labels: int,
                           pad_id: int, *, epochs: int, lr: float, batch_size: int, seed: int,
-                          train_blocks: bool = False, blocks_lr: float = 5e-5) -> dict:
+                          train_blocks: bool = False, blocks_lr: float = 5e-5, require_privatizer: bool = True,
+                          readout: torch.nn.Linear | None = None) -> dict:
     """Train ``bottom.privatizer`` in place (module docstring), and with ``train_blocks`` the bottom's blocks; the
-    other weights stay as they are. Returns the loss of the first and last 10 steps and the step count."""
+    other weights stay as they are. Returns the loss of the first and last 10 steps and the step count. A given
+    ``readout`` (width → labels) is the one trained, so the caller keeps it; ``require_privatizer=False`` also
+    trains a bottom without a privatizer (the read-out, and the blocks with ``train_blocks``): the customer's model
+    alone."""
     from splitpriv.privacy import privatize
 
     half = bottom.privatizer
-    if half is None:
+    if half is None and require_privatizer:
         raise ValueError("a privatizer warm start needs a privatizer (e.g. --privatizer bottleneck:r=8)")
     g = torch.Generator().manual_seed(seed)
     from splitpriv.privacy.privatizer import build_privatizer
 
-    width = build_privatizer(half.privatizer_config).width(bottom.d_model)
-    readout = torch.nn.Linear(width, num_labels)
+    width = bottom.d_model if half is None else build_privatizer(half.privatizer_config).width(bottom.d_model)
+    readout = torch.nn.Linear(width, num_labels) if readout is None else readout
     with torch.no_grad():
         readout.weight.normal_(0.0, 0.02, generator=g)
         readout.bias.zero_()
     states = {p: p.requires_grad for p in bottom.parameters()}
     bottom.requires_grad_(False)
-    half.requires_grad_(True)
-    groups = [{"params": list(half.parameters()) + list(readout.parameters()), "lr": lr}]
+    own = [] if half is None else list(half.requires_grad_(True).parameters())
+    groups = [{"params": own + list(readout.parameters()), "lr": lr}]
     if train_blocks:
         if not bottom.block_paths:
             raise ValueError("training the bottom's blocks in the warm start needs a bottom with blocks (-k >= 1)")
