@@ -152,7 +152,7 @@ def test_run_attack_all_reports_the_strongest(minilm, data_dir):
                      steps=5, n_public=40, learned_epochs=1, epochs=2, public_splits=["valid"], n_in_domain=20,
                      adaptive_epochs=1, adaptive_layers=1, adaptive_width=64)
     json.dumps(out, allow_nan=False)
-    assert set(out["results"]) == {"floor", "nn", "map", "opt", "learned", "adaptive", "average", "linear"}
+    assert set(out["results"]) == {"floor", "nn", "map", "opt", "learned", "adaptive", "average", "linear", "set"}
     for r in out["results"].values():
         assert {"attack", "success", "empirical_privacy"} <= set(r)
         assert 0.0 <= r["success"] <= 1.0
