@@ -75,11 +75,13 @@ def test_all_reports_floor_advantage_content_and_top5(minilm, data_dir):
     json.dumps(out, allow_nan=False)
     assert {"floor", "adaptive", "learned"} <= set(out["results"])
     assert out["floor"] == out["results"]["floor"]["success"]
-    for r in out["results"].values():
+    tokens = {n: r for n, r in out["results"].items() if n != "set"}  # set recovery is not a token figure
+    for r in tokens.values():
         assert r["advantage_over_floor"] == pytest.approx(r["success"] - out["floor"])
     assert 0.0 <= out["content_privacy"] <= 1.0 and out["strongest_content_attack"] in out["results"]
     assert "top5_token_recovery" in out["results"]["adaptive"] and "top5_recovery" in out
-    assert out["success"] == max(r["success"] for r in out["results"].values())
+    assert out["success"] == max(r["success"] for r in tokens.values())
+    assert out["set_recovery"] == out["results"]["set"]["set_recovery"]
 
 
 def test_option_typo_names_the_attack():
