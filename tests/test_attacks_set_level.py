@@ -14,7 +14,8 @@ from splitpriv.attacks import run_attack
 from splitpriv.attacks.runner import skipped_specs, summary
 from splitpriv.attacks.base import is_content_word
 
-SMALL = dict(limit=32, progress=False, n_public=250, n_in_domain=250, n_unused_train=0, adaptive_epochs=1,
+SMALL = dict(limit=32, progress=False, n_public=250, n_in_domain=250, n_unused_train=0,
+             adaptive_epochs=1,
              adaptive_holdout=48)
 
 

@@ -344,6 +344,8 @@ class AdaptiveOptions:
         "help": "public in-domain sentences added (the dataset's test split; 0: none)"})
     n_unused_train: int = field(default=20000, metadata={
         "help": "training rows the customer did not use, added as in-domain public text (0: none)"})
+    n_other_public: int = field(default=0, metadata={
+        "help": "sentences of the other public datasets (out of domain) added (0: none)"})
     adaptive_epochs: int = field(default=3, metadata={"help": "training epochs of the adaptive inverter (fresh "
                                                               "noise every epoch)"})
     adaptive_width: int = field(default=384, metadata={"help": "width of the adaptive inverter's Transformer"})
@@ -381,7 +383,7 @@ def fitted_adaptive(evaluation, options) -> AdaptiveInversion:
     """The adaptive inverter of ``options``, trained once per evaluation (the set-level attack reads it too)."""
     def fit():
         texts = attacker_public_texts(evaluation, options.n_public, options.n_in_domain, seed=evaluation.attacker_seed,
-                                      n_unused_train=options.n_unused_train)
+                                      n_unused_train=options.n_unused_train, n_other=options.n_other_public)
         texts, holdout = split_holdout(texts, options.adaptive_holdout, evaluation.in_domain_texts,
                                        evaluation.attacker_seed)
         return AdaptiveInversion(

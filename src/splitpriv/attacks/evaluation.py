@@ -116,6 +116,24 @@ class Evaluation:
         return [] if self.split == "test" else public_in_domain(self.dataset)
 
     @cached_property
+    def other_public_texts(self) -> list[str]:
+        """The training text of the other public datasets here (never the evaluated dataset's, nor the SST-2 sample
+        when the customer's data is SST-2): more public text for the attacker, out of domain."""
+        from splitpriv.data import DatasetNotFoundError, available_datasets, load_dataset
+        from splitpriv.data.loaders import canonical_dataset_name
+
+        own = canonical_dataset_name(self.dataset)
+        skip = {own, "sst2-sample", "sst2"} if own in ("sst2", "sst2-sample") else {own}
+        out = []
+        for name in available_datasets():
+            if name not in skip:
+                try:
+                    out += list(load_dataset(name, "train").texts)
+                except (ValueError, DatasetNotFoundError):
+                    continue
+        return out
+
+    @cached_property
     def unused_train_texts(self) -> list[str]:
         """The dataset's training rows the customer did not use: public in-domain text when the customer trains on
         a ``customer_train_limit``-row sample (the rows outside ``sample_indices(N, limit, seed)``, the subset

@@ -114,11 +114,13 @@ class PriorFloor(InversionAttack):
 
 
 def attacker_public_texts(evaluation, n_public: int | None = None, n_in_domain: int | None = None,
-                          seed: int = 0, n_unused_train: int | None = 0) -> list[str]:
-    """The vendor's public text in ``evaluation``'s setting: WikiText-2 (``n_public`` of its sentences, all when
-    None or 0), the evaluation dataset's public in-domain sentences (``n_in_domain``, all when None; its test split,
-    disjoint from the customer's train and dev) and (``n_unused_train``, all when None, none when 0) the training
-    rows the customer did not use (:attr:`~splitpriv.attacks.evaluation.Evaluation.unused_train_texts`)."""
+                          seed: int = 0, n_unused_train: int | None = 0, n_other: int = 0) -> list[str]:
+    """The vendor's public text in ``evaluation``'s setting: ``n_other`` sentences of the other public datasets
+    (:attr:`~splitpriv.attacks.evaluation.Evaluation.other_public_texts`), WikiText-2 (``n_public`` of its
+    sentences, all when None or 0), the evaluation dataset's public in-domain sentences (``n_in_domain``, all when
+    None; its test split, disjoint from the customer's train and dev) and (``n_unused_train``, all when None, none
+    when 0) the training rows the customer did not use
+    (:attr:`~splitpriv.attacks.evaluation.Evaluation.unused_train_texts`)."""
     import random
 
     rng = random.Random(seed)
@@ -128,10 +130,11 @@ def attacker_public_texts(evaluation, n_public: int | None = None, n_in_domain: 
             return list(texts)
         return rng.sample(list(texts), n) if n > 0 else []
 
+    other = take(evaluation.other_public_texts, n_other) if n_other else []
     wiki = take(evaluation.knowledge().public_texts, n_public or None)
     own = take(evaluation.in_domain_texts, n_in_domain)
     unused = take(evaluation.unused_train_texts, n_unused_train) if n_unused_train != 0 else []
-    return wiki + own + unused
+    return other + wiki + own + unused
 
 
 def position_prior(evaluation) -> PriorFloor:

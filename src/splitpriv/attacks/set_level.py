@@ -157,7 +157,8 @@ class SetEntry(Attack):
         shared = AdaptiveOptions(**{f.name: getattr(options, f.name) for f in fields(AdaptiveOptions)})
         adaptive = fitted_adaptive(evaluation, shared)
         texts = attacker_public_texts(evaluation, options.n_public, options.n_in_domain,
-                                      seed=evaluation.attacker_seed, n_unused_train=options.n_unused_train)
+                                      seed=evaluation.attacker_seed, n_unused_train=options.n_unused_train,
+                                      n_other=options.n_other_public)
         texts, holdout = split_holdout(texts, options.adaptive_holdout, evaluation.in_domain_texts,
                                        evaluation.attacker_seed)
         attack = SetInference(adaptive, epochs=options.set_epochs, lr=options.set_lr,

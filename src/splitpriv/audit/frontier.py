@@ -13,7 +13,9 @@ import shlex
 from pathlib import Path
 
 DEPTH_KEYS = ("n_bottom_layers", "bottom_layers", "k")
-UTILITY_KEYS = ("experiment", "accuracy", "baseline", "loss_pts", "privacy", "strongest_attack", "seeds")
+UTILITY_KEYS = ("experiment", "accuracy", "baseline", "loss_pts", "privacy", "strongest_attack", "seeds",
+                "set_recovery", "set_floor", "label_attack", "disclosure", "customer_blocks", "total_blocks",
+                "customer_compute_share", "local_only_accuracy", "vendor_gain_pts", "headroom_pts")
 
 
 def _args(train_args) -> dict:

@@ -186,6 +186,14 @@ def _notes(audit: dict) -> list[str]:
     elif frontier:
         notes.append(f"Utility at your setting ({frontier.get('experiment', 'frontier')}): accuracy "
                      f"{_pct(frontier.get('accuracy'))} vs baseline {_pct(frontier.get('baseline'))}.")
+        if frontier.get("total_blocks") is not None:
+            notes.append(
+                f"There you hold {frontier['customer_blocks']} of {frontier['total_blocks']} blocks "
+                f"({_pct(frontier.get('disclosure'))} of the vendor's parameters) and do "
+                f"{_pct(frontier.get('customer_compute_share'))} of the training compute; alone you would reach "
+                f"{_pct(frontier.get('local_only_accuracy'))}; the set-level attack names "
+                f"{_pct(frontier.get('set_recovery'))} of a sentence's content words (public guess "
+                f"{_pct(frontier.get('set_floor'))}); the label attack reads {_pct(frontier.get('label_attack'))}.")
     return notes
 
 

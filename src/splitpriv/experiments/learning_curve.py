@@ -33,7 +33,7 @@ def curve_point(config, fraction: float, steps: int, *, limit: int, options: dic
 
     base = AdaptiveOptions(**options)
     scaled = {k: max(1, round(fraction * getattr(base, k))) if getattr(base, k) else 0
-              for k in ("n_public", "n_in_domain", "n_unused_train")}
+              for k in ("n_public", "n_in_domain", "n_unused_train", "n_other_public")}
     p = config.privacy
     started = time.perf_counter()
     r = run_attack("adaptive", dataset=config.dataset, split=config.eval_split, n_bottom_layers=config.bottom_layers,
