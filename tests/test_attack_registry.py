@@ -16,7 +16,8 @@ def test_registry_lists_every_attack_in_order_with_kind_description_and_document
     assert ATTACKS.names() == ["floor", "nn", "map", "opt", "learned", "adaptive", "average", "cti", "set",
                               "linear", "aia", "label"]
     listed = attack_option_help()
-    assert {n: e["kind"] for n, e in listed.items() if e["kind"] != "inversion"} == {"aia": "attribute",
+    assert {n: e["kind"] for n, e in listed.items() if e["kind"] != "inversion"} == {"set": "set",
+                                                                                      "aia": "attribute",
                                                                                       "label": "label"}
     for entry in listed.values():
         assert entry["description"] and all(text for _, text in entry["options"].values())
