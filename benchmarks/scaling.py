@@ -120,7 +120,7 @@ def profile(vendor, texts, labels, bottom: str, steps: int, wire_dtype: str) -> 
     import splitpriv.protocol as protocol
     from splitpriv.batching import collate, encode_texts, training_order
     from splitpriv.protocol import BackwardRequest, ForwardRequest, decode
-    from splitpriv.roles.customer import _step
+    from splitpriv.roles.customer.steps import step_optimizer as _step
     from splitpriv.seeding import step_rng
 
     customer = _customer(vendor, bottom=bottom, wire_dtype=wire_dtype)

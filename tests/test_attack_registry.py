@@ -9,7 +9,7 @@ from splitpriv.attacks.base import AttackerKnowledge
 from splitpriv.attacks.registry import ATTACKS, Attack, Setting, attack_option_help
 from splitpriv.attacks.runner import applicable, attack_specs, run_attack
 from splitpriv.privacy import DChi, Laplace, MechanismCapabilityError
-from splitpriv.split import split_model
+from splitpriv.parts import split_model
 
 
 def test_registry_lists_every_attack_in_order_with_kind_description_and_documented_options():

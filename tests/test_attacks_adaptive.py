@@ -20,7 +20,7 @@ from splitpriv.attacks import (
 from splitpriv.attacks.floor import guess_index
 from splitpriv.candidates import fixed_positions
 from splitpriv.privacy import Identity
-from splitpriv.split import split_model
+from splitpriv.parts import split_model
 
 PUBLIC = ["the film is good .", "a film , not good .", "the plot is a mess .", "the cast is the best ."]
 

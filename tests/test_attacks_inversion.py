@@ -25,7 +25,7 @@ from splitpriv.attacks import (
 from splitpriv.attacks.base import most_frequent_rate
 from splitpriv.data import load_dataset, load_public_text
 from splitpriv.privacy import ContributingTokens, CTIConfig, DChi, Identity
-from splitpriv.split import split_model
+from splitpriv.parts import split_model
 
 
 @pytest.fixture(scope="module")

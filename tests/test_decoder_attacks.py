@@ -6,7 +6,7 @@ import torch
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
 from splitpriv import split_model
-from splitpriv.decoder_candidates import AdditiveCandidateSpace
+from splitpriv.candidates import AdditiveCandidateSpace
 
 
 def _tiny(family):

@@ -9,7 +9,7 @@ from splitpriv import split_model
 from splitpriv.config import PrivacyConfig, TrainConfig
 from splitpriv.data.instructions import load_lm_dataset
 from splitpriv.protocol import SessionConfig
-from splitpriv.roles.causal_customer import CausalCustomer
+from splitpriv.roles.customer import Customer
 from splitpriv.roles.vendor import Vendor
 from splitpriv.transport import InProcessTransport
 
@@ -49,7 +49,7 @@ def test_greedy_generation_through_the_vendor_equals_local(smollm2, vendor):
         local = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
                                max_new_tokens=5, do_sample=False)[0, len(prompt):].tolist()
     session = SessionConfig(task="causal-lm", n_bottom_layers=2, n_tail_layers=2, total_steps=4, lr=2e-3)
-    customer = CausalCustomer.open(InProcessTransport(vendor), session, PrivacyConfig(),
+    customer = Customer.open(InProcessTransport(vendor), session, PrivacyConfig(),
                                    TrainConfig(batch_size=4, noise_seed=0))
     assert customer.generate(prompt, 5) == local
 
@@ -59,7 +59,7 @@ def test_short_split_lora_run_lowers_the_held_out_loss(smollm2, vendor, data_dir
     train = load_lm_dataset("sst2", "train", tokenizer, limit=8, seed=0)
     dev = load_lm_dataset("sst2", "dev", tokenizer, limit=6, seed=0)
     session = SessionConfig(task="causal-lm", n_bottom_layers=2, n_tail_layers=2, total_steps=4, lr=2e-3)
-    customer = CausalCustomer.open(InProcessTransport(vendor), session, PrivacyConfig(),
+    customer = Customer.open(InProcessTransport(vendor), session, PrivacyConfig(),
                                    TrainConfig(batch_size=4, noise_seed=0))
     before = customer.perplexity(dev)["loss"]
     customer.fit(train, progress=False)

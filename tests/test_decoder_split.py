@@ -1,4 +1,4 @@
-"""The three-part causal-LM split (splitpriv.split, splitpriv.causal) on tiny random GPT-2, Llama and Qwen2 configs:
+"""The three-part causal-LM split (splitpriv.parts) on tiny random GPT-2, Llama and Qwen2 configs:
 ``tail(top(bottom(x)))`` is the unsplit model for every k and j with left and right padding, the disclosure counts
 the tail (a tied weight once), the tail survives its file, and key/value-cached decoding equals the uncached pass."""
 
@@ -7,9 +7,10 @@ import torch
 from test_families_decoder import _batch, _positions, _tiny
 
 from splitpriv import split_model
-from splitpriv.causal import PartCache, load_tail, local_generate, save_tail
+from splitpriv.parts import PartCache, load_tail, save_tail
+from splitpriv.tasks.causal_lm import local_generate
 from splitpriv.models import CAUSAL_LM, num_blocks
-from splitpriv.split import TAIL_WEIGHTS, save_bottom
+from splitpriv.parts import TAIL_WEIGHTS, save_bottom
 
 FAMILIES = ["gpt2", "llama", "qwen2"]
 

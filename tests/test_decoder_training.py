@@ -9,16 +9,16 @@ import pytest
 import torch
 from test_service import Server
 
-from splitpriv.causal import local_generate
-from splitpriv.centralized_lm import CentralizedLM
+from splitpriv.tasks.causal_lm import local_generate
+from splitpriv.runs.centralized import CentralizedTrainer
 from splitpriv.config import PrivacyConfig, TrainConfig
 from splitpriv.data.instructions import encode_lm, load_lm_dataset
 from splitpriv.errors import OutOfOrder
 from splitpriv.protocol import DecodeRequest, ProtocolError, SessionConfig
-from splitpriv.roles.causal_customer import CausalCustomer
+from splitpriv.roles.customer import Customer
 from splitpriv.roles.vendor import Vendor
 from splitpriv.service.app import create_app
-from splitpriv.split import split_model
+from splitpriv.parts import split_model
 from splitpriv.transport import HttpTransport, InProcessTransport
 
 RECORDS = [("Is this review positive or negative?\n\nA fine, warm film.", "positive"),
@@ -51,9 +51,9 @@ def _session(steps=3, **kw):
 def test_split_causal_lm_training_equals_centralized(vendor, tiny_lm_dir, examples, bottom):
     session = _session(train_bottom=bottom == "trained")
     train = TrainConfig(batch_size=4, bottom=bottom, noise_seed=0)
-    customer = CausalCustomer.open(InProcessTransport(vendor), session, PrivacyConfig(), train)
+    customer = Customer.open(InProcessTransport(vendor), session, PrivacyConfig(), train)
     split = customer.fit(examples, progress=False)["losses"]
-    central = CentralizedLM(session, train, str(tiny_lm_dir)).fit(examples)["losses"]
+    central = CentralizedTrainer(session, train, str(tiny_lm_dir)).fit(examples)["losses"]
     assert len(split) == 3 and len(set(split)) == 3
     torch.testing.assert_close(torch.tensor(split), torch.tensor(central), atol=1e-5, rtol=0)
     held_out = customer.perplexity(examples[:4])
@@ -63,7 +63,7 @@ def test_split_causal_lm_training_equals_centralized(vendor, tiny_lm_dir, exampl
 def test_the_wire_carries_d_floats_per_token(vendor, examples):
     seen = []
     transport = InProcessTransport(vendor, tap=lambda direction, msg: seen.append((direction, msg)))
-    customer = CausalCustomer.open(transport, _session(), PrivacyConfig(), TrainConfig(batch_size=4, noise_seed=0))
+    customer = Customer.open(transport, _session(), PrivacyConfig(), TrainConfig(batch_size=4, noise_seed=0))
     customer.fit(examples[:4], progress=False)
     d = customer.bottom.d_model
     for _, msg in seen:
@@ -77,7 +77,7 @@ def test_the_wire_carries_d_floats_per_token(vendor, examples):
 @pytest.mark.parametrize("where", ["inprocess", "http"])
 def test_private_generation_equals_local_generation(vendor, url, tiny_lm_dir, smollm2, where):
     transport = InProcessTransport(vendor) if where == "inprocess" else HttpTransport(url)
-    customer = CausalCustomer.open(transport, _session(), PrivacyConfig(), TrainConfig(noise_seed=0))
+    customer = Customer.open(transport, _session(), PrivacyConfig(), TrainConfig(noise_seed=0))
     prompt = encode_lm(RECORDS[:1], smollm2[1])[0].prompt_ids
     from splitpriv import load_model
 
@@ -96,7 +96,7 @@ def test_private_generation_equals_local_generation(vendor, url, tiny_lm_dir, sm
 
 
 def test_generation_with_noise_and_sampling_runs(vendor):
-    customer = CausalCustomer.open(InProcessTransport(vendor), _session(), PrivacyConfig(mechanism="dchi", eta=50),
+    customer = Customer.open(InProcessTransport(vendor), _session(), PrivacyConfig(mechanism="dchi", eta=50),
                                    TrainConfig(noise_seed=0))
     out = customer.generate([5, 6, 7], 4, temperature=0.9, top_p=0.8, generator=torch.Generator().manual_seed(0),
                             stop_ids=())
@@ -105,7 +105,7 @@ def test_generation_with_noise_and_sampling_runs(vendor):
 
 def test_decode_errors_name_the_problem(vendor):
     transport = InProcessTransport(vendor)
-    customer = CausalCustomer.open(transport, _session(), PrivacyConfig(), TrainConfig(noise_seed=0))
+    customer = Customer.open(transport, _session(), PrivacyConfig(), TrainConfig(noise_seed=0))
     sid, d = transport.session.session_id, customer.bottom.d_model
     one = torch.ones(1, 1, dtype=torch.long)
     with pytest.raises(OutOfOrder, match="send the prompt first"):

@@ -13,7 +13,7 @@ from transformers import (
 
 from splitpriv import split_model
 from splitpriv.models import CAUSAL_LM, SEQUENCE_CLASSIFICATION, family_of, num_blocks
-from splitpriv.split import load_bottom, save_bottom
+from splitpriv.parts import load_bottom, save_bottom
 
 PAD = 0
 

@@ -76,13 +76,13 @@ def test_privatizer_point_end_to_end_attacked_with_its_trained_weights(tmp_path,
 
     from splitpriv.attacks.runner import run_attack
     from splitpriv.models import load_model
-    from splitpriv.split import split_model
+    from splitpriv.parts import split_model
 
     trained = load_file(str(folder / "bottom.safetensors"))
     fresh = split_model(load_model()[0], 0, privatizer={"name": "bottleneck", "r": 8}).bottom.privatizer
     name = next(k for k in trained if k.endswith("proj.weight"))
     assert not np.allclose(trained[name].numpy(), fresh.proj.weight.detach().numpy()), "the projection trained"
-    from splitpriv.split import load_bottom
+    from splitpriv.parts import load_bottom
 
     direct = run_attack("nn", mechanism={"name": "dchi", "eta": 50}, limit=8, seed=0, progress=False,
                         bottom=load_bottom(folder), privatizer={"name": "bottleneck", "r": 8, "clip": 1.0,
@@ -122,7 +122,7 @@ def test_attack_cli_on_a_finished_run_uses_its_trained_privatizer(tmp_path, data
     assert result.exit_code == 0, result.output
     via_run = json.loads(result.output.strip().splitlines()[-1])
     from splitpriv.attacks.runner import run_attack
-    from splitpriv.split import load_bottom
+    from splitpriv.parts import load_bottom
 
     direct = run_attack("nn", mechanism={"name": "dchi", "eta": 50}, limit=8, seed=0, progress=False,
                         bottom=load_bottom(out / "customer"))

@@ -17,7 +17,7 @@ from splitpriv.privacy.privatizer import build_privatizer, parse_privatizer_spec
 from splitpriv.protocol import ForwardRequest, PredictRequest, ProtocolError, SessionConfig
 from splitpriv.roles.customer import Customer
 from splitpriv.roles.vendor import Vendor
-from splitpriv.split import load_bottom, save_bottom, split_model
+from splitpriv.parts import load_bottom, save_bottom, split_model
 from splitpriv.transport import InProcessTransport
 
 D, R = 384, 8
@@ -138,7 +138,7 @@ def test_http_session_refuses_a_wrong_width(minilm):
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, minilm):
-    from splitpriv.run import RunConfig, run
+    from splitpriv.runs.run import RunConfig, run
 
     out = tmp_path_factory.mktemp("run")
     config = RunConfig(dataset="sst2-sample", train_limit=16, eval_limit=8, bottom_layers=1,
@@ -153,7 +153,7 @@ def test_privatize_writes_what_the_vendor_receives(finished_run, tmp_path):
     from typer.testing import CliRunner
 
     from splitpriv.cli import app
-    from splitpriv.run import open_run
+    from splitpriv.runs.run import open_run
 
     (tmp_path / "texts.txt").write_text("\n".join(TEXTS) + "\n\n")
     args = ["privatize", "--run", str(finished_run), "--input", str(tmp_path / "texts.txt")]

@@ -15,8 +15,8 @@ from splitpriv.candidates import eval_mode
 from splitpriv.config import PrivacyConfig, TrainConfig
 from splitpriv.privacy import build_mechanism, privatize
 from splitpriv.privacy.privatizer import parse_privatizer_spec
-from splitpriv.split import load_bottom, save_bottom, split_model
-from splitpriv.split_privatizer import _sample
+from splitpriv.parts import load_bottom, save_bottom, split_model
+from splitpriv.parts.privatizer import _sample
 
 D = 384
 TEXTS = ["a gripping , beautifully shot film", "dull", "the plot makes no sense at all , and the acting is worse"]
@@ -163,7 +163,7 @@ def test_pac_noise_meets_the_formula_and_the_budget(minilm, parts):
                                              (RR, {"mechanism": "none"}),
                                              (PAC, {"mechanism": "gaussian", "sigma": 1.0})])
 def test_split_training_runs_with_the_privatizer(minilm, spec, mechanism, tmp_path):
-    from splitpriv.run import RunConfig, run
+    from splitpriv.runs.run import RunConfig, run
 
     config = RunConfig(dataset="sst2-sample", train_limit=32, eval_limit=8, bottom_layers=0,
                        privacy=PrivacyConfig(**mechanism, privatizer=spec),

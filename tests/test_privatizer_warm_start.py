@@ -88,7 +88,7 @@ def test_the_reference_of_a_run_that_trains_its_blocks_at_home_tunes_every_block
     not with one whose first k blocks stay frozen; other runs keep their k (their records stay comparable)."""
     from dataclasses import replace
 
-    from splitpriv.run import RunConfig, reference_config
+    from splitpriv.runs.run import RunConfig, reference_config
 
     privacy = PrivacyConfig("dchi", eta=4, privatizer=SPEC)
     plain = RunConfig(bottom_layers=2, privacy=privacy, train=TrainConfig(privatizer_warm_start=3))

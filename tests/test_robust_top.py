@@ -9,7 +9,7 @@ import torch
 
 from splitpriv.config import PrivacyConfig, TrainConfig
 from splitpriv.roles.robust_top import META_FILE, RobustTopConfig, adaptation_of
-from splitpriv.run import RunConfig
+from splitpriv.runs.run import RunConfig
 
 DCHI = PrivacyConfig(mechanism="dchi", eta=5.0)
 TINY = {"steps": 6, "batch_size": 16, "max_length": 32, "lr": 1e-3, "n_public": 64, "n_heldout": 32}
@@ -50,8 +50,8 @@ def test_adapted_model_keeps_the_bottom_and_trains_on_it(tmp_path, monkeypatch, 
     every attack on it are unchanged), top blocks moved, held-out representation error lower; a split run uses it
     from the cache, and its baseline is still the original model."""
     from splitpriv.models import load_model
-    from splitpriv.run import load_data, train_split
-    from splitpriv.split import split_model
+    from splitpriv.runs.run import load_data, train_split
+    from splitpriv.parts import split_model
 
     monkeypatch.setenv("SPLITPRIV_CACHE", str(tmp_path))
     config = RunConfig(dataset="sst2", train_limit=32, eval_limit=32, privacy=DCHI, robust_top=TINY,

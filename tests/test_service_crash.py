@@ -104,7 +104,7 @@ def test_a_killed_customer_resumes_and_sends_no_second_noisy_copy(tmp_path, nois
     from the journal. With fixed seeds the run equals an uninterrupted one; with OS noise every step's vectors
     reach the vendor identical however often they are sent (noise drawn once per sentence over 2 epochs)."""
     from splitpriv.config import PrivacyConfig
-    from splitpriv.run import RunConfig, resume, run
+    from splitpriv.runs.run import RunConfig, resume, run
 
     state = tmp_path / "vendor"
     server = Server(Recording(create_app(Vendor(state_dir=state, checkpoint_every=1)))).start()

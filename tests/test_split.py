@@ -12,7 +12,7 @@ from transformers import (
 
 from splitpriv import split_model
 from splitpriv.models import family_of, num_blocks
-from splitpriv.split import BOTTOM_WEIGHTS, load_bottom, save_bottom
+from splitpriv.parts import BOTTOM_WEIGHTS, load_bottom, save_bottom
 
 
 def _tiny(family: str, attn: str):

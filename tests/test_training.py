@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from splitpriv.batching import collate, encode_texts
-from splitpriv.centralized import CentralizedTrainer
+from splitpriv.runs.centralized import CentralizedTrainer
 from splitpriv.config import PrivacyConfig, TrainConfig
 from splitpriv.data import load_dataset
 from splitpriv.protocol import BackwardRequest, ForwardRequest, PredictRequest, SessionConfig
@@ -71,7 +71,7 @@ def test_vendor_denoising_feeds_the_top_token_embeddings(minilm, sst2_slice):
     from splitpriv.attacks.nearest import CandidateSpace
     from splitpriv.privacy import DChi
     from splitpriv.roles.denoise import TokenProjection
-    from splitpriv.split import split_model
+    from splitpriv.parts import split_model
 
     model, tok = minilm
     bottom = split_model(model, 0).bottom
@@ -94,7 +94,7 @@ def test_map_denoising_is_the_map_attack(minilm, sst2_slice, data_dir):
     from splitpriv.data import load_public_text
     from splitpriv.privacy import DChi, Identity
     from splitpriv.roles.denoise import TokenProjection
-    from splitpriv.split import split_model
+    from splitpriv.parts import split_model
 
     model, tok = minilm
     bottom = split_model(model, 0).bottom
@@ -225,7 +225,7 @@ def test_bad_privacy_and_train_config():
         TrainConfig(bottom="trained").validate(PrivacyConfig(mechanism="dchi", eta=5.0, noise="once"))
     with pytest.raises(ValueError, match="unknown mechanism"):
         PrivacyConfig(mechanism="rot13").validate()
-    from splitpriv.run import RunConfig
+    from splitpriv.runs.run import RunConfig
 
     with pytest.raises(ValueError, match="--denoise map .* needs a --mechanism"):
         RunConfig(denoise="map").validate()
@@ -281,6 +281,6 @@ def test_noise_is_drawn_once_per_sentence_by_default_when_training_repeats_it():
             TrainConfig(epochs=2)).noise == "per-step"
     with pytest.warns(UserWarning, match="independent noisy looks"):  # a trained bottom cannot re-send old vectors
         assert dchi.for_training(TrainConfig(epochs=2, bottom="trained")).noise == "per-step"
-    from splitpriv.run import RunConfig
+    from splitpriv.runs.run import RunConfig
 
     assert RunConfig(privacy=dchi, train=TrainConfig(epochs=2)).to_dict()["privacy"]["noise"] == "once"

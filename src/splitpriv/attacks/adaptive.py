@@ -95,7 +95,7 @@ class VendorBlocks(nn.Module):
 
     def __init__(self, model: nn.Module, k: int, layers: int):
         super().__init__()
-        from splitpriv.split import split_model
+        from splitpriv.parts import split_model
 
         self.part = split_model(copy.deepcopy(model), k + layers).bottom
         self.paths = self.part.block_paths[k:]

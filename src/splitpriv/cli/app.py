@@ -9,9 +9,10 @@ import os
 import typer
 
 from splitpriv.config import BOTTOM_MODES, NOISE_CHOICES
-from splitpriv.options import choices
+from splitpriv.cli.options import choices
 from splitpriv.privacy import MECHANISMS
-from splitpriv.protocol import DENOISERS, HEADS, TASKS, WIRE_DTYPES
+from splitpriv.protocol import DENOISERS, HEADS, WIRE_DTYPES
+from splitpriv.tasks import TASKS, task_of
 from splitpriv.tuning import TUNING_METHODS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -24,7 +25,7 @@ NoiseMode = choices("NoiseMode", NOISE_CHOICES)
 WireDtype = choices("WireDtype", WIRE_DTYPES)
 Head = choices("Head", HEADS)
 Denoise = choices("Denoise", DENOISERS)
-Task = choices("Task", TASKS)
+Task = choices("Task", [task_of(name).value for name in TASKS.names()])
 
 
 def fail(message: str) -> None:

@@ -10,7 +10,7 @@ import typer
 
 from splitpriv.attacks.registry import ATTACKS
 from splitpriv.cli.app import Mechanism, app, clean_errors, quiet_libraries
-from splitpriv.options import choices, with_attack_options, with_mechanism_parameters
+from splitpriv.cli.options import choices, with_attack_options, with_mechanism_parameters
 
 
 Attack = choices("Attack", [*ATTACKS.names(), "all"])
@@ -73,8 +73,8 @@ def attack(
 
 def _run_setting(run: Path) -> dict:
     """The attack setting of a finished run folder: what its customer sent, with its final bottom."""
-    from splitpriv.run import RUN_FILE, RunConfig
-    from splitpriv.split import load_bottom
+    from splitpriv.runs.run import RUN_FILE, RunConfig
+    from splitpriv.parts import load_bottom
 
     if not (run / RUN_FILE).is_file() or not (run / "customer").is_dir():
         raise FileNotFoundError(f"{run} is not a finished run folder (it needs {RUN_FILE} and customer/, as "

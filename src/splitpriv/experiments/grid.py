@@ -30,7 +30,7 @@ from pathlib import Path
 from splitpriv.config import LEGACY_PARAMETERS, PrivacyConfig, TrainConfig
 from splitpriv.privacy import MECHANISMS
 from splitpriv.provenance import git_commit, versions
-from splitpriv.run import RunConfig
+from splitpriv.runs.run import RunConfig
 
 RESULTS_DIR = Path("results")
 
@@ -164,7 +164,7 @@ def trained_bottom_dir(config: RunConfig) -> Path:
     return root / "bottoms" / _key(_config_key(config))
 
 
-def _write_json(path: Path, obj) -> None:
+def write_json(path: Path, obj) -> None:
     import os
     import secrets
 
@@ -183,7 +183,7 @@ def _cached(path: Path | None, compute, force: bool = False, complete=lambda val
             return stored
     value = compute()
     if path is not None:
-        _write_json(path, value)
+        write_json(path, value)
     return value
 
 
@@ -210,7 +210,7 @@ def measure_privacy(config: RunConfig, specs: list[dict], limit: int, *, progres
                 else {"mechanism": p.mechanism_config})
     shipped = {}
     if p.privatizer is not None:
-        from splitpriv.split import load_bottom
+        from splitpriv.parts import load_bottom
 
         folder = trained_bottom_dir(config)
         if not (folder / "bottom.json").is_file():
@@ -243,7 +243,7 @@ def measure_privacy(config: RunConfig, specs: list[dict], limit: int, *, progres
 
 
 def _baseline(config: RunConfig, runs_dir: Path, progress: bool, *, equal_passes: bool = False) -> dict:
-    from splitpriv.run import reference_config, run
+    from splitpriv.runs.run import reference_config, run
 
     base = reference_config(config, equal_passes=equal_passes)
 
@@ -287,7 +287,7 @@ def _adaptation(config: RunConfig) -> dict:
 
 def _utility(config: RunConfig, runs_dir: Path, progress: bool, force: bool) -> dict:
     """Split training and private evaluation of one config (cached by the config: experiments share it)."""
-    from splitpriv.run import load_data, train_split
+    from splitpriv.runs.run import load_data, train_split
 
     def compute():
         train, evaluation = load_data(config)
@@ -322,7 +322,7 @@ def run_one(exp: Experiment, point: dict, runs_dir: Path, *, quick: bool, progre
                 missing.update(_passes_fields(config, runs_dir, progress, utility["accuracy"]))
             if missing:
                 record["utility"] = {**utility, **missing}
-                _write_json(path, record)
+                write_json(path, record)
         if "utility" in record or not want_utility:  # a privacy-only record is completed, not trusted as whole
             return record
     started = time.perf_counter()
@@ -337,7 +337,7 @@ def run_one(exp: Experiment, point: dict, runs_dir: Path, *, quick: bool, progre
         record["privacy"] = measure_privacy(config, specs, exp.attack_limit, progress=progress,
                                             cache_dir=runs_dir / "attacks", force=force)
     record["wall_time_s"] = time.perf_counter() - started
-    _write_json(path, record)
+    write_json(path, record)
     return record
 
 
@@ -352,7 +352,8 @@ def run_experiment(path: str | Path, *, results_dir: str | Path = RESULTS_DIR, q
     if ray_address is not None:
         from splitpriv.experiments.parallel import run_points
 
-        results = run_points(exp, points, runs_dir, quick=quick, force=force, address=ray_address)
+        results = run_points(exp, points, runs_dir, run_one=run_one, write_json=write_json, quick=quick, force=force,
+                             address=ray_address)
     else:
         results = (run_one(exp, point, runs_dir, quick=quick, progress=progress, force=force) for point in points)
     records = []

@@ -13,7 +13,7 @@ The bottom's own weights stay bit-identical (checked); the projection learns whi
 :math:`h` the clean model's computation needs most under that noise.
 
 Output: an ordinary model folder the vendor serves (``splitpriv serve --model DIR``, ``--model DIR`` in process)
-plus ``privatizer.safetensors``/``privatizer.json`` (:mod:`splitpriv.split_privatizer`); a session that declares
+plus ``privatizer.safetensors``/``privatizer.json`` (:mod:`splitpriv.parts.privatizer`); a session that declares
 the same privatizer gets both halves, the customer's inside its bottom package.
 
 Threat model: public text and the vendor's own weights only. Whatever the projection learns, the privatizer's
@@ -55,8 +55,8 @@ def pretrain_privatizer(privatizer, config: RobustTopConfig, out_dir: str | Path
     (``config.steps`` steps, ``config.lr``, ...); write the model folder ``out_dir``; return its metadata."""
     from splitpriv.models import load_model, resolve_model_name
     from splitpriv.provenance import versions
-    from splitpriv.split import split_model
-    from splitpriv.split_privatizer import save_privatizer
+    from splitpriv.parts import split_model
+    from splitpriv.parts.privatizer import save_privatizer
 
     built = build_privatizer(privatizer)
     if built is None:

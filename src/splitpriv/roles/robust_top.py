@@ -179,7 +179,7 @@ def distill_robust_top(config: RobustTopConfig, out_dir: str | Path, *, model: s
     and the held-out representation error before/after). Returns that metadata."""
     from splitpriv.models import load_model, resolve_model_name
     from splitpriv.provenance import versions
-    from splitpriv.split import split_model
+    from splitpriv.parts import split_model
 
     config = config.validate()
     _check_writable(Path(out_dir))  # before the minutes of training, and again before replacing

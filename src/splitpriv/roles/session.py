@@ -31,7 +31,7 @@ from splitpriv.protocol import (
     SessionConfig,
 )
 from splitpriv.seeding import step_rng
-from splitpriv.split import SplitModel
+from splitpriv.parts import SplitModel
 from splitpriv.tuning import TunedTop
 
 # Dropout (and LoRA's initialisation) draw from torch's process-global RNG, which ``step_rng`` reseeds and then
@@ -343,7 +343,7 @@ class VendorSession:
     def decode(self, req: DecodeRequest) -> Outputs:
         """One generation step of the middle: ``reset`` replaces the cache with a new sequence's (the prompt), a
         later request appends one token. One cache per session bounds the vendor's memory to one sequence each."""
-        from splitpriv.causal import PartCache
+        from splitpriv.parts import PartCache
 
         if not self.config.causal:
             raise ProtocolError(f"decode needs a causal-lm session; this one is {self.config.task!r} (use predict)")

@@ -41,8 +41,8 @@ from splitpriv.roles.session import RNG_LOCK, RequestLimits, VendorSession, chec
 from splitpriv.roles.session import attention_units, token_hash
 from splitpriv.roles.tenant_batch import TenantBatcher
 from splitpriv.seeding import step_rng
-from splitpriv.split import HEAD_WEIGHTS, TAIL_WEIGHTS, SplitModel, save_bottom, split_model
-from splitpriv.split_privatizer import load_privatizer, pretrained_privatizer
+from splitpriv.parts import HEAD_WEIGHTS, TAIL_WEIGHTS, SplitModel, save_bottom, split_model
+from splitpriv.parts.privatizer import load_privatizer, pretrained_privatizer
 from splitpriv.tuning import TunedTop, apply_tuning
 
 log = logging.getLogger(__name__)
@@ -240,7 +240,7 @@ class Vendor:
         with tempfile.TemporaryDirectory() as tmp:
             save_bottom(session.parts.bottom, tmp, tokenizer, extra=extra)
             if session.parts.tail is not None:
-                from splitpriv.causal import save_tail
+                from splitpriv.parts import save_tail
 
                 save_tail(session.parts.tail, Path(tmp) / TAIL_WEIGHTS)
             files = {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}

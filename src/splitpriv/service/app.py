@@ -405,9 +405,3 @@ def create_app(vendor: Vendor, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, 
 
     return app
 
-
-def serve(*args, **kwargs) -> None:
-    """Run the vendor service with uvicorn (see :func:`splitpriv.service.server.serve`)."""
-    from splitpriv.service.server import serve as run
-
-    run(*args, **kwargs)

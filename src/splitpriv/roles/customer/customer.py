@@ -1,13 +1,18 @@
-"""The customer: holds its text, labels, the bottom it downloaded, and the privacy mechanism.
+"""The customer: holds its data, the bottom it downloaded, its end of the model (the task's: a classification head
+it may keep, a causal LM's tail) and the privacy mechanism. One class for every task; the task
+(:mod:`splitpriv.tasks`, read from the session) supplies batches, loss and the end.
 
-A training step: bottom forward → privatize → send (representations, mask) → receive the top's outputs → compute
-the loss locally → send ∂L/∂outputs → (trained bottom) receive ∂L/∂representations and back-propagate through the
-bottom with its own optimizer. Inference runs the same bottom and mechanism; the vendor returns outputs.
+A training step: bottom forward → privatize → send (representations, mask) → receive the top's outputs → the end
+and the loss at home → send ∂L/∂outputs → (trained bottom) receive ∂L/∂representations and back-propagate through
+the bottom with its own optimizer. Inference runs the same bottom and mechanism; the vendor returns outputs.
+Generation (causal LM): one privatized vector up and one d-vector down per token; the vendor keeps the cache.
 
 What leaves the machine (the threat model's view): privatized representations with padding positions zeroed (at
 k ≥ 1 a padding position's hidden state mixes in the sentence's tokens, and the top never reads it), the
 attention mask, and the gradient of the loss w.r.t. the vendor's outputs. With the vendor-held head that gradient
-is softmax(logits) − onehot(label) and reveals the label exactly; ``head="customer"`` closes that channel.
+is softmax(logits) − onehot(label) and reveals the label exactly; ``head="customer"`` closes that channel. A causal
+LM's vendor never sees token ids, targets or V-sized logits; ∂L/∂(middle's output) is a d-dimensional function of
+the targets through the tail, whose depth ``j`` sets how much it reveals.
 """
 
 from __future__ import annotations
@@ -17,33 +22,36 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from splitpriv.batching import collate, encode_texts, eval_batches, num_steps, training_order
 from splitpriv.config import PrivacyConfig, TrainConfig
-from splitpriv.metrics import classification_metrics
+from splitpriv.parts import PartCache, load_bottom, save_bottom
 from splitpriv.protocol import (
     WIRE_DTYPES,
     BackwardRequest,
+    DecodeRequest,
     ForwardRequest,
     PredictRequest,
     SessionConfig,
     unpack_files,
 )
+from splitpriv.roles.customer.steps import backward_resending, progress_bar, step_optimizer
 from splitpriv.seeding import derive_seed, generator, step_rng
-from splitpriv.split import HEAD_WEIGHTS, load_bottom, load_head
+from splitpriv.tasks import task_of
+from splitpriv.tasks.causal_lm import exact_match, perplexity, sample_next
 
 CTI_FILE = "cti.json"
 
 
 class Customer:
-    """The customer's state: bottom (+ optimizer when trained), tokenizer, mechanism, CTI, noise generator,
-    and the noise-once cache. Talks to the vendor only through ``transport``."""
+    """The customer's state: bottom (+ optimizer when trained), its end of the model, tokenizer, mechanism, CTI,
+    noise generator, and the noise-once cache. Talks to the vendor only through ``transport``."""
 
     def __init__(self, transport, session: SessionConfig, privacy: PrivacyConfig, train: TrainConfig,
                  files: dict[str, bytes] | None = None):
         self.transport = transport
         self.session = session.validate()
+        self.task = task_of(self.session.task)
         self.privacy = privacy.validate().for_training(train)
         self.train_config = train.validate(self.privacy)
         if (train.bottom == "trained") != session.train_bottom:
@@ -67,9 +75,9 @@ class Customer:
             self.bottom_optimizer, self.bottom_scheduler = self._optimizer(self._bottom_groups(), train.bottom_lr)
         else:
             self.bottom.requires_grad_(False)
-        if self.head is not None:
-            self.head.requires_grad_(True)
-            self.head_optimizer, self.head_scheduler = self._optimizer(self.head.parameters(), session.lr)
+        if self.end is not None and self.task.end_trains:
+            self.end.requires_grad_(True)
+            self.head_optimizer, self.head_scheduler = self._optimizer(self.end.parameters(), session.lr)
 
     @classmethod
     def open(cls, transport, session: SessionConfig, privacy: PrivacyConfig, train: TrainConfig) -> "Customer":
@@ -102,7 +110,17 @@ class Customer:
                 (Path(tmp) / name).write_bytes(content)
             self.bottom = load_bottom(tmp)
             self.tokenizer = AutoTokenizer.from_pretrained(tmp)
-            self.head = load_head(tmp) if (Path(tmp) / HEAD_WEIGHTS).exists() else None
+            self.end = self.task.customer_end(Path(tmp))
+
+    @property
+    def head(self):
+        """The classification head the customer keeps (``None`` when the vendor holds it, or for other tasks)."""
+        return self.end if self.task.end_trains else None
+
+    @property
+    def tail(self):
+        """A causal LM's tail (``None`` for other tasks)."""
+        return None if self.task.end_trains else self.end
 
     def _bottom_groups(self) -> list[dict]:
         """The trained bottom's parameters; a privatizer's customer half at ``privatizer_lr`` when one is set (a
@@ -183,72 +201,51 @@ class Customer:
 
     # -- training -----------------------------------------------------------------------------------------------
 
-    def train_step(self, step: int, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
+    def train_step(self, step: int, ids: torch.Tensor, mask: torch.Tensor, targets,
                    index: torch.Tensor | None = None) -> float:
+        """One step; ``targets`` are what the task's loss takes (labels, or a causal LM's loss mask)."""
         z, hidden = self._representations(step, index, ids, mask, train=True)
         if self.journal is not None:
             self.journal.record(step, self, index)
         sid = self.transport.session.session_id
         request = ForwardRequest(session_id=sid, step=step, hidden=self._to_wire(z), attention_mask=mask)
         outputs = self.transport.forward(request)
-        received = outputs.outputs.detach().requires_grad_(True)
-        if self.head is not None:
-            self.head.train(self.session.dropout)
-            with step_rng(self.train_config.seed, "customer-head", step):
-                logits = self.head(received, mask)
-        else:
-            logits = received
-        loss = F.cross_entropy(logits, labels)
+        received = self.task.received(outputs.outputs).detach().requires_grad_(True)
+        logits = self.task.apply_end(self.end, received, mask, step=step, train=True, seed=self.train_config.seed,
+                                     dropout=self.session.dropout)
+        loss = self.task.loss(logits, ids, mask, targets)
         if self.journal is not None:  # before the backward: once the vendor completes the step, its loss is kept
             self.journal.loss(step, float(loss.detach()))
         loss.backward()
         result = backward_resending(self.transport, request, outputs,
                                     BackwardRequest(session_id=sid, step=step, grad_outputs=received.grad))
         if self.head_optimizer is not None:
-            _step(self.head_optimizer, self.head_scheduler)
+            step_optimizer(self.head_optimizer, self.head_scheduler)
         if hidden is not None:
             if result.grad_hidden is None:
                 raise RuntimeError("the vendor returned no gradient for the bottom; was the session opened frozen?")
             hidden.backward(result.grad_hidden.to(hidden.dtype) * mask.unsqueeze(-1).to(hidden.dtype))
-            _step(self.bottom_optimizer, self.bottom_scheduler)
+            step_optimizer(self.bottom_optimizer, self.bottom_scheduler)
         return float(loss.detach())
 
-    def fit(self, texts: list[str], labels: list[int], *, progress: bool = True, on_step=None,
-            start_step: int = 0) -> dict:
-        """Train for ``epochs`` over ``(texts, labels)``; returns losses and throughput. ``start_step``: the steps up
-        to it are done already (a resumed run, its journal restored)."""
+    def fit(self, data, labels=None, *, progress: bool = True, on_step=None, start_step: int = 0) -> dict:
+        """Train for ``epochs`` over the task's data (texts and labels; a causal LM's encoded examples); returns
+        losses and throughput. ``start_step``: the steps up to it are done already (a resumed run, its journal
+        restored)."""
         cfg = self.train_config
-        encodings = encode_texts(self.tokenizer, texts, cfg.max_length)
-        label_tensor = torch.tensor(labels, dtype=torch.long)
-        if self.privacy.cti and self.cti is None:
-            self.fit_cti(encodings, labels)
-        if self.privacy.label_dp_epsilon is not None:
-            label_tensor = self.randomize_labels(label_tensor)
-        warm = {}
-        if cfg.privatizer_warm_start and not self._warm_started:
-            # deterministic in the seed (own generator, never the customer's noise stream): a resumed run that
-            # repeats it gets the same projection back
-            from splitpriv.roles.privatizer_warm_start import warm_start_privatizer
-
-            warm = warm_start_privatizer(self.bottom, self.mechanism, encodings, label_tensor, self.session.num_labels,
-                                         self.tokenizer.pad_token_id, epochs=cfg.privatizer_warm_start,
-                                         lr=cfg.privatizer_lr or 1e-2, batch_size=cfg.batch_size, seed=cfg.seed,
-                                         train_blocks=cfg.warm_start_blocks, blocks_lr=cfg.bottom_lr)
-            self._warm_started = True
-        if self.journal is not None:
-            label_tensor = self.journal.start(self, label_tensor)
-        total = num_steps(len(encodings), cfg.batch_size, cfg.epochs)
+        batches = self.task.batches(self, data, labels)
+        warm = self._prepare_labels(batches) if batches.labels is not None else {}
+        total = num_steps(batches.n, cfg.batch_size, cfg.epochs)
         if total > self.session.total_steps:
             raise ValueError(f"{total} steps planned but the session was opened for {self.session.total_steps}")
         losses: list[float] = []
         start = time.perf_counter()
-        bar = _progress(total, "train", progress)
-        for step, _, index in training_order(len(encodings), cfg.batch_size, cfg.epochs, cfg.seed):
+        bar = progress_bar(total, "train", progress)
+        for step, _, index in training_order(batches.n, cfg.batch_size, cfg.epochs, cfg.seed):
             if step <= start_step:
                 bar.update(1)
                 continue
-            ids, mask = collate(encodings, index, self.tokenizer.pad_token_id)
-            losses.append(self.train_step(step, ids, mask, label_tensor[index], index))
+            losses.append(self.train_step(step, *batches.batch(index)))
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
             if on_step:
@@ -257,25 +254,53 @@ class Customer:
         seconds = time.perf_counter() - start
         done = max(total - start_step, 0) / max(total, 1)  # the share of the steps this call ran
         return {"losses": losses, "train_seconds": seconds,
-                "train_samples_per_s": len(encodings) * cfg.epochs * done / max(seconds, 1e-9), **warm}
+                "train_samples_per_s": batches.n * cfg.epochs * done / max(seconds, 1e-9), **warm}
+
+    def _prepare_labels(self, batches) -> dict:
+        """For labelled data: CTI selection, label DP, the privatizer's warm start and the journal's labels."""
+        cfg = self.train_config
+        if self.privacy.cti and self.cti is None:
+            self.fit_cti(batches.encodings, batches.labels.tolist())
+        if self.privacy.label_dp_epsilon is not None:
+            batches.labels = self.randomize_labels(batches.labels)
+        warm = {}
+        if cfg.privatizer_warm_start and not self._warm_started:
+            # deterministic in the seed (own generator, never the customer's noise stream): a resumed run that
+            # repeats it gets the same projection back
+            from splitpriv.roles.customer.warm_start import warm_start_privatizer
+
+            warm = warm_start_privatizer(self.bottom, self.mechanism, batches.encodings, batches.labels,
+                                         self.session.num_labels, self.tokenizer.pad_token_id,
+                                         epochs=cfg.privatizer_warm_start, lr=cfg.privatizer_lr or 1e-2,
+                                         batch_size=cfg.batch_size, seed=cfg.seed, train_blocks=cfg.warm_start_blocks,
+                                         blocks_lr=cfg.bottom_lr)
+            self._warm_started = True
+        if self.journal is not None:
+            batches.labels = self.journal.start(self, batches.labels)
+        return warm
 
     # -- private inference --------------------------------------------------------------------------------------
 
     @torch.no_grad()
+    def logits_of(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """One batch through bottom → mechanism (fresh noise) → vendor → the customer's end; no label anywhere."""
+        request = PredictRequest(session_id=self.transport.session.session_id, hidden=self.outgoing(ids, mask),
+                                 attention_mask=mask)
+        received = self.task.received(self.transport.predict(request).outputs)
+        return self.task.apply_end(self.end, received, mask, step=0, train=False, seed=self.train_config.seed,
+                                   dropout=False)
+
+    @torch.no_grad()
     def predict_logits(self, texts: list[str], *, progress: bool = False) -> torch.Tensor:
-        """Logits for ``texts`` through bottom → mechanism (fresh noise) → vendor; no label anywhere."""
+        """One row of logits per text (tasks that predict labels)."""
+        if not self.task.predicts_labels:
+            raise ValueError(f"a {self.task.value} session generates text: use `splitpriv generate` "
+                             "(Customer.generate)")
         encodings = encode_texts(self.tokenizer, texts, self.train_config.max_length)
-        sid = self.transport.session.session_id
         out = []
-        bar = _progress(len(encodings), "predict", progress)
+        bar = progress_bar(len(encodings), "predict", progress)
         for index in eval_batches(len(encodings), self.train_config.eval_batch_size):
-            ids, mask = collate(encodings, index, self.tokenizer.pad_token_id)
-            request = PredictRequest(session_id=sid, hidden=self.outgoing(ids, mask), attention_mask=mask)
-            outputs = self.transport.predict(request).outputs
-            if self.head is not None:
-                self.head.eval()
-                outputs = self.head(outputs, mask)
-            out.append(outputs)
+            out.append(self.logits_of(*collate(encodings, index, self.tokenizer.pad_token_id)))
             bar.update(len(index))
         bar.close()
         return torch.cat(out) if out else torch.zeros(0, self.session.num_labels)
@@ -290,51 +315,49 @@ class Customer:
         return self.predict_logits(texts).argmax(-1).tolist()
 
     def evaluate(self, texts: list[str], labels: list[int], *, progress: bool = True) -> dict:
-        start = time.perf_counter()
-        logits = self.predict_logits(texts, progress=progress)
-        seconds = time.perf_counter() - start
-        return {**classification_metrics(labels, logits), "eval_seconds": seconds,
-                "eval_samples_per_s": len(texts) / seconds if seconds else float("nan")}
+        from types import SimpleNamespace
+
+        return self.task.score(self, SimpleNamespace(texts=texts, labels=labels), progress=progress)
+
+    def perplexity(self, examples) -> dict:
+        """exp(mean next-token loss) over the examples' target tokens, through the vendor (fresh noise)."""
+        return perplexity(self.logits_of, examples, self.tokenizer.pad_token_id, self.train_config.eval_batch_size)
+
+    def exact_match(self, examples, max_new_tokens: int = 8) -> dict:
+        return exact_match(self.generate, self.tokenizer, examples, max_new_tokens)
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: list[int], max_new_tokens: int = 32, *, temperature: float = 0.0,
+                 top_p: float = 1.0, generator: torch.Generator | None = None, stop_ids=None) -> list[int]:
+        """New token ids after ``prompt_ids`` (a causal LM's tail at home): one privatized d-vector up and one
+        d-vector down per token."""
+        if self.tail is None:
+            raise ValueError(f"a {self.task.value} session has no tail to generate with: use `splitpriv predict`")
+        if not prompt_ids:
+            raise ValueError("the prompt is empty")
+        stop = set(stop_ids if stop_ids is not None else [self.tokenizer.eos_token_id])
+        sid = self.transport.session.session_id
+        bottom_cache, tail_cache = PartCache(), PartCache()
+        self.bottom.eval()
+        ids, out = torch.tensor([prompt_ids]), []
+        for _ in range(max_new_tokens):
+            ones = torch.ones_like(ids)
+            z = self.privatize(self.bottom(input_ids=ids, cache=bottom_cache), ids, ones)
+            reply = self.transport.decode(DecodeRequest(session_id=sid, hidden=self._to_wire(z), attention_mask=ones,
+                                                        reset=not out))
+            logits = self.tail(reply.outputs.float(), cache=tail_cache)[0, -1]
+            token = sample_next(logits, temperature, top_p, generator)
+            out.append(token)
+            if token in stop:
+                break
+            ids = torch.tensor([[token]])
+        return out
 
     def save(self, directory: str | Path) -> Path:
-        """The customer's side of a run: bottom (as trained), tokenizer, head, CTI selection."""
-        from safetensors.torch import save_file
-
-        from splitpriv.split import save_bottom
-
+        """The customer's side of a run: bottom (as trained), tokenizer, its end, CTI selection."""
         directory = Path(directory)
         save_bottom(self.bottom, directory, self.tokenizer)
-        if self.head is not None:
-            save_file({n: p.detach().contiguous() for n, p in self.head.named_parameters()}, str(directory / HEAD_WEIGHTS))
+        self.task.save_end(self.end, directory)
         if self.cti is not None:
             self.cti.save(directory / CTI_FILE)
         return directory
-
-
-def backward_resending(transport, forward: ForwardRequest, outputs, backward: BackwardRequest):
-    """``transport.backward(backward)``; when the vendor no longer holds the step's forward (a restart, or its
-    pending-forward TTL: 409) the *same* forward request is sent again, once (the same privatized vectors: no fresh
-    noise for the vendor to average), and the backward follows it. The vendor's seeded forward gives the same
-    outputs, so the gradient computed from the first answer still holds."""
-    from splitpriv.errors import OutOfOrder
-
-    try:
-        return transport.backward(backward)
-    except OutOfOrder:
-        again = transport.forward(forward)
-        if not torch.equal(again.outputs, outputs.outputs):
-            raise RuntimeError(f"the vendor answered the resent forward of step {forward.step} differently: its state "
-                               "changed, so this step's gradient no longer applies") from None
-        return transport.backward(backward)
-
-
-def _step(optimizer, scheduler) -> None:
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)

@@ -3,7 +3,7 @@
 ``split_model(model, k, privatizer=...)`` calls :func:`attach_privatizer`: ``bottom(x)`` then returns the privatized-
 space representation ``u`` [B, T, r] the mechanism perturbs, ``top`` reads [B, T, r] through its up-projection
 (``Top.input_width`` = r), and every attack that runs the bottom sees exactly what the vendor receives. The bottom
-file (:func:`splitpriv.split.save_bottom`) carries the customer half's weights and config, so a projection the vendor
+file (:func:`splitpriv.parts.save_bottom`) carries the customer half's weights and config, so a projection the vendor
 trained ships inside the bottom package, and a trained bottom fine-tunes it from the returned gradients.
 
 A vendor that pre-trained a privatizer (:mod:`splitpriv.roles.privatizer_pretrain`) keeps both halves in its model

@@ -1,15 +1,51 @@
-"""``splitpriv generate``: private generation with a finished causal-LM run (the customer drives decoding; the
-vendor's middle keeps the key/value cache), and the summary ``splitpriv train --task causal-lm`` prints."""
+"""``splitpriv predict`` and ``generate``: private inference with a finished run. Texts (or a prompt) → bottom → the
+run's privacy mechanism → the vendor → the customer's end at home; ``generate`` lets the customer drive decoding
+while the vendor's middle keeps the key/value cache."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from splitpriv.cli.app import app, clean_errors, quiet_libraries
+
+
+@app.command()
+@clean_errors
+def predict(
+    run_dir: Path = typer.Option(..., "--run", help="folder of a finished `splitpriv train --out` run"),
+    input: Optional[Path] = typer.Option(None, "--input", "-i", help="texts, one per line (default: stdin)"),
+    vendor: Optional[str] = typer.Option(None, help="vendor service URL (default: the run's vendor)"),
+    ca_file: Optional[Path] = typer.Option(None, help="CA certificate (PEM) that signed the vendor's TLS certificate"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object per text with class probabilities"),
+):
+    """Private inference: texts → bottom → the run's privacy mechanism → vendor top → prediction at home."""
+    from splitpriv.runs.run import open_run
+
+    quiet_libraries()
+    if input is not None and not input.is_file():
+        raise FileNotFoundError(f"input file {input} does not exist")
+    lines = (input.read_text(encoding="utf-8") if input else sys.stdin.read()).splitlines()
+    texts = [t.strip() for t in lines if t.strip()]
+    if not texts:
+        raise ValueError("no texts to predict: the input is empty")
+    customer = open_run(run_dir, vendor, **({"ca_file": str(ca_file)} if ca_file else {}))
+    if not customer.task.predicts_labels:
+        raise ValueError(f"{run_dir} is a {customer.task.value} run: use `splitpriv generate`")
+    probs = customer.predict_logits(texts).softmax(-1)
+    labels_file = run_dir / "labels.json"
+    names = json.loads(labels_file.read_text()) if labels_file.is_file() else None
+    for text, p in zip(texts, probs.tolist()):
+        label = max(range(len(p)), key=p.__getitem__)
+        name = names[label] if names else str(label)
+        if as_json:
+            typer.echo(json.dumps({"text": text, "label": name, "probabilities": p}))
+        else:
+            typer.echo(f"{name}\t{max(p):.3f}\t{text}")
 
 
 @app.command()
@@ -32,14 +68,14 @@ def generate(
 
     import torch
 
-    from splitpriv.run import open_run
+    from splitpriv.runs.run import open_run
 
     quiet_libraries()
     if not prompt.strip():
         raise ValueError("the prompt is empty")
     customer = open_run(run_dir, vendor, **({"ca_file": str(ca_file)} if ca_file else {}))
-    if not hasattr(customer, "generate"):
-        raise ValueError(f"{run_dir} is a sequence-classification run: use `splitpriv predict`")
+    if customer.task.predicts_labels:
+        raise ValueError(f"{run_dir} is a {customer.task.value} run: use `splitpriv predict`")
     tokenizer = customer.tokenizer
     if raw or not getattr(tokenizer, "chat_template", None):
         ids = tokenizer(prompt)["input_ids"]
@@ -59,18 +95,3 @@ def generate(
                                "bytes_sent": customer.transport.bytes_sent - sent, "seconds": seconds}))
     else:
         typer.echo(answer)
-
-
-def print_lm_summary(metrics: dict, out: Path | None) -> None:
-    cfg = metrics["config"]
-    setting = f"{metrics['mode']}, k={cfg['bottom_layers']}, j={cfg['tail_layers']}, {cfg['method']}"
-    lines = [f"splitpriv causal-lm: {metrics['dataset']} ({metrics['n_train']} train / {metrics['n_eval']} eval), "
-             f"{setting}"]
-    for name, scores in (("before", metrics.get("before")), ("after", metrics),
-                         ("centralized", metrics.get("baseline"))):
-        if scores:
-            em = f", exact match {scores['exact_match']:.3f}" if "exact_match" in scores else ""
-            lines.append(f"  {name}: perplexity {scores['perplexity']:.3f}{em}")
-    lines.append(f"  train samples/s {metrics['train_samples_per_s']:.2f}; wall time {metrics['wall_time_s']:.1f} s"
-                 + (f"; run folder {out}" if out else ""))
-    typer.echo("\n".join(lines))

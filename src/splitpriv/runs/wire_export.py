@@ -38,7 +38,7 @@ class _Offline:
 def offline_customer(run_dir: str | Path, noise_seed: int | None = None):
     """The customer of the split run ``run_dir`` with no vendor attached; ``noise_seed`` None = OS noise."""
     from splitpriv.roles.customer import Customer
-    from splitpriv.run import LABELS_FILE, RUN_FILE, RunConfig
+    from splitpriv.runs.run import LABELS_FILE, RUN_FILE, RunConfig
 
     run_dir = Path(run_dir)
     for path in (run_dir / RUN_FILE, run_dir / LABELS_FILE, run_dir / "customer"):

@@ -1,21 +1,24 @@
-"""The non-private baseline: the same model, tuning method, trainable weights, data order and seeds, trained
-unsplit in one autograd graph with no noise and no wire. The split protocol with no noise must reproduce it
-step for step (tests/test_training.py), so any accuracy gap in a private run is the price of privacy."""
+"""The non-private reference: the same model, split, tuning method, trainable weights, data order and seeds, trained
+in one autograd graph (bottom → tuned top → the task's end) with no noise and no wire. The split protocol with no
+noise reproduces it step for step (tests/test_training.py, tests/test_decoder_training.py), so any gap in a private
+run is the price of privacy. One trainer for every task: the task supplies batches, loss, end and scores."""
 
 from __future__ import annotations
 
 import time
 
+from types import SimpleNamespace
+
 import torch
-import torch.nn.functional as F
 
 from splitpriv.batching import collate, encode_texts, eval_batches, num_steps, training_order
 from splitpriv.config import TrainConfig
-from splitpriv.metrics import classification_metrics
 from splitpriv.models import load_model
+from splitpriv.parts import split_model
 from splitpriv.protocol import SessionConfig
 from splitpriv.seeding import step_rng
-from splitpriv.split import split_model
+from splitpriv.tasks import task_of
+from splitpriv.tasks.causal_lm import exact_match, local_generate, perplexity
 from splitpriv.tuning import apply_tuning
 
 
@@ -24,6 +27,7 @@ class CentralizedTrainer:
         from transformers import get_linear_schedule_with_warmup
 
         self.session = session.validate()
+        self.task = task_of(self.session.task)
         self.train_config = train.validate()
         base, self.tokenizer = load_model(model, num_labels=session.num_labels, seed=0, task=session.task)
         base.requires_grad_(False)
@@ -40,6 +44,7 @@ class CentralizedTrainer:
         for params, lr in groups:
             opt = torch.optim.AdamW(params, lr=lr, weight_decay=session.weight_decay)
             self.optimizers.append((opt, get_linear_schedule_with_warmup(opt, warmup, total)))
+        self.end = self.task.centralized_end(self.parts, self.train_bottom)
 
     def _logits(self, ids, mask, step: int, train: bool) -> torch.Tensor:
         self.parts.bottom.train(train and self.train_bottom and self.session.dropout)
@@ -49,7 +54,11 @@ class CentralizedTrainer:
             hidden = hidden.detach()
         self.tuned.module.train(train and self.session.dropout)
         with step_rng(self.session.seed, "vendor", step):
-            return self.tuned.module(hidden, mask)
+            out = self.tuned.module(hidden, mask)
+        return out if self.end is None else self.end(out, mask)
+
+    def logits_of(self, ids, mask) -> torch.Tensor:
+        return self._logits(ids, mask, 0, False)
 
     def _update(self, loss: torch.Tensor) -> float:
         """Back-propagate ``loss`` and step every optimizer once; returns the loss."""
@@ -60,35 +69,40 @@ class CentralizedTrainer:
             opt.zero_grad(set_to_none=True)
         return float(loss.detach())
 
-    def fit(self, texts, labels, *, progress: bool = True) -> dict:
+    def fit(self, data, labels=None, *, progress: bool = True) -> dict:
         from tqdm.auto import tqdm
 
         cfg = self.train_config
-        encodings = encode_texts(self.tokenizer, texts, cfg.max_length)
-        label_tensor = torch.tensor(labels, dtype=torch.long)
+        batches = self.task.batches(self, data, labels)
         losses = []
-        total = num_steps(len(encodings), cfg.batch_size, cfg.epochs)
+        total = num_steps(batches.n, cfg.batch_size, cfg.epochs)
         start = time.perf_counter()
         with tqdm(total=total, desc="train (centralized)", disable=not progress, leave=False) as bar:
-            for step, _, index in training_order(len(encodings), cfg.batch_size, cfg.epochs, cfg.seed):
-                ids, mask = collate(encodings, index, self.tokenizer.pad_token_id)
-                loss = F.cross_entropy(self._logits(ids, mask, step, True), label_tensor[index])
-                losses.append(self._update(loss))
+            for step, _, index in training_order(batches.n, cfg.batch_size, cfg.epochs, cfg.seed):
+                ids, mask, targets, _ = batches.batch(index)
+                losses.append(self._update(self.task.loss(self._logits(ids, mask, step, True), ids, mask, targets)))
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
         seconds = time.perf_counter() - start
-        return {"losses": losses, "train_seconds": seconds, "train_samples_per_s": len(encodings) * cfg.epochs / seconds}
+        return {"losses": losses, "train_seconds": seconds, "train_samples_per_s": batches.n * cfg.epochs / seconds}
 
     @torch.no_grad()
-    def predict_logits(self, texts) -> torch.Tensor:
+    def predict_logits(self, texts, *, progress: bool = False) -> torch.Tensor:
         encodings = encode_texts(self.tokenizer, texts, self.train_config.max_length)
         out = [self._logits(*collate(encodings, index, self.tokenizer.pad_token_id), 0, False)
                for index in eval_batches(len(encodings), self.train_config.eval_batch_size)]
         return torch.cat(out)
 
     def evaluate(self, texts, labels, *, progress: bool = True) -> dict:
-        start = time.perf_counter()
-        logits = self.predict_logits(texts)
-        seconds = time.perf_counter() - start
-        return {**classification_metrics(labels, logits), "eval_seconds": seconds,
-                "eval_samples_per_s": len(texts) / seconds}
+        return self.task.score(self, SimpleNamespace(texts=texts, labels=labels), progress=progress)
+
+    def perplexity(self, examples) -> dict:
+        return perplexity(self.logits_of, examples, self.tokenizer.pad_token_id, self.train_config.eval_batch_size)
+
+    def generate(self, prompt_ids: list[int], max_new_tokens: int = 8) -> list[int]:
+        self.tuned.module.eval()
+        parts = SimpleNamespace(bottom=self.parts.bottom, top=self.tuned.module, tail=self.parts.tail)
+        return local_generate(parts, prompt_ids, max_new_tokens, stop_ids={self.tokenizer.eos_token_id})
+
+    def exact_match(self, examples, max_new_tokens: int = 8) -> dict:
+        return exact_match(self.generate, self.tokenizer, examples, max_new_tokens)

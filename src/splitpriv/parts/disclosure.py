@@ -1,5 +1,5 @@
 """What a split discloses: the weights the vendor ships to the customer (bottom, and a causal LM's tail) against
-those it keeps (the top), as counted by :meth:`splitpriv.split.SplitModel.disclosure` (a tied weight once)."""
+those it keeps (the top), as counted by :meth:`splitpriv.parts.SplitModel.disclosure` (a tied weight once)."""
 
 from __future__ import annotations
 
