@@ -2,7 +2,7 @@
 
 A vendor service runs in a separate process, once with multi-tenant predict batches (``batch_predict=64``, the
 default: predicts of LoRA sessions that arrive together run as one forward of the shared base, each row through its
-own session's adapter, :mod:`splitpriv.roles.tenant_batch`) and once one request at a time (``batch_predict=0``,
+own session's adapter, :mod:`splitpriv.roles.vendor.tenant_batch`) and once one request at a time (``batch_predict=0``,
 the vendor before batching). Against each, ``--customers`` threads, each its own session (k = 2, LoRA r = 8) and
 HTTP connection, send ``--requests`` predicts of one SST-2 dev sentence each (bottom → d_chi η = 10, float32 wire),
 all starting together. Reported per mode: requests/s over the whole burst, latency p50/p99 per request, and the
@@ -124,7 +124,7 @@ def vendor_compute(customers: int, texts: list[str], reps: int = 5) -> dict:
     this machine. ms, best of ``reps`` (interleaved 3 times)."""
     import torch
 
-    from splitpriv.roles.tenant_batch import BatchTop, _Item
+    from splitpriv.roles.vendor.tenant_batch import BatchTop, _Item
     from splitpriv.roles.vendor import Vendor
     from splitpriv.transport import InProcessTransport
 

@@ -37,7 +37,7 @@ from common import machine, percentile, print_table, quiet, rss_bytes, vendor_se
 GIB = 2**30
 
 NO_TRIM = """
-from splitpriv.roles import vendor as _vendor
+from splitpriv.roles.vendor import vendor as _vendor
 _vendor.return_freed_memory = lambda: None
 """
 VARIANTS = {

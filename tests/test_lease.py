@@ -1,5 +1,5 @@
-"""Session leases with fencing (splitpriv.roles.lease) and vendor replicas sharing a state dir
-(splitpriv.roles.replica), in one process: two replicas never serve one session at once, a replica that lost its
+"""Session leases with fencing (splitpriv.roles.vendor.lease) and vendor replicas sharing a state dir
+(splitpriv.roles.vendor.replica), in one process: two replicas never serve one session at once, a replica that lost its
 lease cannot commit, and a session moved to another replica continues exactly where its checkpoint left it."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from splitpriv.config import PrivacyConfig, TrainConfig
 from splitpriv.errors import UnknownSession
 from splitpriv.protocol import SessionConfig
 from splitpriv.roles.customer import Customer
-from splitpriv.roles.lease import LeaseLost, Leases
-from splitpriv.roles.replica import ReplicaVendor
+from splitpriv.roles.vendor.lease import LeaseLost, Leases
+from splitpriv.roles.vendor.replica import ReplicaVendor
 from splitpriv.roles.vendor import Vendor
 from splitpriv.transport import InProcessTransport
 

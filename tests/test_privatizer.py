@@ -187,8 +187,8 @@ def test_pretrained_projection_ships_inside_the_bottom_and_is_refused_for_anothe
     from safetensors.torch import load_file
 
     from splitpriv.protocol import unpack_files
-    from splitpriv.roles.privatizer_pretrain import pretrain_privatizer
-    from splitpriv.roles.robust_top import RobustTopConfig
+    from splitpriv.roles.vendor.privatizer_pretrain import pretrain_privatizer
+    from splitpriv.roles.vendor.robust_top import RobustTopConfig
 
     config = RobustTopConfig(privacy=PrivacyConfig("dchi", eta=8), n_bottom_layers=0, steps=2, batch_size=8,
                              n_public=16, n_heldout=8, max_length=16)

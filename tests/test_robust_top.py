@@ -1,4 +1,4 @@
-"""Vendor-side noise adaptation of the top on public text (splitpriv.roles.robust_top), with the real MiniLM and
+"""Vendor-side noise adaptation of the top on public text (splitpriv.roles.vendor.robust_top), with the real MiniLM and
 the real WikiText-2 slice."""
 
 import json
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from splitpriv.config import PrivacyConfig, TrainConfig
-from splitpriv.roles.robust_top import META_FILE, RobustTopConfig, adaptation_of
+from splitpriv.roles.vendor.robust_top import META_FILE, RobustTopConfig, adaptation_of
 from splitpriv.runs.run import RunConfig
 
 DCHI = PrivacyConfig(mechanism="dchi", eta=5.0)

@@ -16,7 +16,7 @@ from splitpriv import limits
 from splitpriv.errors import OutOfOrder
 from splitpriv.protocol import BackwardRequest, ForwardRequest, SessionConfig, decode
 from splitpriv.roles.customer import backward_resending
-from splitpriv.roles.session import RequestLimits
+from splitpriv.roles.vendor.session import RequestLimits
 from splitpriv.roles.vendor import Vendor
 from splitpriv.service import create_app
 from splitpriv.transport.http_client import HttpTransport
@@ -265,7 +265,7 @@ def test_another_label_count_shares_the_base_model(strict):
 def test_idle_sessions_are_unloaded_reloaded_and_finally_closed(tmp_path):
     """Finding 1: a session idle for idle_unload s leaves memory for its checkpoint and comes back on its next call
     unchanged; one idle for session_ttl s (its customer was killed) is closed, its state deleted."""
-    from splitpriv.roles.idle import Unloaded
+    from splitpriv.roles.vendor.idle import Unloaded
 
     vendor = Vendor(state_dir=tmp_path, checkpoint_every=None, idle_unload=0.3, session_ttl=2.5)
     server = Server(create_app(vendor)).start()
@@ -294,7 +294,7 @@ def test_idle_sessions_are_unloaded_reloaded_and_finally_closed(tmp_path):
 
 
 def test_a_restarted_vendor_restores_sessions_unloaded(tmp_path):
-    from splitpriv.roles.idle import Unloaded
+    from splitpriv.roles.vendor.idle import Unloaded
 
     first = Vendor(state_dir=tmp_path)
     info = first.open_session(CONFIG)

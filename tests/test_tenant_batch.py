@@ -14,7 +14,7 @@ from splitpriv.config import PrivacyConfig, TrainConfig
 from splitpriv.errors import UnknownSession
 from splitpriv.protocol import PredictRequest, SessionConfig
 from splitpriv.roles.customer import Customer
-from splitpriv.roles.tenant_batch import BatchTop, _Item, _pack, group_key
+from splitpriv.roles.vendor.tenant_batch import BatchTop, _Item, _pack, group_key
 from splitpriv.roles.vendor import Vendor
 from splitpriv.transport import InProcessTransport
 
@@ -174,7 +174,7 @@ def test_decoder_sessions_batch_with_rotary_positions_and_left_padding(tiny_lm_d
 
 def test_batch_groups_are_bounded(tenants, monkeypatch):
     """Sessions with ever new LoRA shapes cannot grow the vendor's batch tops: the least recently used idle go."""
-    import splitpriv.roles.tenant_batch as tb
+    import splitpriv.roles.vendor.tenant_batch as tb
 
     vendor, customers, texts = tenants
     monkeypatch.setattr(tb, "MAX_GROUPS", 2)

@@ -70,7 +70,7 @@ def test_vendor_denoising_feeds_the_top_token_embeddings(minilm, sst2_slice):
     from splitpriv.attacks import observe
     from splitpriv.attacks.nearest import CandidateSpace
     from splitpriv.privacy import DChi
-    from splitpriv.roles.denoise import TokenProjection
+    from splitpriv.roles.vendor.denoise import TokenProjection
     from splitpriv.parts import split_model
 
     model, tok = minilm
@@ -93,7 +93,7 @@ def test_map_denoising_is_the_map_attack(minilm, sst2_slice, data_dir):
     from splitpriv.attacks.nearest import MAPInversion, NearestNeighbour
     from splitpriv.data import load_public_text
     from splitpriv.privacy import DChi, Identity
-    from splitpriv.roles.denoise import TokenProjection
+    from splitpriv.roles.vendor.denoise import TokenProjection
     from splitpriv.parts import split_model
 
     model, tok = minilm

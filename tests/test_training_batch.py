@@ -18,8 +18,8 @@ from splitpriv.config import PrivacyConfig, TrainConfig
 from splitpriv.errors import OutOfOrder
 from splitpriv.protocol import SessionConfig
 from splitpriv.roles.customer import Customer
-from splitpriv.roles.tenant_batch import BatchTop, _Item, train_group_key
-from splitpriv.roles.training_batch import run_training
+from splitpriv.roles.vendor.tenant_batch import BatchTop, _Item, train_group_key
+from splitpriv.roles.vendor.training_batch import run_training
 from splitpriv.roles.vendor import Vendor
 from splitpriv.service.app import create_app
 from splitpriv.transport import HttpTransport, InProcessTransport

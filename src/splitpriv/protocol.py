@@ -34,7 +34,7 @@ from safetensors.torch import save as st_save
 
 HEADS = ("vendor", "customer")
 TASKS = ("sequence-classification", "causal-lm")
-DENOISERS = ("none", "nn", "map")  # vendor-side input projection, see splitpriv.roles.denoise
+DENOISERS = ("none", "nn", "map")  # vendor-side input projection, see splitpriv.roles.vendor.denoise
 WIRE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # The most elements a packed message may rebuild to (a float16 hidden filling the default 64 MiB body cap): else a
 # small body could claim a huge mask of padding and make the receiver allocate B·T·d zeros (1 mask byte → d floats).

@@ -1,5 +1,5 @@
 r"""The candidate space of a split at k = 0: every token's embedding-layer output at every position, and the
-nearest-candidate and MAP decoders over it. Shared by the vendor's denoiser (:mod:`splitpriv.roles.denoise`) and
+nearest-candidate and MAP decoders over it. Shared by the vendor's denoiser (:mod:`splitpriv.roles.vendor.denoise`) and
 the inversion attacks (:mod:`splitpriv.attacks.nearest` and the attacks built on it).
 
 At k = 0 the customer sends :math:`z = e_{t,p} + n` where :math:`e_{t,p}` is the embedding layer's output for

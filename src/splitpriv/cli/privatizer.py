@@ -37,8 +37,8 @@ def pretrain_privatizer(
     distilling the clean model on public text; the projection then ships inside every bottom package."""
     from splitpriv.config import PrivacyConfig
     from splitpriv.privacy.privatizer import parse_privatizer_spec
-    from splitpriv.roles.privatizer_pretrain import pretrain_privatizer as pretrain
-    from splitpriv.roles.robust_top import RobustTopConfig
+    from splitpriv.roles.vendor.privatizer_pretrain import pretrain_privatizer as pretrain
+    from splitpriv.roles.vendor.robust_top import RobustTopConfig
 
     quiet_libraries()
     spec = parse_privatizer_spec(privatizer)

@@ -226,7 +226,7 @@ def robust_top(
     """Vendor, before any customer: adapt the top's blocks to privatized inputs by distillation on public text
     (the bottom stays bit-identical, so privacy is unchanged)."""
     from splitpriv.config import PrivacyConfig
-    from splitpriv.roles.robust_top import RobustTopConfig, distill_robust_top
+    from splitpriv.roles.vendor.robust_top import RobustTopConfig, distill_robust_top
 
     quiet_libraries()
     config = RobustTopConfig(privacy=PrivacyConfig(mechanism=mechanism.value, **mechanism_params),

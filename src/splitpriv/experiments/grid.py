@@ -278,7 +278,7 @@ def _adaptation(config: RunConfig) -> dict:
     """How the vendor's top was adapted to the noise (already distilled by the run, so read from the cache)."""
     if config.robust_top is None:
         return {}
-    from splitpriv.roles.robust_top import adaptation_of
+    from splitpriv.roles.vendor.robust_top import adaptation_of
 
     meta = adaptation_of(config.vendor_model())
     return {"robust_top": {k: meta[k] for k in ("heldout_error_before", "heldout_error_after", "final_loss",

@@ -6,7 +6,7 @@ space representation ``u`` [B, T, r] the mechanism perturbs, ``top`` reads [B, T
 file (:func:`splitpriv.parts.save_bottom`) carries the customer half's weights and config, so a projection the vendor
 trained ships inside the bottom package, and a trained bottom fine-tunes it from the returned gradients.
 
-A vendor that pre-trained a privatizer (:mod:`splitpriv.roles.privatizer_pretrain`) keeps both halves in its model
+A vendor that pre-trained a privatizer (:mod:`splitpriv.roles.vendor.privatizer_pretrain`) keeps both halves in its model
 folder (``privatizer.safetensors`` + ``privatizer.json``); :func:`load_privatizer` refuses them for a split of
 another model, width, depth or privatizer config, naming the difference.
 """

@@ -71,16 +71,16 @@ class RunConfig:
         return self
 
     def robust_top_config(self):
-        from splitpriv.roles.robust_top import RobustTopConfig
+        from splitpriv.roles.vendor.robust_top import RobustTopConfig
 
         return RobustTopConfig.for_run(self.robust_top, self.privacy, self.bottom_layers, self.denoise)
 
     def vendor_model(self, *, progress: bool = False) -> str | None:
         """The model the vendor serves: ``model``, or its noise-adapted variant when ``robust_top`` is set
-        (:mod:`splitpriv.roles.robust_top`; distilled on public text once, then cached)."""
+        (:mod:`splitpriv.roles.vendor.robust_top`; distilled on public text once, then cached)."""
         if self.robust_top is None:
             return self.model
-        from splitpriv.roles.robust_top import robust_model
+        from splitpriv.roles.vendor.robust_top import robust_model
 
         return str(robust_model(self.robust_top_config(), model=self.model, progress=progress))
 

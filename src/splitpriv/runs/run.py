@@ -142,7 +142,7 @@ def reference_config(config: RunConfig, *, equal_passes: bool = False) -> RunCon
     bottom stays frozen would be handicapped by what the private run was allowed. ``equal_passes``: the stricter
     reference that also gets the warm start's passes over the data (``epochs + privatizer_warm_start`` epochs), so
     that a private run cannot look good only because it read each sentence more often."""
-    from splitpriv.roles.robust_top import base_model_of
+    from splitpriv.roles.vendor.robust_top import base_model_of
 
     train = replace(config.train, privatizer_lr=None, privatizer_warm_start=0, warm_start_blocks=False)
     if equal_passes:

@@ -44,7 +44,7 @@ forward passes (which reseed torch's global RNG for dropout) take one process-wi
 
 Memory per tenant: one frozen base model is loaded once (another label count adds only its head) and shared by
 every session; a session holds only its trainable deltas, their gradients and two AdamW moments (and nothing once
-it is unloaded while idle, :mod:`splitpriv.roles.idle`). For all-MiniLM-L6-v2 at k = 0 with
+it is unloaded while idle, :mod:`splitpriv.roles.vendor.idle`). For all-MiniLM-L6-v2 at k = 0 with
 LoRA r = 8 on the query/value projections (plus the trained pooler and classifier) that is about 0.2M parameters,
 ≈ 3.5 MB in fp32 including gradients and optimizer state. Full fine-tuning (``tuning={"method": "full"}``, see
 :mod:`splitpriv.tuning.full`) gives every session a private copy of the whole top: ≈ 10.8M parameters at k = 0,

@@ -13,7 +13,7 @@ from splitpriv.errors import (
     QuotaExceeded,
 )
 from splitpriv.protocol import STEP_HEADER
-from splitpriv.roles.session import check_next_step
+from splitpriv.roles.vendor.session import check_next_step
 from splitpriv.service.accounts import ApiKey, DailyBytes, KeyStore
 
 CHALLENGE = {"WWW-Authenticate": "Bearer"}

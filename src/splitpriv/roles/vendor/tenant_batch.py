@@ -35,8 +35,8 @@ import torch
 from splitpriv.limits import check_int, request_cost
 from splitpriv.models import BlockInputs
 from splitpriv.protocol import ForwardRequest, Outputs, PredictRequest
-from splitpriv.roles.session import VendorSession, check_representations
-from splitpriv.roles.training_batch import BACKWARD_WAIT, run_training
+from splitpriv.roles.vendor.session import VendorSession, check_representations
+from splitpriv.roles.vendor.training_batch import BACKWARD_WAIT, run_training
 from splitpriv.tuning.base import share_frozen_copy
 from splitpriv.tuning.lora import LoRA
 
@@ -58,7 +58,7 @@ def group_key(session: VendorSession) -> str | None:
 
 def train_group_key(session: VendorSession) -> str | None:
     """The training batch group of ``session``, or None when its training forwards run alone: a predict group's
-    session that trains without dropout (:mod:`splitpriv.roles.training_batch` says why)."""
+    session that trains without dropout (:mod:`splitpriv.roles.vendor.training_batch` says why)."""
     key = group_key(session)
     return None if key is None or session.config.dropout else "train:" + key
 
@@ -232,7 +232,7 @@ class TenantBatcher:
 
     def forward(self, session: VendorSession, req: ForwardRequest) -> Outputs:
         """``session.forward(req)``, in a batch with other sessions' training forwards when its group allows
-        (:mod:`splitpriv.roles.training_batch`)."""
+        (:mod:`splitpriv.roles.vendor.training_batch`)."""
         key = train_group_key(session) if self.train else None
         if key is None:
             return session.forward(req)

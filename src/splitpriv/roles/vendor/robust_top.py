@@ -8,7 +8,7 @@ they reproduce what the pretrained model computes from the clean input:
 
 so the adapted blocks estimate the clean contextual representation from the privatized one, using the whole
 sentence's context to undo per-token noise. With ``denoise`` (``"nn"``/``"map"``, k = 0 only) the blocks are fed
-what a denoising vendor feeds them (:mod:`splitpriv.roles.denoise`: each received vector projected to a token
+what a denoising vendor feeds them (:mod:`splitpriv.roles.vendor.denoise`: each received vector projected to a token
 embedding), and learn to correct the projection's wrong tokens from context instead.
 
 Customers then fine-tune (LoRA, BitFit, ...) on this model as on any other: it is an ordinary model folder
@@ -199,7 +199,7 @@ def distill_robust_top(config: RobustTopConfig, out_dir: str | Path, *, model: s
     mechanism = config.privacy.build_mechanism()
     projection = None
     if config.denoise != "none":
-        from splitpriv.roles.denoise import TokenProjection
+        from splitpriv.roles.vendor.denoise import TokenProjection
 
         projection = TokenProjection(student.bottom, tokenizer, method=config.denoise,
                                      declared_noise=mechanism.to_config())

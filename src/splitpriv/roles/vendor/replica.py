@@ -2,14 +2,14 @@
 :mod:`splitpriv.service.ray_serve`).
 
 :class:`ReplicaVendor` is a :class:`~splitpriv.roles.vendor.Vendor` that serves a session only while it holds the
-session's lease (:mod:`splitpriv.roles.lease`) and commits its checkpoints only under that lease's fence:
+session's lease (:mod:`splitpriv.roles.vendor.lease`) and commits its checkpoints only under that lease's fence:
 
 - **open**: the session is written to the shared dir under a fresh lease, which is then released and the session
   dropped from memory. The router sends the session's later calls (keyed on its id) to one replica, which loads it
   on its first call; the opener need not be that replica.
 - **every call**: a session held here is served after its lease is renewed (at most every ``ttl/3`` s, so a lease
   is never less than two thirds fresh when used); a session not held here is claimed and loaded from its last
-  checkpoint. While another replica's lease is live the call gets :class:`~splitpriv.roles.lease.LeaseLost`
+  checkpoint. While another replica's lease is live the call gets :class:`~splitpriv.roles.vendor.lease.LeaseLost`
   (HTTP 503 + ``Retry-After``; the HTTP transport retries): after a replica dies, its sessions move to their new
   owners ``ttl`` s after its last renewal.
 - **a lost lease** (this replica stalled past its TTL and another took the session): the stale copy is dropped
@@ -28,7 +28,7 @@ import threading
 import time
 
 from splitpriv.errors import UnknownSession
-from splitpriv.roles.lease import LeaseLost, Leases
+from splitpriv.roles.vendor.lease import LeaseLost, Leases
 from splitpriv.roles.vendor import Vendor
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ class ReplicaVendor(Vendor):
         return True
 
     def _claim(self, session_id: str) -> None:
-        from splitpriv.roles.idle import stub_from_checkpoint
+        from splitpriv.roles.vendor.idle import stub_from_checkpoint
 
         with self._claiming:
             with self._lock:

@@ -8,7 +8,7 @@ customers' mechanism :math:`M` in :math:`r` dimensions:
 .. math:: \min_{f, g, \theta}\; \mathbb{E}_{x, n}\; \mathrm{mean}_{t}\,
           \lVert \mathrm{blocks}_\theta(g(f(h) + n))_t - \mathrm{blocks}_0(h)_t \rVert^2 / d, \quad h = \mathrm{bottom}(x)
 
-the loss, batches, optimiser and folder writing of :mod:`splitpriv.roles.robust_top` (one machinery, two uses).
+the loss, batches, optimiser and folder writing of :mod:`splitpriv.roles.vendor.robust_top` (one machinery, two uses).
 The bottom's own weights stay bit-identical (checked); the projection learns which :math:`r` directions of
 :math:`h` the clean model's computation needs most under that noise.
 
@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from splitpriv.privacy.privatizer import build_privatizer
-from splitpriv.roles.robust_top import (
+from splitpriv.roles.vendor.robust_top import (
     RobustTopConfig,
     _batches,
     _check_writable,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from splitpriv.errors import UnknownSession
-from splitpriv.roles.memory import return_freed_memory
+from splitpriv.roles.vendor.memory import return_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class Unloaded:
         return self.completed_step
 
     def check_token(self, token: str | None) -> bool:
-        from splitpriv.roles.session import token_hash
+        from splitpriv.roles.vendor.session import token_hash
 
         return bool(token) and hmac.compare_digest(self.token_sha256, token_hash(token))
 

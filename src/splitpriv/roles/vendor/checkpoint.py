@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from splitpriv.protocol import BackwardResult, decode
-from splitpriv.roles.session import VendorSession
+from splitpriv.roles.vendor.session import VendorSession
 
 CHECKPOINT_FORMAT = 1
 SESSIONS_DIR = "sessions"

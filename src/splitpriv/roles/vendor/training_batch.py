@@ -1,8 +1,8 @@
 """Many tenants in one training forward, and one backward for the batch.
 
 Forward: training forwards of LoRA sessions of one batch group
-(:func:`~splitpriv.roles.tenant_batch.train_group_key`) that arrive together run as one
-:class:`~splitpriv.roles.tenant_batch.BatchTop` forward with autograd on: each
+(:func:`~splitpriv.roles.vendor.tenant_batch.train_group_key`) that arrive together run as one
+:class:`~splitpriv.roles.vendor.tenant_batch.BatchTop` forward with autograd on: each
 token's ``(α/r) B_s A_s x`` is its own session's, so session ``s``'s outputs, and the gradients of its weights and
 of its representations, are functions of its own rows and weights only, as in its lone step (float32 summation
 order aside; ``tests/test_training_batch.py``).
@@ -44,7 +44,7 @@ import time
 import torch
 
 from splitpriv.errors import OutOfOrder
-from splitpriv.roles.session import VendorSession, attention_units
+from splitpriv.roles.vendor.session import VendorSession, attention_units
 
 BACKWARD_WAIT = 0.2  # seconds the first member's backward waits for the batch's others
 
@@ -101,7 +101,7 @@ class SharedBackward:
 
 
 def run_training(top, batch: list, wait: float = BACKWARD_WAIT) -> int:
-    """Compute the training forwards of ``batch`` (items of :class:`~splitpriv.roles.tenant_batch.TenantBatcher`;
+    """Compute the training forwards of ``batch`` (items of :class:`~splitpriv.roles.vendor.tenant_batch.TenantBatcher`;
     the caller holds every item's session lock): each item gets its reply or its error. A retry gets its stored
     reply; a lone live item runs its session's own forward; a second item of a session already in the batch gets
     the first one's answer (same step) or :class:`OutOfOrder`. Returns how many rows ran in a shared forward (0:

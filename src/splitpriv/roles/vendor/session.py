@@ -230,7 +230,7 @@ class VendorSession:
 
     def keep_forward(self, step: int, hidden: torch.Tensor, outputs: torch.Tensor, shared=None) -> Outputs:
         """The caller holds the lock: keep a computed forward (its graph) pending until its backward; ``shared``: the
-        :class:`~splitpriv.roles.training_batch.SharedBackward` of the multi-tenant batch it was computed in."""
+        :class:`~splitpriv.roles.vendor.training_batch.SharedBackward` of the multi-tenant batch it was computed in."""
         if not bool(torch.isfinite(outputs).all()):
             del outputs
             raise ProtocolError(f"the top's outputs for step {step} are not finite (the inputs overflow it): "

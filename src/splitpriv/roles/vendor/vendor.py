@@ -2,8 +2,8 @@
 
 :class:`Vendor` is the multi-tenant facade: the sessions table, one frozen base model (a head per label count)
 shared by every session, and the calls a transport makes (open, bottom package, forward, backward, predict, status, export,
-close). One customer's state machine is :class:`~splitpriv.roles.session.VendorSession`, the on-disk format
-:mod:`splitpriv.roles.checkpoint`, heap trimming :mod:`splitpriv.roles.memory`.
+close). One customer's state machine is :class:`~splitpriv.roles.vendor.session.VendorSession`, the on-disk format
+:mod:`splitpriv.roles.vendor.checkpoint`, heap trimming :mod:`splitpriv.roles.vendor.memory`.
 
 Threat model, from the vendor's side: the vendor is honest-but-curious. It follows the protocol, and everything it
 receives (see :mod:`splitpriv.protocol`) is exactly what ``splitpriv.attacks`` assumes an attacker has.
@@ -35,11 +35,18 @@ from splitpriv.limits import check_int
 from splitpriv.models import SEQUENCE_CLASSIFICATION, load_model
 from splitpriv.protocol import BackwardRequest, BackwardResult, DecodeRequest, ForwardRequest, Outputs, PredictRequest
 from splitpriv.protocol import SessionConfig, SessionInfo, pack_files
-from splitpriv.roles.checkpoint import CHECKPOINT_FORMAT, SESSIONS_DIR, TOP_DIR, CheckpointStore, read_state
-from splitpriv.roles.memory import return_freed_memory
-from splitpriv.roles.session import RNG_LOCK, RequestLimits, VendorSession, check_representations, check_tuning_size
-from splitpriv.roles.session import attention_units, token_hash
-from splitpriv.roles.tenant_batch import TenantBatcher
+from splitpriv.roles.vendor.checkpoint import CHECKPOINT_FORMAT, SESSIONS_DIR, TOP_DIR, CheckpointStore, read_state
+from splitpriv.roles.vendor.memory import return_freed_memory
+from splitpriv.roles.vendor.session import (
+    RNG_LOCK,
+    RequestLimits,
+    VendorSession,
+    attention_units,
+    check_representations,
+    check_tuning_size,
+    token_hash,
+)
+from splitpriv.roles.vendor.tenant_batch import TenantBatcher
 from splitpriv.seeding import step_rng
 from splitpriv.parts import HEAD_WEIGHTS, TAIL_WEIGHTS, SplitModel, save_bottom, split_model
 from splitpriv.parts.privatizer import load_privatizer, pretrained_privatizer
@@ -53,8 +60,8 @@ class Vendor:
 
     Every call names its session and carries the session's bearer token (compared in constant time). Predicts of
     LoRA sessions arriving together run as one batch of up to ``batch_predict`` rows
-    (:mod:`~splitpriv.roles.tenant_batch`; 0 or None: one at a time); with ``batch_train``, so do the training
-    forwards of such sessions that train without dropout (:mod:`~splitpriv.roles.training_batch`).
+    (:mod:`~splitpriv.roles.vendor.tenant_batch`; 0 or None: one at a time); with ``batch_train``, so do the training
+    forwards of such sessions that train without dropout (:mod:`~splitpriv.roles.vendor.training_batch`).
     """
 
     def __init__(self, model: str | None = None, *, max_sessions: int = 256, state_dir: str | os.PathLike | None = None,
@@ -69,7 +76,7 @@ class Vendor:
         for name, value in (("idle_unload", idle_unload), ("session_ttl", session_ttl)):
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be > 0 seconds or None, got {value!r}")
-        self.idle_unload, self.session_ttl = idle_unload, session_ttl  # seconds: see splitpriv.roles.idle
+        self.idle_unload, self.session_ttl = idle_unload, session_ttl  # seconds: see splitpriv.roles.vendor.idle
         self.max_sessions = max_sessions
         self.batcher = TenantBatcher(self.limits, batch_predict, train=batch_train) if batch_predict else None
         self.max_num_labels = max_num_labels
@@ -145,7 +152,7 @@ class Vendor:
         embedding weights (and, for MAP, the declared mechanism), so one per such key serves every session."""
         if config.denoise == "none":
             return None
-        from splitpriv.roles.denoise import TokenProjection
+        from splitpriv.roles.vendor.denoise import TokenProjection
 
         key = json.dumps([config.num_labels, config.denoise, config.declared_noise], sort_keys=True)
         with self._lock:
@@ -184,7 +191,7 @@ class Vendor:
 
     def session(self, session_id: str, token: str | None) -> VendorSession:
         """The open session ``session_id`` once ``token`` is its token (reloaded if it was unloaded while idle)."""
-        from splitpriv.roles.idle import Unloaded, reload
+        from splitpriv.roles.vendor.idle import Unloaded, reload
 
         with self._lock:  # last_used is stamped under the lock: an idle sweep sees every lookup
             session = self._sessions.get(session_id)
@@ -199,8 +206,8 @@ class Vendor:
 
     def sweep_idle(self) -> dict[str, int]:
         """Unload sessions idle for ``idle_unload`` s, close those idle for ``session_ttl`` s
-        (:mod:`splitpriv.roles.idle`)."""
-        from splitpriv.roles.idle import sweep_idle
+        (:mod:`splitpriv.roles.vendor.idle`)."""
+        from splitpriv.roles.vendor.idle import sweep_idle
 
         return sweep_idle(self)
 
@@ -361,7 +368,7 @@ class Vendor:
 
     def _load_sessions(self) -> None:
         """Restore every committed session; with ``idle_unload`` as an unloaded stub (loaded on its first call)."""
-        from splitpriv.roles.idle import stub_from_checkpoint
+        from splitpriv.roles.vendor.idle import stub_from_checkpoint
 
         for root in self.store.session_dirs():
             try:
