@@ -24,7 +24,7 @@ def training(n_train: int, repeats: int) -> dict:
     from splitpriv.config import PrivacyConfig, TrainConfig
     from splitpriv.data.instructions import load_lm_dataset
     from splitpriv.models import load_tokenizer, resolve_model_name
-    from splitpriv.protocol import SessionConfig
+    from splitpriv.contract import SessionConfig
     from splitpriv.roles.customer import Customer
     from splitpriv.roles.vendor import Vendor
     from splitpriv.transport import InProcessTransport
@@ -45,7 +45,7 @@ def training(n_train: int, repeats: int) -> dict:
 
 def _customer(transport, wire_dtype: str):
     from splitpriv.config import PrivacyConfig, TrainConfig
-    from splitpriv.protocol import SessionConfig
+    from splitpriv.contract import SessionConfig
     from splitpriv.roles.customer import Customer
 
     session = SessionConfig(task="causal-lm", n_bottom_layers=2, n_tail_layers=2, total_steps=1)

@@ -54,7 +54,7 @@ class HttpTenants:
         self.url, self.transport = url, lambda: HttpTransport(url, timeout=600)
 
     def open(self):
-        from splitpriv.protocol import PredictRequest
+        from splitpriv.contract import PredictRequest
 
         t = self.transport()
         sid = t.open_session(SESSION).session_id
@@ -78,7 +78,7 @@ class InProcessTenants:
         self.vendor, self.transport = vendor, lambda: InProcessTransport(vendor)
 
     def open(self):
-        from splitpriv.protocol import PredictRequest
+        from splitpriv.contract import PredictRequest
 
         info = self.vendor.open_session(SESSION)
         return (lambda hidden, mask: self.vendor.predict(PredictRequest(info.session_id, hidden, mask), info.token),
@@ -184,7 +184,7 @@ def main() -> None:
     if a.quick:
         a.customers, a.requests, a.rounds = 8, 5, 1
     quiet()
-    from splitpriv.protocol import SessionConfig
+    from splitpriv.contract import SessionConfig
 
     SESSION = SessionConfig(n_bottom_layers=2, tuning={"method": "lora", "r": 8})
     texts, _ = load_dev(64)

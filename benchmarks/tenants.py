@@ -61,7 +61,7 @@ class Tenant:
     """One customer: its own session and HTTP connection to the vendor."""
 
     def __init__(self, url: str, total_steps: int = 1000):
-        from splitpriv.protocol import SessionConfig
+        from splitpriv.contract import SessionConfig
         from splitpriv.transport.http_client import HttpTransport
 
         self.transport = HttpTransport(url, timeout=600)
@@ -70,7 +70,7 @@ class Tenant:
         self.step = 0
 
     def train_step(self, seed: int) -> float:
-        from splitpriv.protocol import BackwardRequest, ForwardRequest
+        from splitpriv.contract import BackwardRequest, ForwardRequest
 
         hidden, mask, grad = batch(seed)
         self.step += 1

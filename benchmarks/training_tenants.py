@@ -32,7 +32,7 @@ def concurrent(customers: int, steps: int, texts, labels, *, dropout: bool = Tru
 
     from splitpriv.batching import collate, encode_texts
     from splitpriv.config import PrivacyConfig, TrainConfig
-    from splitpriv.protocol import SessionConfig
+    from splitpriv.contract import SessionConfig
     from splitpriv.roles.customer import Customer
     from splitpriv.roles.vendor import Vendor
     from splitpriv.transport import InProcessTransport
@@ -88,7 +88,7 @@ def ceiling(customers: int, texts, reps: int = 7, dropout: bool = True) -> dict:
     from transformers import AutoTokenizer
 
     from splitpriv.batching import collate, encode_texts
-    from splitpriv.protocol import SessionConfig
+    from splitpriv.contract import SessionConfig
     from splitpriv.roles.vendor.tenant_batch import BatchTop, _Item
     from splitpriv.roles.vendor import Vendor
 

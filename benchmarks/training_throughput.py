@@ -28,7 +28,7 @@ MODES = ("centralized", "inprocess", "http")
 
 def _configs(args, bottom: str):
     from splitpriv.config import PrivacyConfig, TrainConfig
-    from splitpriv.protocol import SessionConfig
+    from splitpriv.contract import SessionConfig
 
     session = SessionConfig(n_bottom_layers=args.k, total_steps=args.steps, tuning={"method": "lora"},
                             train_bottom=bottom == "trained", lr=2e-3)

@@ -18,7 +18,7 @@ import os
 
 import torch
 
-from splitpriv.protocol import decode
+from splitpriv.contract import decode
 
 
 class CuriousRecorder:

@@ -18,12 +18,12 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "splitpriv"
 # Bottom to top. A module may import its own unit and the units of lower rows; units of one row never import each
 # other. "__init__" is the package's own module (version, the three public names).
 LAYERS: list[tuple[str, ...]] = [
-    ("registry", "limits", "seeding", "metrics", "batching", "data"),  # foundations: no model, no party
+    ("registry", "seeding", "metrics", "batching", "data"),  # foundations: no model, no party
     ("models", "privacy"),  # model families; mechanisms and privatizers
     ("parts",),  # the split's pieces
     ("tuning", "candidates", "tasks", "__init__"),  # what trains the top; the k = 0 kernel; task entries
-    ("protocol", "provenance"),  # the contract between the parties
-    ("errors", "config"),
+    ("contract", "provenance"),  # sessions, messages, limits, errors: what the parties agree on
+    ("config",),
     ("roles",),  # customer and vendor: the contract and a transport interface, never HTTP
     ("transport",),  # in-process and HTTP transports to a vendor
     ("service", "simulation"),  # the vendor over HTTP; the customer played on public text

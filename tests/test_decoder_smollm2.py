@@ -8,7 +8,7 @@ import torch
 from splitpriv import split_model
 from splitpriv.config import PrivacyConfig, TrainConfig
 from splitpriv.data.instructions import load_lm_dataset
-from splitpriv.protocol import SessionConfig
+from splitpriv.contract import SessionConfig
 from splitpriv.roles.customer import Customer
 from splitpriv.roles.vendor import Vendor
 from splitpriv.transport import InProcessTransport

@@ -13,8 +13,8 @@ from splitpriv.tasks.causal_lm import local_generate
 from splitpriv.runs.centralized import CentralizedTrainer
 from splitpriv.config import PrivacyConfig, TrainConfig
 from splitpriv.data.instructions import encode_lm, load_lm_dataset
-from splitpriv.errors import OutOfOrder
-from splitpriv.protocol import DecodeRequest, ProtocolError, SessionConfig
+from splitpriv.contract.errors import OutOfOrder
+from splitpriv.contract import DecodeRequest, ProtocolError, SessionConfig
 from splitpriv.roles.customer import Customer
 from splitpriv.roles.vendor import Vendor
 from splitpriv.service.app import create_app

@@ -11,8 +11,8 @@ import torch
 
 from splitpriv.batching import collate, encode_texts, training_order
 from splitpriv.config import PrivacyConfig, TrainConfig
-from splitpriv.errors import UnknownSession
-from splitpriv.protocol import SessionConfig
+from splitpriv.contract.errors import UnknownSession
+from splitpriv.contract import SessionConfig
 from splitpriv.roles.customer import Customer
 from splitpriv.roles.vendor.lease import LeaseLost, Leases
 from splitpriv.roles.vendor.replica import ReplicaVendor

@@ -14,7 +14,7 @@ import torch
 
 from splitpriv.config import PrivacyConfig, TrainConfig
 from splitpriv.privacy.privatizer import build_privatizer, parse_privatizer_spec
-from splitpriv.protocol import ForwardRequest, PredictRequest, ProtocolError, SessionConfig
+from splitpriv.contract import ForwardRequest, PredictRequest, ProtocolError, SessionConfig
 from splitpriv.roles.customer import Customer
 from splitpriv.roles.vendor import Vendor
 from splitpriv.parts import load_bottom, save_bottom, split_model
@@ -186,7 +186,7 @@ def test_privatize_writes_what_the_vendor_receives(finished_run, tmp_path):
 def test_pretrained_projection_ships_inside_the_bottom_and_is_refused_for_another_k(minilm, tmp_path):
     from safetensors.torch import load_file
 
-    from splitpriv.protocol import unpack_files
+    from splitpriv.contract import unpack_files
     from splitpriv.roles.vendor.privatizer_pretrain import pretrain_privatizer
     from splitpriv.roles.vendor.robust_top import RobustTopConfig
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from splitpriv.config import PrivacyConfig, TrainConfig
-from splitpriv.protocol import SessionConfig
+from splitpriv.contract import SessionConfig
 from splitpriv.roles.customer import Customer
 from splitpriv.roles.vendor import Vendor
 from splitpriv.transport import InProcessTransport

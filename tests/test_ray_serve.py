@@ -19,7 +19,7 @@ import torch
 
 pytest.importorskip("ray", reason="needs the ray extra (pip install '.[ray]')")
 
-from splitpriv.protocol import SESSION_HEADER  # noqa: E402
+from splitpriv.contract import SESSION_HEADER  # noqa: E402
 from splitpriv.roles.customer import Customer  # noqa: E402
 from splitpriv.roles.vendor import Vendor  # noqa: E402
 from splitpriv.transport import InProcessTransport  # noqa: E402

@@ -21,8 +21,8 @@ from safetensors.torch import save as st_save
 
 from splitpriv.batching import collate, encode_texts, training_order
 from splitpriv.config import PrivacyConfig, TrainConfig
-from splitpriv.errors import Forbidden, OutOfOrder, PayloadTooLarge, ProtocolError, UnknownSession
-from splitpriv.protocol import (
+from splitpriv.contract.errors import Forbidden, OutOfOrder, PayloadTooLarge, ProtocolError, UnknownSession
+from splitpriv.contract import (
     BackwardRequest,
     BackwardResult,
     ForwardRequest,

@@ -20,8 +20,8 @@ from test_service import Server, _expect, _raw
 from typer.testing import CliRunner
 
 from splitpriv.cli import app as cli
-from splitpriv.errors import SessionLimit
-from splitpriv.protocol import BackwardRequest, ForwardRequest, SessionConfig
+from splitpriv.contract.errors import SessionLimit
+from splitpriv.contract import BackwardRequest, ForwardRequest, SessionConfig
 from splitpriv.roles.vendor import Vendor
 from splitpriv.service import create_app
 from splitpriv.service.accounts import KEYS_FILE, KeyStore

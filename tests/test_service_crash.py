@@ -13,7 +13,7 @@ from recording_vendor import CuriousRecorder
 from test_service import PRIVACY, Server, _train, _trainable
 
 from splitpriv.config import TrainConfig
-from splitpriv.protocol import SessionConfig
+from splitpriv.contract import SessionConfig
 from splitpriv.roles.customer import Customer
 from splitpriv.roles.vendor import Vendor
 from splitpriv.service import create_app

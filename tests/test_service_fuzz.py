@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from splitpriv.protocol import SessionConfig
+from splitpriv.contract import SessionConfig
 from splitpriv.roles.vendor import Vendor
 from splitpriv.service import create_app
 from splitpriv.service.accounts import KeyStore, Quotas

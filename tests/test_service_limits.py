@@ -12,9 +12,9 @@ import pytest
 import torch
 from test_service import Server, _expect, _raw
 
-from splitpriv import limits
-from splitpriv.errors import OutOfOrder
-from splitpriv.protocol import BackwardRequest, ForwardRequest, SessionConfig, decode
+from splitpriv.contract import limits
+from splitpriv.contract.errors import OutOfOrder
+from splitpriv.contract import BackwardRequest, ForwardRequest, SessionConfig, decode
 from splitpriv.roles.customer import backward_resending
 from splitpriv.roles.vendor.session import RequestLimits
 from splitpriv.roles.vendor import Vendor
@@ -221,7 +221,7 @@ def test_a_forward_the_session_would_refuse_is_refused_before_its_body_is_read(s
     """The flood of the service benchmark: forwards sent while another step's is pending. The bodies below are not
     messages at all, so a 409 (not a 400 "malformed") shows they were never read; a retry of the pending step that
     announces it is answered from the vendor's cache, and a header that contradicts the message is a 400."""
-    from splitpriv.protocol import STEP_HEADER
+    from splitpriv.contract import STEP_HEADER
 
     _, url = strict
     transport, info = _open(url)

@@ -11,8 +11,8 @@ from test_service import _train
 
 from splitpriv.batching import collate, encode_texts
 from splitpriv.config import PrivacyConfig, TrainConfig
-from splitpriv.errors import UnknownSession
-from splitpriv.protocol import PredictRequest, SessionConfig
+from splitpriv.contract.errors import UnknownSession
+from splitpriv.contract import PredictRequest, SessionConfig
 from splitpriv.roles.customer import Customer
 from splitpriv.roles.vendor.tenant_batch import BatchTop, _Item, _pack, group_key
 from splitpriv.roles.vendor import Vendor

@@ -10,7 +10,7 @@ from splitpriv.batching import collate, encode_texts
 from splitpriv.runs.centralized import CentralizedTrainer
 from splitpriv.config import PrivacyConfig, TrainConfig
 from splitpriv.data import load_dataset
-from splitpriv.protocol import BackwardRequest, ForwardRequest, PredictRequest, SessionConfig
+from splitpriv.contract import BackwardRequest, ForwardRequest, PredictRequest, SessionConfig
 from splitpriv.roles.customer import Customer
 from splitpriv.roles.vendor import Vendor
 from splitpriv.transport import InProcessTransport

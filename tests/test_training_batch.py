@@ -15,8 +15,8 @@ from test_service import Server, _train
 
 from splitpriv.batching import collate, encode_texts
 from splitpriv.config import PrivacyConfig, TrainConfig
-from splitpriv.errors import OutOfOrder
-from splitpriv.protocol import SessionConfig
+from splitpriv.contract.errors import OutOfOrder
+from splitpriv.contract import SessionConfig
 from splitpriv.roles.customer import Customer
 from splitpriv.roles.vendor.tenant_batch import BatchTop, _Item, train_group_key
 from splitpriv.roles.vendor.training_batch import run_training

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from splitpriv.errors import (
+from splitpriv.contract.errors import (
     ERROR_CLASSES,
     Forbidden,
     OutOfOrder,
@@ -19,7 +19,7 @@ from splitpriv.errors import (
     error_for,
     status_of,
 )
-from splitpriv.protocol import (
+from splitpriv.contract import (
     BackwardRequest,
     BackwardResult,
     ForwardRequest,

@@ -10,7 +10,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from splitpriv.config import PrivacyConfig, TrainConfig
-from splitpriv.protocol import (
+from splitpriv.contract import (
     MAX_UNPACKED_ELEMENTS,
     WIRE_DTYPES,
     BackwardRequest,

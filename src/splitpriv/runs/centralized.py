@@ -15,7 +15,7 @@ from splitpriv.batching import collate, encode_texts, eval_batches, num_steps, t
 from splitpriv.config import TrainConfig
 from splitpriv.models import load_model
 from splitpriv.parts import split_model
-from splitpriv.protocol import SessionConfig
+from splitpriv.contract import SessionConfig
 from splitpriv.seeding import step_rng
 from splitpriv.tasks import task_of
 from splitpriv.tasks.causal_lm import exact_match, local_generate, perplexity

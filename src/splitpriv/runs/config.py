@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 from splitpriv.batching import num_steps
 from splitpriv.config import PrivacyConfig, TrainConfig
-from splitpriv.protocol import SessionConfig
+from splitpriv.contract import SessionConfig
 from splitpriv.tasks import task_of
 
 RUN_FILE = "run.json"

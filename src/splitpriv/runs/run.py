@@ -191,7 +191,7 @@ def resume(run_dir: str | Path, vendor_url: str | None = None, *, progress: bool
     saved = run_dir / "customer" / SESSION_FILE
     if not (run_dir / RUN_FILE).is_file() or not saved.is_file():
         raise FileNotFoundError(f"{run_dir} is not a resumable run: {RUN_FILE} or customer/{SESSION_FILE} is missing")
-    from splitpriv.protocol import SessionInfo
+    from splitpriv.contract import SessionInfo
 
     config = RunConfig.from_dict(json.loads((run_dir / RUN_FILE).read_text()))
     config = replace(config, vendor_url=vendor_url or config.vendor_url)
@@ -205,7 +205,7 @@ def resume(run_dir: str | Path, vendor_url: str | None = None, *, progress: bool
 def open_run(run_dir: str | Path, vendor_url: str | None = None, **options):
     """The customer of a finished run, attached to its vendor session (in process from the run folder's vendor
     state, or over HTTP with transport ``options`` such as ``ca_file``), ready for private inference."""
-    from splitpriv.protocol import SessionInfo
+    from splitpriv.contract import SessionInfo
     from splitpriv.roles.customer import Customer
 
     run_dir = Path(run_dir)

@@ -20,14 +20,14 @@ GET      ``/metrics``                        Prometheus text format (:mod:`split
 Accounts (:mod:`splitpriv.service.accounts`): once the state dir holds a key store (``splitpriv keys create``),
 ``POST /v1/sessions`` needs ``Authorization: Bearer <API key>`` and each key's quotas (open sessions, pending
 forwards, tokens per request, bytes per day) are answered with 429 naming the quota. Bounds on every field and
-value (:mod:`splitpriv.limits`): a session config body is at most 64 KiB of finite JSON nested at most 4 deep; a
+value (:mod:`splitpriv.contract.limits`): a session config body is at most 64 KiB of finite JSON nested at most 4 deep; a
 representation or gradient coordinate is at most 1e4 in magnitude; batch × T² and batch × T are capped per request
 (413); a forward whose backward does not come within the pending TTL is freed (a late backward gets 409 saying to
 resend the forward); while all pending forwards together hold the vendor's budget a forward gets 503 with
 ``Retry-After`` (the HTTP transport retries it).
 
 Message bodies are the protocol's own encoding (``application/octet-stream``: safetensors with JSON metadata,
-see :mod:`splitpriv.protocol`), the same bytes the in-process transport passes. Every session route needs
+see :mod:`splitpriv.contract`), the same bytes the in-process transport passes. Every session route needs
 ``Authorization: Bearer <token>`` (missing → 401, wrong → 403); the session id in the path must equal the
 message's ``session_id`` (else 400). A forward may announce its step in ``X-Splitpriv-Step`` (the HTTP transport
 always does; a contradicting message is a 400): one the session would refuse, because another step's forward is
@@ -72,9 +72,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from splitpriv.errors import ERROR_CLASSES, PayloadTooLarge, ProtocolError, VendorBusy, status_of
-from splitpriv.limits import MAX_CONFIG_BYTES
-from splitpriv.protocol import (
+from splitpriv.contract.errors import ERROR_CLASSES, PayloadTooLarge, ProtocolError, VendorBusy, status_of
+from splitpriv.contract.limits import MAX_CONFIG_BYTES
+from splitpriv.contract import (
     BackwardRequest,
     DecodeRequest,
     ForwardRequest,
@@ -134,7 +134,7 @@ def create_app(vendor: Vendor, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, 
     from pydantic import TypeAdapter
 
     from splitpriv import __version__
-    from splitpriv.protocol import SessionInfo
+    from splitpriv.contract import SessionInfo
 
     if not isinstance(max_body_bytes, int) or max_body_bytes < 1:
         raise ValueError(f"max_body_bytes must be a positive integer, got {max_body_bytes!r}")

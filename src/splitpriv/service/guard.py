@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 
-from splitpriv.errors import (
+from splitpriv.contract.errors import (
     Forbidden,
     OutOfOrder,
     PayloadTooLarge,
     ProtocolError,
     QuotaExceeded,
 )
-from splitpriv.protocol import STEP_HEADER
+from splitpriv.contract import STEP_HEADER
 from splitpriv.roles.vendor.session import check_next_step
 from splitpriv.service.accounts import ApiKey, DailyBytes, KeyStore
 

@@ -2,7 +2,7 @@
 behind Serve's HTTP proxy, each a :class:`~splitpriv.roles.vendor.replica.ReplicaVendor` on one shared state dir.
 
 Routing: Serve's consistent-hash request router (:data:`ROUTER`) keyed on the ``x-session-id`` header
-(:data:`~splitpriv.protocol.SESSION_HEADER`, which :class:`~splitpriv.transport.http_client.HttpTransport` sends on
+(:data:`~splitpriv.contract.SESSION_HEADER`, which :class:`~splitpriv.transport.http_client.HttpTransport` sends on
 every session call), with no fallback replica: every call of a session reaches the replica its id hashes to, and
 that replica holds the session's lease (:mod:`splitpriv.roles.vendor.lease`). Serve's default router spreads one session's
 calls over the replicas (``benchmarks/ray_serve.py`` measures both); leases keep that correct but slow (each move

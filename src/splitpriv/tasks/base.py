@@ -130,3 +130,8 @@ def task_of(name: str) -> Task:
     """The registered task named ``name`` (or its config value), as an instance."""
     entry = TASKS.get(name)
     return entry() if isinstance(entry, type) else entry
+
+
+def task_values() -> list[str]:
+    """Every registered task's config value, in registration order (``--task`` choices, valid session tasks)."""
+    return [task_of(name).value for name in TASKS.names()]

@@ -26,7 +26,7 @@ import torch
 from splitpriv.batching import collate, encode_texts, eval_batches, num_steps, training_order
 from splitpriv.config import PrivacyConfig, TrainConfig
 from splitpriv.parts import PartCache, load_bottom, save_bottom
-from splitpriv.protocol import (
+from splitpriv.contract import (
     WIRE_DTYPES,
     BackwardRequest,
     DecodeRequest,
@@ -177,8 +177,8 @@ class Customer:
     def _to_wire(self, z: torch.Tensor) -> torch.Tensor:
         """``z`` in the wire dtype (``TrainConfig.wire_dtype``); float16 tops out at 65504, so very large noise
         (a tiny η) is refused here rather than sent as Inf; so is a coordinate above the vendors' documented limit
-        (:data:`splitpriv.limits.MAX_ABS_VALUE`), which a vendor would refuse."""
-        from splitpriv.limits import MAX_ABS_VALUE
+        (:data:`splitpriv.contract.limits.MAX_ABS_VALUE`), which a vendor would refuse."""
+        from splitpriv.contract.limits import MAX_ABS_VALUE
 
         wire = z if z.dtype == self.wire_dtype else z.to(self.wire_dtype)
         if not bool(torch.isfinite(wire).all()) and bool(torch.isfinite(z).all()):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from splitpriv.protocol import BackwardRequest, ForwardRequest
+from splitpriv.contract import BackwardRequest, ForwardRequest
 
 
 def backward_resending(transport, forward: ForwardRequest, outputs, backward: BackwardRequest):
@@ -12,7 +12,7 @@ def backward_resending(transport, forward: ForwardRequest, outputs, backward: Ba
     pending-forward TTL: 409) the *same* forward request is sent again, once (the same privatized vectors: no fresh
     noise for the vendor to average), and the backward follows it. The vendor's seeded forward gives the same
     outputs, so the gradient computed from the first answer still holds."""
-    from splitpriv.errors import OutOfOrder
+    from splitpriv.contract.errors import OutOfOrder
 
     try:
         return transport.backward(backward)

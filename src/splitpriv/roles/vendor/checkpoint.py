@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from splitpriv.protocol import BackwardResult, decode
+from splitpriv.contract import BackwardResult, decode
 from splitpriv.roles.vendor.session import VendorSession
 
 CHECKPOINT_FORMAT = 1

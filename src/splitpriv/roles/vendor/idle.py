@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from splitpriv.errors import UnknownSession
+from splitpriv.contract.errors import UnknownSession
 from splitpriv.roles.vendor.memory import return_freed_memory
 
 log = logging.getLogger(__name__)

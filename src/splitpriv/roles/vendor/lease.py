@@ -28,7 +28,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from splitpriv.errors import VendorBusy
+from splitpriv.contract.errors import VendorBusy
 
 LEASES_DIR = "leases"
 

@@ -27,7 +27,7 @@ import socket
 import threading
 import time
 
-from splitpriv.errors import UnknownSession
+from splitpriv.contract.errors import UnknownSession
 from splitpriv.roles.vendor.lease import LeaseLost, Leases
 from splitpriv.roles.vendor import Vendor
 

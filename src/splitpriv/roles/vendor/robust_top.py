@@ -74,7 +74,7 @@ class RobustTopConfig:
             raise ValueError(f"robust_top n_public must be an integer >= batch_size, got {self.n_public!r}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"robust_top lr must be a finite number > 0, got {self.lr!r}")
-        from splitpriv.protocol import DENOISERS
+        from splitpriv.contract import DENOISERS
 
         if self.denoise not in DENOISERS:
             raise ValueError(f"robust_top denoise must be one of {DENOISERS}, got {self.denoise!r}")

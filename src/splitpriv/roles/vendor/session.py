@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from splitpriv import limits
-from splitpriv.errors import OutOfOrder, PayloadTooLarge, UnknownSession
-from splitpriv.protocol import (
+from splitpriv.contract import limits
+from splitpriv.contract.errors import OutOfOrder, PayloadTooLarge, UnknownSession
+from splitpriv.contract import (
     WIRE_DTYPES,
     BackwardRequest,
     BackwardResult,
@@ -48,7 +48,7 @@ def token_hash(token: str) -> str:
 
 @dataclass(frozen=True)
 class RequestLimits:
-    """What one request may cost a vendor (see :mod:`splitpriv.limits`): the largest coordinate magnitude of received
+    """What one request may cost a vendor (see :mod:`splitpriv.contract.limits`): the largest coordinate magnitude of received
     tensors, batch × T² and batch × T per request, and how long (seconds; None: forever) a forward's autograd graph
     waits for its backward, and batch × T² summed over all pending forwards of the vendor."""
 
@@ -112,7 +112,7 @@ def check_representations(hidden: torch.Tensor, attention_mask: torch.Tensor, d_
 
 
 def _request_cost(shape, limits: RequestLimits) -> str | None:
-    from splitpriv.limits import request_cost
+    from splitpriv.contract.limits import request_cost
 
     return request_cost(shape[0], shape[1], shape[2], max_attention_cost=limits.max_attention_cost,
                         max_tokens=limits.max_tokens_per_request)

@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from splitpriv.limits import check_int, request_cost
+from splitpriv.contract.limits import check_int, request_cost
 from splitpriv.models import BlockInputs
-from splitpriv.protocol import ForwardRequest, Outputs, PredictRequest
+from splitpriv.contract import ForwardRequest, Outputs, PredictRequest
 from splitpriv.roles.vendor.session import VendorSession, check_representations
 from splitpriv.roles.vendor.training_batch import BACKWARD_WAIT, run_training
 from splitpriv.tuning.base import share_frozen_copy

@@ -43,7 +43,7 @@ import time
 
 import torch
 
-from splitpriv.errors import OutOfOrder
+from splitpriv.contract.errors import OutOfOrder
 from splitpriv.roles.vendor.session import VendorSession, attention_units
 
 BACKWARD_WAIT = 0.2  # seconds the first member's backward waits for the batch's others

@@ -6,7 +6,7 @@ close). One customer's state machine is :class:`~splitpriv.roles.vendor.session.
 :mod:`splitpriv.roles.vendor.checkpoint`, heap trimming :mod:`splitpriv.roles.vendor.memory`.
 
 Threat model, from the vendor's side: the vendor is honest-but-curious. It follows the protocol, and everything it
-receives (see :mod:`splitpriv.protocol`) is exactly what ``splitpriv.attacks`` assumes an attacker has.
+receives (see :mod:`splitpriv.contract`) is exactly what ``splitpriv.attacks`` assumes an attacker has.
 
 Persistence (``Vendor(model, state_dir=DIR)``): each session is written to ``DIR/sessions/<session_id>/`` when it
 opens, on :meth:`Vendor.checkpoint`, after every ``checkpoint_every`` completed steps, and for every open session by
@@ -30,11 +30,11 @@ from pathlib import Path
 
 import torch
 
-from splitpriv.errors import Forbidden, ProtocolError, SessionLimit, UnknownSession
-from splitpriv.limits import check_int
+from splitpriv.contract.errors import Forbidden, ProtocolError, SessionLimit, UnknownSession
+from splitpriv.contract.limits import check_int
 from splitpriv.models import SEQUENCE_CLASSIFICATION, load_model
-from splitpriv.protocol import BackwardRequest, BackwardResult, DecodeRequest, ForwardRequest, Outputs, PredictRequest
-from splitpriv.protocol import SessionConfig, SessionInfo, pack_files
+from splitpriv.contract import BackwardRequest, BackwardResult, DecodeRequest, ForwardRequest, Outputs, PredictRequest
+from splitpriv.contract import SessionConfig, SessionInfo, pack_files
 from splitpriv.roles.vendor.checkpoint import CHECKPOINT_FORMAT, SESSIONS_DIR, TOP_DIR, CheckpointStore, read_state
 from splitpriv.roles.vendor.memory import return_freed_memory
 from splitpriv.roles.vendor.session import (
@@ -113,7 +113,7 @@ class Vendor:
                      owner_max_sessions: int | None = None) -> SessionInfo:
         """Open a session for ``config``; ``owner`` (an API key's id) is recorded with it, and at most
         ``owner_max_sessions`` sessions of one owner are open at once (:class:`QuotaExceeded`, HTTP 429)."""
-        from splitpriv.errors import QuotaExceeded
+        from splitpriv.contract.errors import QuotaExceeded
 
         config = config.validate()
         if config.model is not None and config.model != self.model_name:
@@ -258,7 +258,7 @@ class Vendor:
         return pack_files(files)
 
     def forward(self, req: ForwardRequest, token: str | None) -> Outputs:
-        from splitpriv.errors import VendorBusy
+        from splitpriv.contract.errors import VendorBusy
 
         self.expire_pending()
         session = self.session(req.session_id, token)

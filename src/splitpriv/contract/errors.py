@@ -6,7 +6,7 @@ receives, so the customer sees the exception the vendor raised (with the vendor'
 
 from __future__ import annotations
 
-from splitpriv.protocol import ProtocolError
+from splitpriv.contract.session import ProtocolError
 
 
 class UnknownSession(LookupError):
