@@ -177,3 +177,23 @@ def test_the_checker_sees_a_cycle(tmp_path, monkeypatch):
 def test_modules_stay_small(limit):
     sizes = {str(p.relative_to(SRC)): len(p.read_text().splitlines()) for p in modules().values()}
     assert {k: v for k, v in sizes.items() if v > limit} == {}
+
+
+# Functions whose body is allowed past the limit for now, each with why (remove an entry when its function shrinks).
+LONG_FUNCTIONS = {"experiments/report.py::write_report": "being rewritten with the report (another branch)"}
+
+
+def test_functions_stay_short():
+    """Bodies (signature and docstring aside) of at most 80 lines: a longer one is several functions."""
+    long = {}
+    for path in modules().values():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            body = node.body
+            if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and len(body) > 1:
+                body = body[1:]
+            name = f"{path.relative_to(SRC).as_posix()}::{node.name}"
+            if node.end_lineno - body[0].lineno + 1 > 80 and name not in LONG_FUNCTIONS:
+                long[name] = node.end_lineno - body[0].lineno + 1
+    assert long == {}
