@@ -7,7 +7,6 @@ import re
 import httpx
 import pytest
 import torch
-from test_service import Server
 
 from splitpriv.tasks.causal_lm import local_generate
 from splitpriv.runs.centralized import CentralizedTrainer
@@ -32,8 +31,8 @@ def vendor(tiny_lm_dir):
 
 
 @pytest.fixture(scope="module")
-def url(vendor):
-    server = Server(create_app(vendor)).start()
+def url(vendor, loopback):
+    server = loopback(create_app(vendor)).start()
     yield server.url
     server.stop()
 

@@ -9,7 +9,6 @@ import time
 import pytest
 import torch
 
-from splitpriv.batching import collate, encode_texts, training_order
 from splitpriv.config import PrivacyConfig, TrainConfig
 from splitpriv.contract.errors import UnknownSession
 from splitpriv.contract import SessionConfig
@@ -62,30 +61,18 @@ def test_an_untaken_expired_lease_is_simply_renewed(tmp_path):
         pass
 
 
-def _steps(customer, texts, labels, steps):
-    cfg = customer.train_config
-    enc = encode_texts(customer.tokenizer, texts, cfg.max_length)
-    y = torch.tensor(labels)
-    out = {}
-    for step, _, index in training_order(len(enc), cfg.batch_size, cfg.epochs, cfg.seed):
-        if step in steps:
-            ids, mask = collate(enc, index, customer.tokenizer.pad_token_id)
-            out[step] = customer.train_step(step, ids, mask, y[index], index)
-    return out
-
-
 CONFIG = (SessionConfig(n_bottom_layers=2, total_steps=6, seed=0, dropout=False),
           PrivacyConfig(mechanism="dchi", eta=10.0), TrainConfig(batch_size=8, max_length=32, noise_seed=5))
 
 
 @pytest.mark.slow
-def test_a_session_moves_between_replicas_and_continues_exactly(tmp_path, data_dir):
+def test_a_session_moves_between_replicas_and_continues_exactly(tmp_path, data_dir, train_steps):
     from splitpriv.data import load_dataset
 
     train = load_dataset("sst2", "train", limit=48, seed=0)
     texts, labels = train.texts, train.labels
     reference = Customer.open(InProcessTransport(Vendor()), *CONFIG)
-    expected = _steps(reference, texts, labels, range(1, 7))
+    expected = train_steps(reference, texts, labels, range(1, 7))
 
     ttl = 1.0
     a = ReplicaVendor(state_dir=tmp_path, replica_id="a", lease_ttl=ttl, checkpoint_every=1)
@@ -102,13 +89,13 @@ def test_a_session_moves_between_replicas_and_continues_exactly(tmp_path, data_d
     with pytest.raises(LeaseLost, match="another replica"):
         customer.transport.status()
     time.sleep(ttl * 1.2)  # a dies after the download
-    got = _steps(customer, texts, labels, {1, 2, 3})
+    got = train_steps(customer, texts, labels, {1, 2, 3})
     assert b.leases.holder_of(sid)["holder"] == "b"
     transport.vendor = a
     with pytest.raises(LeaseLost, match="another replica"):  # b's lease is live: a must not serve it
         customer.transport.status()
     time.sleep(ttl * 1.2)  # b dies too
-    got.update(_steps(customer, texts, labels, {4, 5, 6}))
+    got.update(train_steps(customer, texts, labels, {4, 5, 6}))
     assert got == pytest.approx(expected, abs=1e-6)
     assert a.leases.holder_of(sid) == {"holder": "a", "epoch": 3, "expires": pytest.approx(time.time(), abs=5)}
     ref = reference.transport
@@ -133,7 +120,7 @@ def test_a_session_moves_between_replicas_and_continues_exactly(tmp_path, data_d
     assert a.leases.holder_of(sid) is None
 
 
-def test_an_idle_session_whose_lease_ran_out_untaken_is_still_checkpointed(tmp_path, data_dir):
+def test_an_idle_session_whose_lease_ran_out_untaken_is_still_checkpointed(tmp_path, data_dir, train_steps):
     from splitpriv.data import load_dataset
 
     train = load_dataset("sst2", "train", limit=16, seed=0)
@@ -141,7 +128,7 @@ def test_an_idle_session_whose_lease_ran_out_untaken_is_still_checkpointed(tmp_p
     vendor.leases.clock = clock = Clock()
     transport = InProcessTransport(vendor)
     customer = Customer.open(transport, *CONFIG)
-    _steps(customer, train.texts, train.labels, {1, 2})
+    train_steps(customer, train.texts, train.labels, {1, 2})
     clock.now += 3600  # idle for an hour: the lease expired, nobody took it
     info = transport.session
     assert vendor.checkpoint(info.session_id, info.token)["completed_step"] == 2

@@ -19,13 +19,15 @@ import torch
 
 pytest.importorskip("ray", reason="needs the ray extra (pip install '.[ray]')")
 
-from splitpriv.contract import SESSION_HEADER  # noqa: E402
+from splitpriv.config import PrivacyConfig, TrainConfig  # noqa: E402
+from splitpriv.contract import SESSION_HEADER, SessionConfig  # noqa: E402
 from splitpriv.roles.customer import Customer  # noqa: E402
 from splitpriv.roles.vendor import Vendor  # noqa: E402
 from splitpriv.transport import InProcessTransport  # noqa: E402
 from splitpriv.transport.http_client import HttpTransport  # noqa: E402
-from test_lease import CONFIG, _steps  # noqa: E402
 
+CONFIG = (SessionConfig(n_bottom_layers=2, total_steps=6, seed=0, dropout=False),
+          PrivacyConfig(mechanism="dchi", eta=10.0), TrainConfig(batch_size=8, max_length=32, noise_seed=5))
 TTL = 3.0
 TRAIN = ["--dataset", "sst2-sample", "--train-limit", "64", "--eval-limit", "16", "-k", "2", "--mechanism", "dchi",
          "--eta", "10", "--batch-size", "16", "--epochs", "2", "--noise-seed", "3", "--keep-session", "--no-progress",
@@ -89,12 +91,12 @@ def test_one_session_sticks_to_one_replica(cluster):
     assert len(set().union(*owners.values())) == 2, "eight sessions all hashed to one replica"
 
 
-def test_two_customers_on_different_replicas_match_their_solo_runs(cluster, data_dir):
+def test_two_customers_on_different_replicas_match_their_solo_runs(cluster, data_dir, train_steps):
     from splitpriv.data import load_dataset
 
     url, _ = cluster
     train = load_dataset("sst2", "train", limit=48, seed=0)
-    expected = _steps(Customer.open(InProcessTransport(Vendor()), *CONFIG), train.texts, train.labels, range(1, 7))
+    expected = train_steps(Customer.open(InProcessTransport(Vendor()), *CONFIG), train.texts, train.labels, range(1, 7))
     customers, tries = [], 0
     while len(customers) < 2:  # the second one on the other replica (session ids are random)
         tries += 1
@@ -109,7 +111,7 @@ def test_two_customers_on_different_replicas_match_their_solo_runs(cluster, data
 
     def work(i, customer):
         try:
-            results[i] = _steps(customer, train.texts, train.labels, range(1, 7))
+            results[i] = train_steps(customer, train.texts, train.labels, range(1, 7))
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 

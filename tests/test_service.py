@@ -19,7 +19,6 @@ import pytest
 import torch
 from safetensors.torch import save as st_save
 
-from splitpriv.batching import collate, encode_texts, training_order
 from splitpriv.config import PrivacyConfig, TrainConfig
 from splitpriv.contract.errors import Forbidden, OutOfOrder, PayloadTooLarge, ProtocolError, UnknownSession
 from splitpriv.contract import (
@@ -73,40 +72,6 @@ class Recorder:
         await self.app(scope, tapped, send)
 
 
-def _bind(port: int = 0) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    return sock
-
-
-class Server:
-    """uvicorn.Server.run() in a daemon thread on a pre-bound loopback socket; stop() sets should_exit."""
-
-    def __init__(self, app, port: int = 0):
-        self.sock = _bind(port)
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def start(self) -> "Server":
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        if self.thread.ident is not None:  # started
-            self.thread.join(timeout=30)
-            assert not self.thread.is_alive()
-        self.sock.close()
-
-
 @pytest.fixture(scope="module")
 def vendor(tmp_path_factory):
     return Vendor(state_dir=tmp_path_factory.mktemp("vendor-state"))
@@ -118,16 +83,16 @@ def recorder(vendor):
 
 
 @pytest.fixture(scope="module")
-def url(recorder):
-    server = Server(recorder).start()
+def url(recorder, loopback):
+    server = loopback(recorder).start()
     yield server.url
     server.stop()
 
 
 @pytest.fixture(scope="module")
-def small_url(vendor):
+def small_url(vendor, loopback):
     """The same vendor behind a second app whose body cap is 64 KiB."""
-    server = Server(create_app(vendor, max_body_bytes=SMALL_CAP)).start()
+    server = loopback(create_app(vendor, max_body_bytes=SMALL_CAP)).start()
     yield server.url
     server.stop()
 
@@ -148,28 +113,11 @@ def _base_hash(vendor: Vendor) -> str:
     return h.hexdigest()
 
 
-def _trainable(vendor: Vendor, info: SessionInfo) -> dict[str, torch.Tensor]:
-    return {n: t.clone() for n, t in vendor.session(info.session_id, info.token).tuned.trainable_state().items()}
-
-
-def _train(customer: Customer, texts, labels, steps=None) -> dict[int, float]:
-    """Customer.fit's loop, step by step (so a run can be interrupted): {step: loss}."""
-    cfg = customer.train_config
-    encodings = encode_texts(customer.tokenizer, texts, cfg.max_length)
-    label_tensor = torch.tensor(labels)
-    losses = {}
-    for step, _, index in training_order(len(encodings), cfg.batch_size, cfg.epochs, cfg.seed):
-        if steps is None or step in steps:
-            ids, mask = collate(encodings, index, customer.tokenizer.pad_token_id)
-            losses[step] = customer.train_step(step, ids, mask, label_tensor[index], index)
-    return losses
-
-
 # -- the same run in process and over HTTP -------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def runs(vendor, recorder, url, sst2):
+def runs(vendor, recorder, url, sst2, trainable):
     """A short private LoRA run (k=2, d_chi η=10, fixed seeds) in process and over HTTP, and what the server saw."""
     train, dev = sst2
     out = {}
@@ -180,7 +128,7 @@ def runs(vendor, recorder, url, sst2):
         evaluation = customer.evaluate(dev.texts, dev.labels, progress=False)
         logits = customer.predict_logits(dev.texts[:16])
         out[name] = {"losses": fit["losses"], "eval": evaluation, "logits": logits, "transport": transport,
-                     "trained": _trainable(vendor, transport.session),
+                     "trained": trainable(vendor, transport.session),
                      "requests": recorder.requests[start:]}
     return out
 
@@ -292,7 +240,7 @@ def test_wire_carries_only_representations_masks_and_gradients(runs, sst2):
     assert kinds.count("predict") == 2  # 64 dev sentences at batch 64, then 16
 
 
-def test_repeated_forward_and_backward_are_answered_once(vendor, url):
+def test_repeated_forward_and_backward_are_answered_once(vendor, url, trainable):
     """A retry (the same step sent twice) gets the stored answer and steps the optimizer once."""
     config = SessionConfig(n_bottom_layers=2, total_steps=10)
     g = torch.Generator().manual_seed(0)
@@ -303,15 +251,15 @@ def test_repeated_forward_and_backward_are_answered_once(vendor, url):
 
     remote = HttpTransport(url)
     info = remote.open_session(config)
-    before = _trainable(vendor, info)
+    before = trainable(vendor, info)
     first = remote.forward(ForwardRequest(info.session_id, 1, hidden, mask))
     again = remote.forward(ForwardRequest(info.session_id, 1, hidden, mask))
     assert torch.equal(first.outputs, again.outputs)
     assert remote.status()["pending_step"] == 1
     remote.backward(BackwardRequest(info.session_id, 1, grad))
-    once = _trainable(vendor, info)
+    once = trainable(vendor, info)
     remote.backward(BackwardRequest(info.session_id, 1, grad))
-    twice = _trainable(vendor, info)
+    twice = trainable(vendor, info)
     assert any(not torch.equal(before[n], once[n]) for n in before)
     assert all(torch.equal(once[n], twice[n]) for n in once)
     session = vendor.session(info.session_id, info.token)
@@ -322,14 +270,15 @@ def test_repeated_forward_and_backward_are_answered_once(vendor, url):
     ref = local.open_session(config)
     local.forward(ForwardRequest(ref.session_id, 1, hidden, mask))
     local.backward(BackwardRequest(ref.session_id, 1, grad))
-    for name, tensor in _trainable(vendor, ref).items():
+    for name, tensor in trainable(vendor, ref).items():
         torch.testing.assert_close(twice[name], tensor, atol=1e-7, rtol=0)
     local.close()
     remote.close()
 
 
 def test_unreachable_vendor_is_retried_then_reported():
-    sock = _bind()  # a bound port nobody listens on
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # a bound port nobody listens on
+    sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
     transport = HttpTransport(f"http://127.0.0.1:{port}", retries=2, backoff=0.01)
@@ -340,7 +289,7 @@ def test_unreachable_vendor_is_retried_then_reported():
 # -- tenants -------------------------------------------------------------------------------------------------------
 
 
-def test_two_customers_train_concurrently_in_isolation(vendor, url, sst2):
+def test_two_customers_train_concurrently_in_isolation(vendor, url, sst2, train_steps):
     """Two customers train at once over HTTP; each gets exactly its sequential in-process result, neither can
     reach the other's session, and the shared base model is bit-identical afterwards."""
     train, _ = sst2
@@ -355,7 +304,7 @@ def test_two_customers_train_concurrently_in_isolation(vendor, url, sst2):
     expected = {}
     for name, config in configs.items():
         customer = Customer.open(InProcessTransport(vendor), *config)
-        expected[name] = _train(customer, texts, labels)
+        expected[name] = train_steps(customer, texts, labels)
         customer.transport.close()
 
     customers = {name: Customer.open(HttpTransport(url), *config) for name, config in configs.items()}
@@ -363,7 +312,7 @@ def test_two_customers_train_concurrently_in_isolation(vendor, url, sst2):
 
     def work(name):
         try:
-            results[name] = _train(customers[name], texts, labels)
+            results[name] = train_steps(customers[name], texts, labels)
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -433,21 +382,6 @@ def victim(vendor, url):
     transport.forward(ForwardRequest(info.session_id, 1, hidden, mask))
     transport.backward(BackwardRequest(info.session_id, 1, torch.randn(2, 2)))
     return transport
-
-
-def _raw(url, path, body=b"", token=None, method="POST", headers=None):
-    headers = {**({"Authorization": f"Bearer {token}"} if token else {}), **(headers or {})}
-    return httpx.request(method, f"{url}{path}", content=body, headers=headers, timeout=60)
-
-
-def _expect(response, status, *words):
-    assert response.status_code == status, response.text
-    message = response.json()["error"]
-    assert set(response.json()) == {"error"}
-    assert "Traceback" not in response.text
-    for word in words:
-        assert word.lower() in message.lower(), message
-    return message
 
 
 def _state(transport):
@@ -522,13 +456,13 @@ BAD_FORWARDS = {
 
 
 @pytest.mark.parametrize("case", list(BAD_FORWARDS))
-def test_bad_message_is_refused_and_changes_nothing(victim, url, case):
+def test_bad_message_is_refused_and_changes_nothing(victim, url, case, http):
     build, route, status, *words = BAD_FORWARDS[case]
     info = victim.session
     before = _state(victim)
     assert before[1] is None
-    response = _raw(url, f"/v1/sessions/{info.session_id}/{route}", build(info.session_id), info.token)
-    _expect(response, status, *words)
+    response = http.raw(url, f"/v1/sessions/{info.session_id}/{route}", build(info.session_id), info.token)
+    http.expect(response, status, *words)
     assert _state(victim) == before
 
 
@@ -546,35 +480,35 @@ BAD_BACKWARDS = {
 
 
 @pytest.mark.parametrize("case", list(BAD_BACKWARDS))
-def test_bad_backward_is_refused_and_changes_nothing(victim, url, case):
+def test_bad_backward_is_refused_and_changes_nothing(victim, url, case, http):
     info = victim.session
     victim.forward(ForwardRequest(info.session_id, 2, torch.randn(2, 5, D), torch.ones(2, 5, dtype=torch.long)))
     before = _state(victim)
     assert before == (1, 2)
     build, status, *words = BAD_BACKWARDS[case]
-    _expect(_raw(url, f"/v1/sessions/{info.session_id}/backward", build(info.session_id), info.token), status, *words)
+    http.expect(http.raw(url, f"/v1/sessions/{info.session_id}/backward", build(info.session_id), info.token), status, *words)
     assert _state(victim) == before
 
 
-def test_tokens_and_sessions_are_checked(vendor, victim, url):
+def test_tokens_and_sessions_are_checked(vendor, victim, url, http):
     info = victim.session
     path = f"/v1/sessions/{info.session_id}/forward"
     before = _state(victim)
     body = _forward_bytes(info.session_id, step=3)
-    missing = _raw(url, path, body)
-    _expect(missing, 401, "missing bearer token")
+    missing = http.raw(url, path, body)
+    http.expect(missing, 401, "missing bearer token")
     assert missing.headers["www-authenticate"] == "Bearer"
-    _expect(_raw(url, path, body, headers={"Authorization": f"Basic {info.token}"}), 401, "malformed")
-    _expect(_raw(url, path, body, "not-the-token"), 403, "does not grant access", info.session_id)
-    _expect(_raw(url, f"/v1/sessions/{info.session_id}/status", method="GET", token="x" * 43), 403)
-    _expect(_raw(url, "/v1/sessions/0000000000000000/forward", body, info.token), 404, "unknown", "0000000000000000")
-    _expect(_raw(url, f"/v1/sessions/{info.session_id}", method="DELETE"), 401)
+    http.expect(http.raw(url, path, body, headers={"Authorization": f"Basic {info.token}"}), 401, "malformed")
+    http.expect(http.raw(url, path, body, "not-the-token"), 403, "does not grant access", info.session_id)
+    http.expect(http.raw(url, f"/v1/sessions/{info.session_id}/status", method="GET", token="x" * 43), 403)
+    http.expect(http.raw(url, "/v1/sessions/0000000000000000/forward", body, info.token), 404, "unknown", "0000000000000000")
+    http.expect(http.raw(url, f"/v1/sessions/{info.session_id}", method="DELETE"), 401)
     assert _state(victim) == before
 
     closed = HttpTransport(url)
     gone = closed.open_session(SessionConfig(n_bottom_layers=2))
     closed.close()
-    _expect(_raw(url, f"/v1/sessions/{gone.session_id}/forward", _forward_bytes(gone.session_id, 1), gone.token), 404,
+    http.expect(http.raw(url, f"/v1/sessions/{gone.session_id}/forward", _forward_bytes(gone.session_id, 1), gone.token), 404,
             "closed session")
     closed.attach(gone)
     with pytest.raises(UnknownSession):
@@ -583,13 +517,13 @@ def test_tokens_and_sessions_are_checked(vendor, victim, url):
         closed.close()
 
 
-def test_payload_above_the_cap(vendor, victim, small_url):
+def test_payload_above_the_cap(vendor, victim, small_url, http):
     info = victim.session
     before = _state(victim)
     path = f"/v1/sessions/{info.session_id}/forward"
     big = _forward_bytes(info.session_id, hidden=torch.randn(4, 64, D))  # ~390 KB
     assert len(big) > SMALL_CAP
-    _expect(_raw(small_url, path, big, info.token), 413, "above", str(SMALL_CAP))
+    http.expect(http.raw(small_url, path, big, info.token), 413, "above", str(SMALL_CAP))
 
     def chunks():  # no Content-Length: the streamed size is what is checked
         for start in range(0, len(big), 16384):
@@ -597,10 +531,10 @@ def test_payload_above_the_cap(vendor, victim, small_url):
 
     # read only where the session would take a forward: not while the victim's own forward is pending
     fresh = HttpTransport(small_url).open_session(SessionConfig(n_bottom_layers=2, total_steps=50))
-    streamed = _raw(small_url, f"/v1/sessions/{fresh.session_id}/forward", chunks(), fresh.token)
+    streamed = http.raw(small_url, f"/v1/sessions/{fresh.session_id}/forward", chunks(), fresh.token)
     assert "content-length" not in {k.lower() for k in streamed.request.headers}
-    _expect(streamed, 413, "stopped reading")
-    _expect(_raw(small_url, "/v1/sessions", json.dumps({"seed": 0, "model": "x" * SMALL_CAP}).encode()), 413)
+    http.expect(streamed, 413, "stopped reading")
+    http.expect(http.raw(small_url, "/v1/sessions", json.dumps({"seed": 0, "model": "x" * SMALL_CAP}).encode()), 413)
     assert _state(victim) == before
     with pytest.raises(PayloadTooLarge):
         HttpTransport(small_url, session=info).forward(ForwardRequest(info.session_id, 2, torch.randn(4, 64, D),
@@ -628,7 +562,7 @@ def test_upload_cut_short_is_not_a_server_error(victim, url, caplog):
     assert _state(victim) == before
 
 
-def test_a_bug_is_a_json_500_without_traceback():
+def test_a_bug_is_a_json_500_without_traceback(http, loopback):
     class Faulty(Vendor):  # a vendor with a bug in one call
         def status(self, session_id, token):
             raise RuntimeError("secret internal detail")
@@ -636,10 +570,10 @@ def test_a_bug_is_a_json_500_without_traceback():
         def session(self, session_id, token):
             return None
 
-    server = Server(create_app(Faulty())).start()
+    server = loopback(create_app(Faulty())).start()
     try:
-        response = _raw(server.url, "/v1/sessions/abc/status", method="GET", token="t")
-        message = _expect(response, 500, "internal error", "RuntimeError")
+        response = http.raw(server.url, "/v1/sessions/abc/status", method="GET", token="t")
+        message = http.expect(response, 500, "internal error", "RuntimeError")
         assert "secret internal detail" not in message
         with pytest.raises(VendorError, match="500"):
             HttpTransport(server.url, session=SessionInfo("abc", "t", D, 6, {})).status()
@@ -669,11 +603,11 @@ BAD_CONFIGS = {
 
 
 @pytest.mark.parametrize("case", list(BAD_CONFIGS))
-def test_bad_session_config_is_422_naming_the_field(vendor, url, case):
+def test_bad_session_config_is_422_naming_the_field(vendor, url, case, http):
     body, *words = BAD_CONFIGS[case]
     sessions = vendor.open_sessions
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    _expect(_raw(url, "/v1/sessions", content, headers={"Content-Type": "application/json"}), 422, *words)
+    http.expect(http.raw(url, "/v1/sessions", content, headers={"Content-Type": "application/json"}), 422, *words)
     assert vendor.open_sessions == sessions
     if isinstance(body, dict) and "bogus" not in body:  # the client raises the matching error (a ValueError)
         with pytest.raises(ProtocolError, match=re.escape(words[0])):
@@ -697,7 +631,7 @@ def test_victim_still_trains_after_all_that(victim):
 # -- persistence ---------------------------------------------------------------------------------------------------
 
 
-def test_restart_continues_training_with_the_same_token(tmp_path, sst2):
+def test_restart_continues_training_with_the_same_token(tmp_path, sst2, loopback, train_steps, trainable):
     """Checkpoint, stop the service, start a new Vendor on the same state dir (same port): the customer's token
     still works, and the steps after the restart equal those of an uninterrupted run."""
     train, _ = sst2
@@ -707,20 +641,20 @@ def test_restart_continues_training_with_the_same_token(tmp_path, sst2):
     first = Vendor(state_dir=tmp_path, checkpoint_every=50)
 
     reference = Customer.open(InProcessTransport(first), *config)  # uninterrupted
-    expected = _train(reference, texts, labels)
+    expected = train_steps(reference, texts, labels)
     assert sorted(expected) == [1, 2, 3, 4]
-    expected_weights = _trainable(first, reference.transport.session)
+    expected_weights = trainable(first, reference.transport.session)
     reference_dir = tmp_path / "sessions" / reference.transport.session.session_id
     reference.transport.export()
     assert reference_dir.is_dir()
     reference.transport.close()
     assert not reference_dir.exists()  # closing deletes the session's state
 
-    server = Server(create_app(first)).start()
+    server = loopback(create_app(first)).start()
     transport = HttpTransport(server.url, retries=8, backoff=0.1)
     customer = Customer.open(transport, *config)
     info = transport.session
-    losses = _train(customer, texts, labels, steps={1, 2})
+    losses = train_steps(customer, texts, labels, steps={1, 2})
     exported = Path(transport.export())
     assert not exported.is_absolute()  # relative to the vendor's state dir: no server paths for callers
     exported = tmp_path / exported
@@ -737,16 +671,16 @@ def test_restart_continues_training_with_the_same_token(tmp_path, sst2):
 
     second = Vendor(state_dir=tmp_path)
     assert second.open_sessions == 1 and not second.load_errors
-    restarted = Server(create_app(second), port=server.port)
+    restarted = loopback(create_app(second), port=server.port)
     threading.Timer(0.3, restarted.start).start()  # the customer's next call meets a closed port and retries
     try:
         with pytest.raises(Forbidden):
             HttpTransport(server.url, retries=8, backoff=0.1, session=SessionInfo(
                 info.session_id, "wrong", D, 6, {})).status()
         assert transport.status()["completed_step"] == 2
-        losses.update(_train(customer, texts, labels, steps={3, 4}))
+        losses.update(train_steps(customer, texts, labels, steps={3, 4}))
         assert losses == pytest.approx(expected, abs=1e-6)
-        for name, tensor in _trainable(second, info).items():
+        for name, tensor in trainable(second, info).items():
             torch.testing.assert_close(tensor, expected_weights[name], atol=1e-7, rtol=0)
         with pytest.raises(OutOfOrder):
             transport.forward(ForwardRequest(info.session_id, 2, torch.randn(1, 3, D), torch.ones(1, 3, dtype=torch.long)))

@@ -16,7 +16,6 @@ import time
 import httpx
 import pytest
 import torch
-from test_service import Server, _expect, _raw
 from typer.testing import CliRunner
 
 from splitpriv.cli import app as cli
@@ -48,9 +47,9 @@ def state(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def keyed(state):
+def keyed(state, loopback):
     vendor = Vendor(state_dir=state)
-    server = Server(create_app(vendor)).start()
+    server = loopback(create_app(vendor)).start()
     yield vendor, server.url
     server.stop()
 
@@ -80,29 +79,29 @@ def test_keys_are_made_listed_and_revoked_by_the_cli_and_stored_hashed(state):
     assert bad.exit_code == 2 and "exists already" in bad.output
 
 
-def test_opening_a_session_needs_a_key_once_the_vendor_has_keys(keyed, state):
+def test_opening_a_session_needs_a_key_once_the_vendor_has_keys(keyed, state, http):
     vendor, url = keyed
     key = _create(state, "bob")
     health = httpx.get(f"{url}/v1/health").json()
     assert health["keys_required"] and "sessions" not in health  # anonymous callers learn no tenant count
     body = json.dumps(CONFIG.to_dict()).encode()
-    missing = _raw(url, "/v1/sessions", body)
-    _expect(missing, 401, "API key")
+    missing = http.raw(url, "/v1/sessions", body)
+    http.expect(missing, 401, "API key")
     assert missing.headers["www-authenticate"] == "Bearer"
-    _expect(_raw(url, "/v1/sessions", body, "spk_00000000_" + "x" * 43), 403, "unknown or revoked")
+    http.expect(http.raw(url, "/v1/sessions", body, "spk_00000000_" + "x" * 43), 403, "unknown or revoked")
     with pytest.raises(PermissionError):
         HttpTransport(url, retries=0).open_session(CONFIG)
     transport = HttpTransport(url, retries=0, api_key=key)
     info = transport.open_session(CONFIG)
     _forward(transport, info)
     transport.backward(BackwardRequest(info.session_id, 1, torch.randn(2, 2)))
-    saved = _raw(url, f"/v1/sessions/{info.session_id}/checkpoint", token=info.token).json()
+    saved = http.raw(url, f"/v1/sessions/{info.session_id}/checkpoint", token=info.token).json()
     assert not any(str(state) in str(v) for v in saved.values()) and saved["top"].startswith("sessions/")
     assert (state / saved["top"]).is_dir()
     transport.close()
 
 
-def test_each_quota_is_a_429_naming_it(keyed, state):
+def test_each_quota_is_a_429_naming_it(keyed, state, http):
     vendor, url = keyed
     one = HttpTransport(url, retries=0, api_key=_create(state, "q-sessions", "--max-sessions", "1"))
     one.open_session(CONFIG)
@@ -136,8 +135,8 @@ def test_each_quota_is_a_429_naming_it(keyed, state):
     with pytest.raises(SessionLimit, match="max_bytes_per_day"):
         daily.backward(BackwardRequest(info.session_id, 2, torch.randn(2, 2)))
         _forward(daily, info, 3)
-    response = _raw(url, f"/v1/sessions/{info.session_id}/forward", b"x" * 30000, info.token)
-    _expect(response, 429, "max_bytes_per_day")
+    response = http.raw(url, f"/v1/sessions/{info.session_id}/forward", b"x" * 30000, info.token)
+    http.expect(response, 429, "max_bytes_per_day")
 
 
 def test_a_revoked_keys_sessions_are_refused(keyed, state):
@@ -151,21 +150,21 @@ def test_a_revoked_keys_sessions_are_refused(keyed, state):
         HttpTransport(url, retries=0, api_key=transport.api_key).open_session(CONFIG)
 
 
-def test_metrics_in_prometheus_format(keyed, state):
+def test_metrics_in_prometheus_format(keyed, state, http, loopback):
     vendor, url = keyed
     transport = HttpTransport(url, retries=0, api_key=_create(state, "frank"))
     info = transport.open_session(CONFIG)
     _forward(transport, info)
-    _expect(_raw(url, "/metrics", method="GET"), 401)
-    _expect(_raw(url, "/metrics", method="GET", token=_create(state, "dave")), 403, "admin")
-    text = _raw(url, "/metrics", method="GET", token=_create(state, "ops", "--admin")).text
+    http.expect(http.raw(url, "/metrics", method="GET"), 401)
+    http.expect(http.raw(url, "/metrics", method="GET", token=_create(state, "dave")), 403, "admin")
+    text = http.raw(url, "/metrics", method="GET", token=_create(state, "ops", "--admin")).text
     for name in ("splitpriv_requests_total", "splitpriv_request_seconds_bucket", "splitpriv_sessions ",
                  "splitpriv_pending_forwards ", "process_resident_memory_bytes"):
         assert name in text, name
     assert 'route="/v1/sessions/{session_id}/forward"' in text and 'route="/metrics"' in text
     assert 'status="401"' in text and info.session_id not in text
     transport.close()
-    open_vendor = Server(create_app(Vendor())).start()  # no key store: local use, metrics for anyone
+    open_vendor = loopback(create_app(Vendor())).start()  # no key store: local use, metrics for anyone
     try:
         assert "splitpriv_sessions 0.0" in httpx.get(f"{open_vendor.url}/metrics").text
     finally:

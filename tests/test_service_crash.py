@@ -10,9 +10,8 @@ import threading
 import pytest
 import torch
 from recording_vendor import CuriousRecorder
-from test_service import PRIVACY, Server, _train, _trainable
 
-from splitpriv.config import TrainConfig
+from splitpriv.config import PrivacyConfig, TrainConfig
 from splitpriv.contract import SessionConfig
 from splitpriv.roles.customer import Customer
 from splitpriv.roles.vendor import Vendor
@@ -20,6 +19,7 @@ from splitpriv.service import create_app
 from splitpriv.transport import InProcessTransport
 from splitpriv.transport.http_client import HttpTransport
 
+PRIVACY = PrivacyConfig(mechanism="dchi", eta=10.0)
 CONFIG = (SessionConfig(n_bottom_layers=2, total_steps=10, seed=4), PRIVACY, TrainConfig(batch_size=16, noise_seed=7))
 
 
@@ -31,14 +31,14 @@ def texts(data_dir):
     return train.texts, train.labels
 
 
-def test_a_vendor_restart_mid_step_costs_nothing(tmp_path, texts):
+def test_a_vendor_restart_mid_step_costs_nothing(tmp_path, texts, loopback, train_steps, trainable):
     reference_vendor = Vendor()
     reference = Customer.open(InProcessTransport(reference_vendor), *CONFIG)
-    expected = _train(reference, *texts)
-    expected_weights = _trainable(reference_vendor, reference.transport.session)
+    expected = train_steps(reference, *texts)
+    expected_weights = trainable(reference_vendor, reference.transport.session)
     assert sorted(expected) == [1, 2, 3, 4]
 
-    first = Server(create_app(Vendor(state_dir=tmp_path, checkpoint_every=1))).start()
+    first = loopback(create_app(Vendor(state_dir=tmp_path, checkpoint_every=1))).start()
     port, servers = first.port, [first]
     transport = HttpTransport(first.url, backoff=0.1, max_backoff=0.3, deadline=60)
     customer = Customer.open(transport, *CONFIG)
@@ -49,18 +49,18 @@ def test_a_vendor_restart_mid_step_costs_nothing(tmp_path, texts):
     def crash_before_step_3(request):
         if request.step == 3 and len(servers) == 1:
             servers[0].stop()  # the pending forward of step 3 dies with this vendor
-            restarted = Server(create_app(Vendor(state_dir=tmp_path, checkpoint_every=1)), port=port)
+            restarted = loopback(create_app(Vendor(state_dir=tmp_path, checkpoint_every=1)), port=port)
             servers.append(restarted)
             threading.Timer(0.5, restarted.start).start()  # meanwhile the customer's backward meets a closed port
         return backward(request)
 
     transport.backward = crash_before_step_3
     try:
-        losses = _train(customer, *texts)
+        losses = train_steps(customer, *texts)
         assert len(servers) == 2 and servers[1].server.started
         assert losses == pytest.approx(expected, abs=1e-6)
         vendor = servers[1].server.config.app.state.vendor
-        for name, tensor in _trainable(vendor, transport.session).items():
+        for name, tensor in trainable(vendor, transport.session).items():
             torch.testing.assert_close(tensor, expected_weights[name], atol=1e-7, rtol=0)
         step3 = [m for m in sent if m.step == 3]
         assert len(step3) == 2 and torch.equal(step3[0].hidden, step3[1].hidden)  # the same noisy vectors, resent
@@ -99,7 +99,7 @@ def _crash_at_backward(transport, step):
 
 
 @pytest.mark.parametrize("noise_seed", [3, None], ids=["fixed noise", "OS noise"])
-def test_a_killed_customer_resumes_and_sends_no_second_noisy_copy(tmp_path, noise_seed):
+def test_a_killed_customer_resumes_and_sends_no_second_noisy_copy(tmp_path, noise_seed, loopback):
     """kill the customer after step 4's forward (and, with OS noise, restart the vendor too); `resume` continues
     from the journal. With fixed seeds the run equals an uninterrupted one; with OS noise every step's vectors
     reach the vendor identical however often they are sent (noise drawn once per sentence over 2 epochs)."""
@@ -107,7 +107,7 @@ def test_a_killed_customer_resumes_and_sends_no_second_noisy_copy(tmp_path, nois
     from splitpriv.runs.run import RunConfig, resume, run
 
     state = tmp_path / "vendor"
-    server = Server(Recording(create_app(Vendor(state_dir=state, checkpoint_every=1)))).start()
+    server = loopback(Recording(create_app(Vendor(state_dir=state, checkpoint_every=1)))).start()
     servers = [server]
     config = RunConfig(dataset="sst2-sample", train_limit=48, eval_limit=16, bottom_layers=2, vendor_url=server.url,
                        privacy=PrivacyConfig(mechanism="dchi", eta=10.0),
@@ -124,7 +124,7 @@ def test_a_killed_customer_resumes_and_sends_no_second_noisy_copy(tmp_path, nois
         if noise_seed is None:  # the vendor dies too, and comes back from its state dir
             server.stop()
             restarted = Recording(create_app(Vendor(state_dir=state, checkpoint_every=1)))
-            servers.append(Server(restarted, port=server.port).start())
+            servers.append(loopback(restarted, port=server.port).start())
         if noise_seed is not None:
             metrics, resumed = resume(tmp_path / "run", progress=False)
             resumed.close()

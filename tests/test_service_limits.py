@@ -10,7 +10,6 @@ import time
 
 import pytest
 import torch
-from test_service import Server, _expect, _raw
 
 from splitpriv.contract import limits
 from splitpriv.contract.errors import OutOfOrder
@@ -29,17 +28,17 @@ LAX = RequestLimits(max_abs_value=3.4e38, pending_ttl=0.4, max_tokens_per_reques
 
 
 @pytest.fixture(scope="module")
-def strict(tmp_path_factory):
+def strict(tmp_path_factory, loopback):
     vendor = Vendor(state_dir=tmp_path_factory.mktemp("strict"))
-    server = Server(create_app(vendor)).start()
+    server = loopback(create_app(vendor)).start()
     yield vendor, server.url
     server.stop()
 
 
 @pytest.fixture(scope="module")
-def lax(tmp_path_factory):
+def lax(tmp_path_factory, loopback):
     vendor = Vendor(state_dir=tmp_path_factory.mktemp("lax"), limits=LAX, checkpoint_every=1)
-    server = Server(create_app(vendor)).start()
+    server = loopback(create_app(vendor)).start()
     yield vendor, server.url
     server.stop()
 
@@ -60,9 +59,9 @@ def _weights(vendor, info):
     return {n: t.clone() for n, t in vendor.session(info.session_id, info.token).tuned.trainable_state().items()}
 
 
-def _post_config(url, body: bytes | dict):
+def _post_config(url, body: bytes | dict, http):
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return _raw(url, "/v1/sessions", content, headers={"Content-Type": "application/json"})
+    return http.raw(url, "/v1/sessions", content, headers={"Content-Type": "application/json"})
 
 
 DEEP = b"[" * 30_000 + b"]" * 30_000  # under the 64 KiB cap, far beyond the parser's recursion limit
@@ -95,18 +94,18 @@ HOSTILE_CONFIGS = {  # finding 6: each was a 500 or accepted; now a 422 naming t
 
 
 @pytest.mark.parametrize("case", list(HOSTILE_CONFIGS))
-def test_hostile_session_config_is_422_naming_the_field(strict, case):
+def test_hostile_session_config_is_422_naming_the_field(strict, case, http):
     vendor, url = strict
     body, *words = HOSTILE_CONFIGS[case]
     before = vendor.open_sessions
-    _expect(_post_config(url, body), 422, *words)
+    http.expect(_post_config(url, body, http), 422, *words)
     assert vendor.open_sessions == before
 
 
-def test_config_body_above_64_kib_is_413_and_status_stays_json(strict):
+def test_config_body_above_64_kib_is_413_and_status_stays_json(strict, http):
     vendor, url = strict
-    _expect(_post_config(url, {"model": "x" * (limits.MAX_CONFIG_BYTES + 10)}), 413, "above")
-    _expect(_post_config(url, b"[" * 100_000 + b"]" * 100_000), 413, "above", "65536")  # the issue's 100,000 deep
+    http.expect(_post_config(url, {"model": "x" * (limits.MAX_CONFIG_BYTES + 10)}, http), 413, "above")
+    http.expect(_post_config(url, b"[" * 100_000 + b"]" * 100_000, http), 413, "above", "65536")  # the issue's 100,000 deep
     transport, info = _open(url)
     status = transport.status()  # what a lone surrogate used to break: the config echoed back as JSON
     assert status["config"]["dropout"] is True and status["completed_step"] == 0
@@ -124,7 +123,7 @@ def test_in_process_configs_are_checked_too():
 
 
 @pytest.mark.parametrize("value", [3e38, 2e4])
-def test_huge_finite_inputs_are_refused_by_magnitude(strict, value):
+def test_huge_finite_inputs_are_refused_by_magnitude(strict, value, http):
     vendor, url = strict
     transport, info = _open(url)
     _step(transport, info, 1)
@@ -132,17 +131,17 @@ def test_huge_finite_inputs_are_refused_by_magnitude(strict, value):
     hidden = torch.randn(2, 5, D)
     hidden[1, 3, 7] = value
     body = ForwardRequest(info.session_id, 2, hidden, torch.ones(2, 5, dtype=torch.long)).to_bytes()
-    _expect(_raw(url, f"/v1/sessions/{info.session_id}/forward", body, info.token), 400, "hidden", "magnitude",
+    http.expect(http.raw(url, f"/v1/sessions/{info.session_id}/forward", body, info.token), 400, "hidden", "magnitude",
             "10000")
     transport.forward(ForwardRequest(info.session_id, 2, torch.randn(2, 5, D), torch.ones(2, 5, dtype=torch.long)))
     grad = BackwardRequest(info.session_id, 2, torch.full((2, 2), value)).to_bytes()
-    _expect(_raw(url, f"/v1/sessions/{info.session_id}/backward", grad, info.token), 400, "grad_outputs", "magnitude")
+    http.expect(http.raw(url, f"/v1/sessions/{info.session_id}/backward", grad, info.token), 400, "grad_outputs", "magnitude")
     assert transport.status()["completed_step"] == 1
     assert all(torch.equal(before[n], t) for n, t in _weights(vendor, info).items())
     transport.close()
 
 
-def test_non_finite_outputs_or_gradients_leave_the_session_untouched_and_unsaved(lax):
+def test_non_finite_outputs_or_gradients_leave_the_session_untouched_and_unsaved(lax, http):
     vendor, url = lax
     transport, info = _open(url)
     _step(transport, info, 1)  # checkpoint_every=1: step 1 is on disk
@@ -151,12 +150,12 @@ def test_non_finite_outputs_or_gradients_leave_the_session_untouched_and_unsaved
 
     huge = torch.full((2, 5, D), 3e38)
     body = ForwardRequest(info.session_id, 2, huge, torch.ones(2, 5, dtype=torch.long)).to_bytes()
-    _expect(_raw(url, f"{path}/forward", body, info.token), 400, "outputs for step 2 are not finite", "unchanged")
+    http.expect(http.raw(url, f"{path}/forward", body, info.token), 400, "outputs for step 2 are not finite", "unchanged")
     assert transport.status()["pending_step"] is None
 
     transport.forward(ForwardRequest(info.session_id, 2, torch.randn(2, 5, D), torch.ones(2, 5, dtype=torch.long)))
     grad = BackwardRequest(info.session_id, 2, torch.full((2, 2), 3e38)).to_bytes()
-    _expect(_raw(url, f"{path}/backward", grad, info.token), 400, "gradients of step 2 are not finite",
+    http.expect(http.raw(url, f"{path}/backward", grad, info.token), 400, "gradients of step 2 are not finite",
             "send the forward of step 2 again")
     status = transport.status()
     assert (status["completed_step"], status["pending_step"], status["checkpointed_step"]) == (1, None, 1)
@@ -170,7 +169,7 @@ def test_non_finite_outputs_or_gradients_leave_the_session_untouched_and_unsaved
     with torch.no_grad():
         next(iter(session.tuned.parameters()))[0].fill_(float("nan"))  # however it got there, NaN is not saved
     session.completed_step += 1
-    _expect(_raw(url, f"{path}/checkpoint", token=info.token), 400, "non-finite", "not checkpointed")
+    http.expect(http.raw(url, f"{path}/checkpoint", token=info.token), 400, "non-finite", "not checkpointed")
     assert transport.status()["checkpointed_step"] == 2
     transport.close()
 
@@ -185,18 +184,18 @@ def test_request_cost_counts_batch_times_t_squared():
     assert "attention-cost" in limits.request_cost(40, 512, D)  # 20,480 positions, but 40 x 512^2 > 2^23
 
 
-def test_costly_requests_are_413(lax):
+def test_costly_requests_are_413(lax, http):
     vendor, url = lax
     transport, info = _open(url)
     for shape, words in (((5, 41), ("205 token positions", "200")), ((1, 45), ("tokens^2", "2025", "2000"))):
         hidden = torch.randn(*shape, D)
         body = ForwardRequest(info.session_id, 1, hidden, torch.ones(shape, dtype=torch.long)).to_bytes()
-        _expect(_raw(url, f"/v1/sessions/{info.session_id}/forward", body, info.token), 413, *words)
+        http.expect(http.raw(url, f"/v1/sessions/{info.session_id}/forward", body, info.token), 413, *words)
     assert transport.status()["pending_step"] is None
     transport.close()
 
 
-def test_a_forward_without_its_backward_expires_and_is_resent(lax):
+def test_a_forward_without_its_backward_expires_and_is_resent(lax, http):
     vendor, url = lax
     transport, info = _open(url)
     hidden, mask = torch.randn(2, 5, D), torch.ones(2, 5, dtype=torch.long)
@@ -207,7 +206,7 @@ def test_a_forward_without_its_backward_expires_and_is_resent(lax):
         assert time.monotonic() < deadline
         time.sleep(0.1)
     late = BackwardRequest(info.session_id, 1, torch.randn(2, 2) / 2)
-    _expect(_raw(url, f"/v1/sessions/{info.session_id}/backward", late.to_bytes(), info.token), 409, "expired",
+    http.expect(http.raw(url, f"/v1/sessions/{info.session_id}/backward", late.to_bytes(), info.token), 409, "expired",
             "send the forward of step 1 again")
     with pytest.raises(OutOfOrder, match="expired"):
         transport.backward(late)
@@ -217,7 +216,7 @@ def test_a_forward_without_its_backward_expires_and_is_resent(lax):
     transport.close()
 
 
-def test_a_forward_the_session_would_refuse_is_refused_before_its_body_is_read(strict):
+def test_a_forward_the_session_would_refuse_is_refused_before_its_body_is_read(strict, http):
     """The flood of the service benchmark: forwards sent while another step's is pending. The bodies below are not
     messages at all, so a 409 (not a 400 "malformed") shows they were never read; a retry of the pending step that
     announces it is answered from the vendor's cache, and a header that contradicts the message is a 400."""
@@ -226,22 +225,22 @@ def test_a_forward_the_session_would_refuse_is_refused_before_its_body_is_read(s
     _, url = strict
     transport, info = _open(url)
     path, junk = f"/v1/sessions/{info.session_id}/forward", b"\0" * 200_000
-    _expect(_raw(url, path, junk, info.token, headers={STEP_HEADER: "3"}), 409, "step 3 is out of order",
+    http.expect(http.raw(url, path, junk, info.token, headers={STEP_HEADER: "3"}), 409, "step 3 is out of order",
             "next forward is step 1")
-    _expect(_raw(url, path, junk, info.token, headers={STEP_HEADER: "one"}), 400, STEP_HEADER, "integer")
+    http.expect(http.raw(url, path, junk, info.token, headers={STEP_HEADER: "one"}), 400, STEP_HEADER, "integer")
     hidden, mask = torch.randn(2, 5, D), torch.ones(2, 5, dtype=torch.long)
     first = ForwardRequest(info.session_id, 1, hidden, mask)
     lying = ForwardRequest(info.session_id, 2, hidden, mask).to_bytes()
-    _expect(_raw(url, path, lying, info.token, headers={STEP_HEADER: "1"}), 400, "does not match its header")
+    http.expect(http.raw(url, path, lying, info.token, headers={STEP_HEADER: "1"}), 400, "does not match its header")
     reply = transport.forward(first)
     for header in ({STEP_HEADER: "2"}, {}):  # another step, or no step announced, while step 1 waits
-        _expect(_raw(url, path, junk, info.token, headers=header), 409, "step 1 is waiting for its backward",
+        http.expect(http.raw(url, path, junk, info.token, headers=header), 409, "step 1 is waiting for its backward",
                 "was not read")
-    again = _raw(url, path, junk, info.token, headers={STEP_HEADER: "1"})  # a retry: the cached reply, body unread
+    again = http.raw(url, path, junk, info.token, headers={STEP_HEADER: "1"})  # a retry: the cached reply, body unread
     assert again.status_code == 200 and torch.equal(decode(again.content).outputs, reply.outputs)
     transport.backward(BackwardRequest(info.session_id, 1, torch.randn(2, 2) / 2))
     second = ForwardRequest(info.session_id, 2, hidden, mask)  # a client that announces nothing is read as before
-    assert _raw(url, path, second.to_bytes(), info.token).status_code == 200  # when nothing is pending
+    assert http.raw(url, path, second.to_bytes(), info.token).status_code == 200  # when nothing is pending
     transport.backward(BackwardRequest(info.session_id, 2, torch.randn(2, 2) / 2))
     transport.close()
 
@@ -262,13 +261,13 @@ def test_another_label_count_shares_the_base_model(strict):
     vendor.close(info.session_id, info.token)
 
 
-def test_idle_sessions_are_unloaded_reloaded_and_finally_closed(tmp_path):
+def test_idle_sessions_are_unloaded_reloaded_and_finally_closed(tmp_path, http, loopback):
     """Finding 1: a session idle for idle_unload s leaves memory for its checkpoint and comes back on its next call
     unchanged; one idle for session_ttl s (its customer was killed) is closed, its state deleted."""
     from splitpriv.roles.vendor.idle import Unloaded
 
     vendor = Vendor(state_dir=tmp_path, checkpoint_every=None, idle_unload=0.3, session_ttl=2.5)
-    server = Server(create_app(vendor)).start()
+    server = loopback(create_app(vendor)).start()
     try:
         transport, info = _open(server.url)
         _step(transport, info, 1)
@@ -282,12 +281,12 @@ def test_idle_sessions_are_unloaded_reloaded_and_finally_closed(tmp_path):
 
         wait_for(lambda: isinstance(vendor._sessions[info.session_id], Unloaded))
         assert vendor.open_sessions == 1  # it still counts (and against its key's quota)
-        assert "splitpriv_sessions_unloaded 1.0" in _raw(server.url, "/metrics", method="GET").text
+        assert "splitpriv_sessions_unloaded 1.0" in http.raw(server.url, "/metrics", method="GET").text
         assert transport.status()["completed_step"] == 1  # reloaded by its next call
         assert all(torch.equal(weights[n], t) for n, t in _weights(vendor, info).items())
         _step(transport, info, 2)
         wait_for(lambda: info.session_id not in vendor._sessions)
-        _expect(_raw(server.url, f"/v1/sessions/{info.session_id}/status", method="GET", token=info.token), 404)
+        http.expect(http.raw(server.url, f"/v1/sessions/{info.session_id}/status", method="GET", token=info.token), 404)
         assert not (tmp_path / "sessions" / info.session_id).exists()
     finally:
         server.stop()
@@ -309,13 +308,13 @@ def test_a_restarted_vendor_restores_sessions_unloaded(tmp_path):
     assert all(torch.equal(weights[n], t) for n, t in _weights(second, info).items())
 
 
-def test_pending_forwards_together_are_bounded_and_a_busy_vendor_is_retried(tmp_path):
+def test_pending_forwards_together_are_bounded_and_a_busy_vendor_is_retried(tmp_path, http, loopback):
     """One tenant flooding forwards without backwards cannot make the vendor hold unbounded graphs: past the
     vendor-wide budget a forward gets 503 + Retry-After, which the HTTP client waits out."""
     import threading
 
     vendor = Vendor(limits=RequestLimits(max_pending_cost=120))  # 2 pending forwards of [2, 5] (2 x 25 each)
-    server = Server(create_app(vendor)).start()
+    server = loopback(create_app(vendor)).start()
     try:
         flood = [_open(server.url) for _ in range(3)]
         for transport, info in flood[:2]:
@@ -323,8 +322,8 @@ def test_pending_forwards_together_are_bounded_and_a_busy_vendor_is_retried(tmp_
                                              torch.ones(2, 5, dtype=torch.long)))
         transport, info = flood[2]
         body = ForwardRequest(info.session_id, 1, torch.randn(2, 5, D), torch.ones(2, 5, dtype=torch.long)).to_bytes()
-        busy = _raw(server.url, f"/v1/sessions/{info.session_id}/forward", body, info.token)
-        _expect(busy, 503, "pending forwards", "retry")
+        busy = http.raw(server.url, f"/v1/sessions/{info.session_id}/forward", body, info.token)
+        http.expect(busy, 503, "pending forwards", "retry")
         assert busy.headers["retry-after"] == "1"
         patient = HttpTransport(server.url, backoff=0.1, max_backoff=0.2, deadline=20)
         patient.attach(info)

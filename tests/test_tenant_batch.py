@@ -7,7 +7,6 @@ import threading
 
 import pytest
 import torch
-from test_service import _train
 
 from splitpriv.batching import collate, encode_texts
 from splitpriv.config import PrivacyConfig, TrainConfig
@@ -24,7 +23,7 @@ PRIVATE_BOTTLENECK = PrivacyConfig(mechanism="dchi", eta=10.0, privatizer="bottl
 
 
 @pytest.fixture(scope="module")
-def tenants(data_dir):
+def tenants(data_dir, train_steps):
     """One vendor, four trained LoRA sessions: three in one group (different seeds, hence weights and heads; one
     with a learned privatizer's up-projection is a group of its own), one with 3 labels (another group)."""
     from splitpriv.data import load_dataset
@@ -39,7 +38,7 @@ def tenants(data_dir):
     for i, (session, privacy) in enumerate(specs):
         customer = Customer.open(InProcessTransport(vendor), session, privacy, TrainConfig(batch_size=16, noise_seed=i))
         labels = train.labels if session.num_labels == 2 else [(y + i) % 3 for i, y in enumerate(train.labels)]
-        _train(customer, train.texts, labels)
+        train_steps(customer, train.texts, labels)
         customers.append(customer)
     texts = load_dataset("sst2", "validation", limit=24, seed=0).texts
     return vendor, customers, texts

@@ -11,7 +11,6 @@ import time
 import httpx
 import pytest
 import torch
-from test_service import Server, _train
 
 from splitpriv.batching import collate, encode_texts
 from splitpriv.config import PrivacyConfig, TrainConfig
@@ -91,7 +90,7 @@ def _state(vendor: Vendor, customer: Customer) -> dict[str, torch.Tensor]:
     return state
 
 
-def _together(customers: list[Customer], texts, labels) -> list[dict[int, float]]:
+def _together(customers: list[Customer], texts, labels, train_steps) -> list[dict[int, float]]:
     """Every customer's run, step by step in lock step (a barrier before each step), each on its own thread."""
     barrier, losses, errors = threading.Barrier(len(customers)), [None] * len(customers), []
 
@@ -100,7 +99,7 @@ def _together(customers: list[Customer], texts, labels) -> list[dict[int, float]
             losses[k] = {}
             for step in range(1, STEPS + 1):  # training_order counts steps from 1
                 barrier.wait(timeout=60)
-                losses[k] |= _train(customers[k], texts, labels, steps={step})
+                losses[k] |= train_steps(customers[k], texts, labels, steps={step})
         except Exception as exc:  # noqa: BLE001 - reported by the main thread
             errors.append(exc)
             barrier.abort()
@@ -115,23 +114,23 @@ def _together(customers: list[Customer], texts, labels) -> list[dict[int, float]
 
 
 @pytest.fixture(scope="module")
-def solo(train_set):
+def solo(train_set, train_steps):
     """Each tenant trained alone on a vendor that batches nothing: its losses and final weights."""
     vendor = Vendor(batch_predict=0)
     out = []
     for i, config in enumerate(SPECS):
         customer = _open(vendor, config, i)
-        out.append((_train(customer, train_set.texts, train_set.labels), _state(vendor, customer)))
+        out.append((train_steps(customer, train_set.texts, train_set.labels), _state(vendor, customer)))
     return out
 
 
-def test_tenants_training_together_match_their_lone_runs(solo, train_set):
+def test_tenants_training_together_match_their_lone_runs(solo, train_set, train_steps):
     vendor = Vendor(batch_predict=64, batch_train=True)
     vendor.batcher.train_wait = 1.0  # a barrier lines the steps up; the wait only makes the test immune to a slow CI
     customers = [_open(vendor, config, i) for i, config in enumerate(SPECS)]
     sessions = [vendor.session(c.transport.session.session_id, c.transport.session.token) for c in customers]
     assert len({train_group_key(s) for s in sessions}) == 1 and train_group_key(sessions[0]) is not None
-    losses = _together(customers, train_set.texts, train_set.labels)
+    losses = _together(customers, train_set.texts, train_set.labels, train_steps)
     # from step 2 on every tenant is known active, so the leader waits for all three (step 1 may start alone)
     assert vendor.batcher.train_batches >= STEPS - 1
     assert vendor.batcher.train_rows >= 3 * 8 * (STEPS - 1)
@@ -148,15 +147,15 @@ def test_tenants_training_together_match_their_lone_runs(solo, train_set):
     assert any(not torch.allclose(solo[0][1][n], solo[2][1][n]) for n in solo[0][1])
 
 
-def test_tenants_over_http_train_together_and_match_their_lone_runs(solo, train_set):
+def test_tenants_over_http_train_together_and_match_their_lone_runs(solo, train_set, loopback, train_steps):
     """The served path (``serve --batch-train``): two customers over HTTP on a loopback server share training
     forwards and end where they would have alone."""
     vendor = Vendor(batch_predict=64, batch_train=True)
     vendor.batcher.train_wait = 1.0
-    server = Server(create_app(vendor)).start()
+    server = loopback(create_app(vendor)).start()
     try:
         customers = [_open(vendor, SPECS[k], k, HttpTransport(server.url)) for k in (0, 2)]
-        losses = _together(customers, train_set.texts, train_set.labels)
+        losses = _together(customers, train_set.texts, train_set.labels, train_steps)
         metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
     finally:
         server.stop()
@@ -170,7 +169,7 @@ def test_tenants_over_http_train_together_and_match_their_lone_runs(solo, train_
             _assert_weights_match(got[name], want, f"tenant {k}, {name}")
 
 
-def test_a_member_withholding_its_backward_delays_the_others_by_the_wait_only(solo, train_set):
+def test_a_member_withholding_its_backward_delays_the_others_by_the_wait_only(solo, train_set, train_steps):
     """Tenant 1 sends every backward 1.5 s late: tenant 0's steps go on after ``backward_wait`` (0.2 s) without it,
     the batch graph is kept for the late one (charged at the batch's cost meanwhile), and both runs still equal their
     lone runs."""
@@ -187,7 +186,7 @@ def test_a_member_withholding_its_backward_delays_the_others_by_the_wait_only(so
         return loss
 
     customers[0].train_step = timed
-    losses = _together(customers, train_set.texts, train_set.labels)
+    losses = _together(customers, train_set.texts, train_set.labels, train_steps)
     assert vendor.batcher.train_batches >= 1
     assert len(done) == len(slow.sent) == STEPS
     # every step of the fast tenant ended before the slow tenant's backward of that step was even sent
@@ -203,12 +202,12 @@ def test_a_member_withholding_its_backward_delays_the_others_by_the_wait_only(so
             _assert_weights_match(got[name], want, f"tenant {k}, {name}")
 
 
-def test_sessions_with_dropout_train_alone(train_set):
+def test_sessions_with_dropout_train_alone(train_set, train_steps):
     vendor = Vendor(batch_predict=64, batch_train=True)
     customers = [_open(vendor, _config(i, dropout=True), i) for i in range(2)]
     sessions = [vendor.session(c.transport.session.session_id, c.transport.session.token) for c in customers]
     assert train_group_key(sessions[0]) is None
-    _together(customers, train_set.texts, train_set.labels)
+    _together(customers, train_set.texts, train_set.labels, train_steps)
     assert vendor.batcher.train_batches == 0
     assert all(s.completed_step == STEPS for s in sessions)
 
