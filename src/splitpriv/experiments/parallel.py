@@ -2,7 +2,7 @@
 
 Each point is one task running :func:`~splitpriv.experiments.grid.run_one`, exactly what the sequential loop runs,
 on one CPU with one torch thread: records, caches and keys are the same, so a grid run on Ray and one run
-sequentially write the same records (``tests/test_grid_ray.py``), and either resumes the other. Tasks write the
+sequentially write the same records (``tests/experiments/test_grid_ray.py``), and either resumes the other. Tasks write the
 shared caches (``runs/baselines``, ``runs/attacks``) with unique temporary names and atomic renames; two tasks that
 need one baseline at once both compute it and the second rename wins with equal content. The driver writes every
 returned record too, so a cluster whose workers do not share this results directory still leaves them here.

@@ -1,6 +1,6 @@
 """The non-private reference: the same model, split, tuning method, trainable weights, data order and seeds, trained
 in one autograd graph (bottom → tuned top → the task's end) with no noise and no wire. The split protocol with no
-noise reproduces it step for step (tests/test_training.py, tests/test_decoder_training.py), so any gap in a private
+noise reproduces it step for step (tests/runs/test_training.py, tests/runs/test_decoder_training.py), so any gap in a private
 run is the price of privacy. One trainer for every task: the task supplies batches, loss, end and scores."""
 
 from __future__ import annotations

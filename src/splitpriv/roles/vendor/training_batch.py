@@ -5,7 +5,7 @@ Forward: training forwards of LoRA sessions of one batch group
 :class:`~splitpriv.roles.vendor.tenant_batch.BatchTop` forward with autograd on: each
 token's ``(α/r) B_s A_s x`` is its own session's, so session ``s``'s outputs, and the gradients of its weights and
 of its representations, are functions of its own rows and weights only, as in its lone step (float32 summation
-order aside; ``tests/test_training_batch.py``).
+order aside; ``tests/roles/test_training_batch.py``).
 
 Backward: :class:`SharedBackward` collects the members' ``grad_outputs`` and runs one ``autograd.backward`` of the
 batch graph, accumulating into each member's own leaves only (``inputs=``), then every member steps its own

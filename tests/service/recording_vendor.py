@@ -4,9 +4,9 @@ header too), and hands the decoded message to a callback before the service sees
 
 Run as a script it is a vendor service process that appends, for every forward, the session, the step and a hash
 of each sequence's real-token vectors to a JSON-lines file, fsynced before the request goes on (so a line in the
-file was received even if the process is then killed with SIGKILL; tests/test_service_kill.py does):
+file was received even if the process is then killed with SIGKILL; tests/service/test_service_kill.py does):
 
-    python tests/recording_vendor.py --state-dir DIR --port P --record FILE
+    python tests/service/recording_vendor.py --state-dir DIR --port P --record FILE
 """
 
 from __future__ import annotations

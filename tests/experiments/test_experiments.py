@@ -6,7 +6,7 @@ import pytest
 from splitpriv.experiments.grid import load_experiment, run_config, run_experiment
 from splitpriv.experiments.report import aggregate, frontier_point, load_records, pareto_front, write_report
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "experiments" / "configs").glob("*.json"))
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "experiments" / "configs").glob("*.json"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -100,7 +100,7 @@ def test_committed_records_keep_their_keys():
     results (they take hours to recompute)."""
     from splitpriv.experiments.grid import _attack_specs, _config_key, _key, load_experiment
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     missing = []
     for path in sorted((root / "experiments" / "configs").glob("*.json")):
         exp = load_experiment(path)

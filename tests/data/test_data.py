@@ -24,7 +24,7 @@ from splitpriv.data import hub
 from splitpriv.data.loaders import EMBEDDED_DIR
 from splitpriv.data.text import wikitext_sentences
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 _CANDIDATES = [os.environ.get("SPLITPRIV_DATA_DIR"), "/work/shared/data", str(REPO.parent / "shared" / "data")]
 SHARED = next((Path(p) for p in _CANDIDATES if p and (Path(p) / "sst2").is_dir()), None)
 

@@ -1,4 +1,4 @@
-"""Issue 17's crash test with real processes and SIGKILL: a vendor service process (tests/recording_vendor.py,
+"""Issue 17's crash test with real processes and SIGKILL: a vendor service process (tests/service/recording_vendor.py,
 state dir, checkpoint every step) and a `splitpriv train --vendor URL --out DIR` process; the vendor is killed at
 one random step and restarted from its state dir on the same port while the customer waits it out, then the customer
 is killed at a later random step and continued with `splitpriv train --resume DIR`.
