@@ -92,26 +92,24 @@ class SessionConfig:
                              f"and no vendor denoising (got task={self.task!r}, denoise={self.denoise!r})")
 
     def _validate_task(self) -> None:
-        from splitpriv.tasks import task_values
+        from splitpriv.tasks import task_of, task_values
 
         if not isinstance(self.task, str) or self.task not in task_values():
             raise ValueError(f"unknown task {self.task!r}: choose one of {task_values()}")
         if isinstance(self.n_tail_layers, bool) or not isinstance(self.n_tail_layers, int) or self.n_tail_layers < 0:
             raise ValueError(f"n_tail_layers must be an integer >= 0, got {self.n_tail_layers!r}")
-        if self.task != "causal-lm":
-            if self.n_tail_layers:
-                raise ValueError(f"n_tail_layers={self.n_tail_layers} needs task 'causal-lm' (a classifier's head "
-                                 "stays with the top)")
-            return
-        if self.head != "vendor":
-            raise ValueError("a causal-lm session returns hidden states to the customer's tail: it has no "
-                             f"classification head to hold (head={self.head!r})")
-        if self.denoise != "none":
-            raise ValueError(f"denoise={self.denoise!r} is for sequence classification; a causal-lm session takes none")
+        task_of(self.task).check_session(self)
+
+    @property
+    def model_task(self) -> str:
+        """The transformers head the vendor's model carries for this session's task."""
+        from splitpriv.tasks import task_of
+
+        return task_of(self.task).model_task
 
     @property
     def causal(self) -> bool:
-        return self.task == "causal-lm"
+        return self.model_task == "causal-lm"
 
     def to_dict(self) -> dict:
         return asdict(self)

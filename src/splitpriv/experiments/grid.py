@@ -264,7 +264,7 @@ def _baseline_fields(baseline: dict, accuracy: float) -> dict:
 
 
 def _passes_fields(config: RunConfig, runs_dir: Path, progress: bool, accuracy: float) -> dict:
-    """Against the equal-passes reference (:func:`~splitpriv.run.reference_config`), for runs with a warm start
+    """Against the equal-passes reference (:func:`~splitpriv.runs.run.reference_config`), for runs with a warm start
     at home (which reads the data more often than the reference's epochs); none for the others."""
     if not config.train.privatizer_warm_start:
         return {}

@@ -29,7 +29,7 @@ class CentralizedTrainer:
         self.session = session.validate()
         self.task = task_of(self.session.task)
         self.train_config = train.validate()
-        base, self.tokenizer = load_model(model, num_labels=session.num_labels, seed=0, task=session.task)
+        base, self.tokenizer = load_model(model, num_labels=session.num_labels, seed=0, task=session.model_task)
         base.requires_grad_(False)
         self.parts = split_model(base, session.n_bottom_layers, session.n_tail_layers if session.causal else None)
         with step_rng(session.seed, "vendor-init"):

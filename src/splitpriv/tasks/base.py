@@ -50,7 +50,8 @@ class Batches:
 class Task:
     """What one task supplies. Subclasses register with ``@TASKS.register(name, aliases=(value,))``."""
 
-    value: str = ""  # the name in configs, sessions and records (and the transformers head models/ builds)
+    value: str = ""  # the name in configs, sessions and records
+    model_task: str = ""  # the transformers head the vendor's model carries (models/: sequence-classification, causal-lm)
     end_file: str | None = None  # the file the customer's end ships in, beside the bottom
     end_trains: bool = False  # the customer's end has its own optimizer
     predicts_labels: bool = True  # private inference returns one row of logits per text
@@ -75,6 +76,9 @@ class Task:
 
     def check_config(self, config) -> None:
         """Refuse run options this task has no use for, by name."""
+
+    def check_session(self, session) -> None:
+        """Refuse session options this task has no use for (``ValueError`` naming the field)."""
 
     def write_data_files(self, train, out_dir: Path) -> None:
         """Files about the data a run folder keeps beside ``run.json``."""

@@ -25,7 +25,7 @@ class CausalLM(Task):
     match of the greedy answer), ``wikitext2`` (perplexity only), or a ``.jsonl`` file with ``prompt``/``response``
     (:mod:`splitpriv.data.instructions`)."""
 
-    value = CAUSAL_LM
+    value = model_task = CAUSAL_LM
     end_file = TAIL_WEIGHTS
     predicts_labels = False
     default_max_length = 256
@@ -39,6 +39,14 @@ class CausalLM(Task):
         if not train or not evaluation:
             raise ValueError(f"dataset {config.dataset!r} gave no training or evaluation examples")
         return train, evaluation
+
+    def check_session(self, session) -> None:
+        if session.head != "vendor":
+            raise ValueError("a causal-lm session returns hidden states to the customer's tail: it has no "
+                             f"classification head to hold (head={session.head!r})")
+        if session.denoise != "none":
+            raise ValueError(f"denoise={session.denoise!r} is for sequence classification; a causal-lm session "
+                             "takes none")
 
     def check_config(self, config) -> None:
         if config.robust_top is not None or config.denoise != "none" or config.head != "vendor":

@@ -26,7 +26,7 @@ LABELS_FILE = "labels.json"
 
 @TASKS.register("classification", aliases=(SEQUENCE_CLASSIFICATION,))
 class Classification(Task):
-    value = SEQUENCE_CLASSIFICATION
+    value = model_task = SEQUENCE_CLASSIFICATION
     end_file = HEAD_WEIGHTS
     end_trains = True
     resumable = True
@@ -39,6 +39,11 @@ class Classification(Task):
         if train.labels is None:
             raise ValueError(f"dataset {config.dataset!r} has no task label to fine-tune on")
         return train, evaluation
+
+    def check_session(self, session) -> None:
+        if session.n_tail_layers:
+            raise ValueError(f"n_tail_layers={session.n_tail_layers} needs task 'causal-lm' (a classifier's head "
+                             "stays with the top)")
 
     def num_labels(self, train) -> int:
         return train.num_labels

@@ -60,7 +60,7 @@ class Customer:
         self.wire_dtype = WIRE_DTYPES[train.wire_dtype]
         self.noise = generator(train.noise_seed)
         self.cti = None
-        self.journal = None  # a roles.journal.Journal makes the run resumable (written before every forward)
+        self.journal = None  # a roles.customer.journal.Journal makes the run resumable (written before every forward)
         self._cache: dict[int, torch.Tensor] = {}
         self._warm_started = False
         self._load_files(files if files is not None else unpack_files(transport.bottom_package()))

@@ -162,7 +162,7 @@ class Vendor:
             return self._projections[key]
 
     def _build(self, config: SessionConfig) -> tuple[SplitModel, TunedTop]:
-        model, _ = self.base(config.num_labels, config.task)
+        model, _ = self.base(config.num_labels, config.model_task)
         parts = split_model(model, config.n_bottom_layers, config.n_tail_layers if config.causal else None,
                             privatizer=config.privatizer, privatizer_seed=config.seed)
         if pretrained_privatizer(self.model_folder) is not None:  # its top reads that privatizer's output only
@@ -242,7 +242,7 @@ class Vendor:
         from safetensors.torch import save as st_save
 
         session = self.session(session_id, token)
-        _, tokenizer = self.base(session.config.num_labels, session.config.task)
+        _, tokenizer = self.base(session.config.num_labels, session.config.model_task)
         extra = {"head": session.config.head, "n_tail_layers": session.config.n_tail_layers}
         with tempfile.TemporaryDirectory() as tmp:
             save_bottom(session.parts.bottom, tmp, tokenizer, extra=extra)
