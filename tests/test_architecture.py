@@ -18,7 +18,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "splitpriv"
 # Bottom to top. A module may import its own unit and the units of lower rows; units of one row never import each
 # other. "__init__" is the package's own module (version, the three public names).
 LAYERS: list[tuple[str, ...]] = [
-    ("registry", "seeding", "metrics", "batching", "data"),  # foundations: no model, no party
+    ("registry", "seeding", "metrics", "batching", "data", "_moved"),  # foundations: no model, no party
     ("models", "privacy"),  # model families; mechanisms and privatizers
     ("parts",),  # the split's pieces
     ("tuning", "candidates", "tasks", "__init__"),  # what trains the top; the k = 0 kernel; task entries
@@ -166,6 +166,26 @@ def test_attacks_see_the_wire_not_the_parties():
             assert "splitpriv.simulation" not in own, module
 
 
+def test_nothing_in_the_repository_imports_a_moved_path():
+    """Old module paths (splitpriv/_moved.py) are for users' code; ours imports the new ones."""
+    from splitpriv._moved import MOVED
+
+    old = {}
+    for folder in ("src", "tests", "benchmarks", "scripts"):
+        for path in (SRC.parents[1] / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                    names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+                elif isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                else:
+                    continue
+                hits = [n for n in names if any(n == m or n.startswith(m + ".") for m in MOVED)]
+                if hits:
+                    old.setdefault(str(path.relative_to(SRC.parents[1])), []).extend(hits)
+    assert old == {}
+
+
 def test_the_checker_sees_a_cycle(tmp_path, monkeypatch):
     graph = {"splitpriv.a": {"splitpriv.b"}, "splitpriv.b": {"splitpriv.a"}, "splitpriv.c": set()}
     monkeypatch.setattr(__import__(__name__), "modules", lambda: dict.fromkeys(graph, tmp_path))
@@ -197,3 +217,17 @@ def test_functions_stay_short():
             if node.end_lineno - body[0].lineno + 1 > 80 and name not in LONG_FUNCTIONS:
                 long[name] = node.end_lineno - body[0].lineno + 1
     assert long == {}
+
+
+@pytest.mark.parametrize("old, name", [("splitpriv.split", "split_model"), ("splitpriv.protocol", "SessionConfig"),
+                                       ("splitpriv.run", "RunConfig"), ("splitpriv.roles.session", "VendorSession")])
+def test_an_old_path_still_imports_with_a_warning(old, name, monkeypatch):
+    import importlib
+    import sys
+
+    from splitpriv._moved import MOVED
+
+    monkeypatch.delitem(sys.modules, old, raising=False)
+    with pytest.warns(DeprecationWarning, match=MOVED[old]):
+        module = importlib.import_module(old)
+    assert getattr(module, name) is getattr(importlib.import_module(MOVED[old]), name)
