@@ -72,7 +72,7 @@ def main(argv=None) -> dict:
     from splitpriv.data import load_dataset, load_public_text
     from splitpriv.models import load_model
     from splitpriv.privacy import DChi, Identity
-    from splitpriv.split import split_model
+    from splitpriv.parts import split_model
 
     quick = args.quick
     default = NearestNeighbour(search="ivf")

@@ -20,12 +20,12 @@ PROMPT = "Write one sentence about the sea."
 
 
 def training(n_train: int, repeats: int) -> dict:
-    from splitpriv.centralized_lm import CentralizedLM
+    from splitpriv.runs.centralized import CentralizedTrainer
     from splitpriv.config import PrivacyConfig, TrainConfig
     from splitpriv.data.instructions import load_lm_dataset
     from splitpriv.models import load_tokenizer, resolve_model_name
-    from splitpriv.protocol import SessionConfig
-    from splitpriv.roles.causal_customer import CausalCustomer
+    from splitpriv.contract import SessionConfig
+    from splitpriv.roles.customer import Customer
     from splitpriv.roles.vendor import Vendor
     from splitpriv.transport import InProcessTransport
 
@@ -35,9 +35,9 @@ def training(n_train: int, repeats: int) -> dict:
     vendor = Vendor(MODEL)
     split, central = [], []
     for _ in range(repeats):
-        customer = CausalCustomer.open(InProcessTransport(vendor), session, PrivacyConfig(), train)
+        customer = Customer.open(InProcessTransport(vendor), session, PrivacyConfig(), train)
         split.append(customer.fit(examples, progress=False)["train_samples_per_s"])
-        central.append(CentralizedLM(session, train, MODEL).fit(examples)["train_samples_per_s"])
+        central.append(CentralizedTrainer(session, train, MODEL).fit(examples)["train_samples_per_s"])
     return {"split_samples_per_s": summarize(split), "centralized_samples_per_s": summarize(central),
             "split_vs_centralized_ratio": summarize(split)["median"] / summarize(central)["median"],
             "n_train": n_train, "batch_size": 8, "k": 2, "j": 2}
@@ -45,11 +45,11 @@ def training(n_train: int, repeats: int) -> dict:
 
 def _customer(transport, wire_dtype: str):
     from splitpriv.config import PrivacyConfig, TrainConfig
-    from splitpriv.protocol import SessionConfig
-    from splitpriv.roles.causal_customer import CausalCustomer
+    from splitpriv.contract import SessionConfig
+    from splitpriv.roles.customer import Customer
 
     session = SessionConfig(task="causal-lm", n_bottom_layers=2, n_tail_layers=2, total_steps=1)
-    return CausalCustomer.open(transport, session, PrivacyConfig(), TrainConfig(noise_seed=0, wire_dtype=wire_dtype))
+    return Customer.open(transport, session, PrivacyConfig(), TrainConfig(noise_seed=0, wire_dtype=wire_dtype))
 
 
 def _tokens_per_s(generate, prompt, n_new: int, repeats: int) -> dict:

@@ -76,7 +76,7 @@ def cpu_seconds(pid: int | None) -> float:
 
 def run(transport, args, texts, labels, server_pid: int | None = None) -> dict:
     from splitpriv.config import PrivacyConfig, TrainConfig
-    from splitpriv.protocol import SessionConfig
+    from splitpriv.contract import SessionConfig
     from splitpriv.roles.customer import Customer
 
     session = SessionConfig(n_bottom_layers=args.k, total_steps=args.steps, tuning={"method": "lora"})
@@ -103,7 +103,7 @@ def wire_cost(transport, args, replays: int) -> float:
     """Seconds for one step's forward + backward when the vendor computes nothing (repeated step ids)."""
     import torch
 
-    from splitpriv.protocol import BackwardRequest, ForwardRequest, SessionConfig
+    from splitpriv.contract import BackwardRequest, ForwardRequest, SessionConfig
 
     info = transport.open_session(SessionConfig(n_bottom_layers=args.k, total_steps=10))
     g = torch.Generator().manual_seed(0)

@@ -20,7 +20,7 @@ from common import cpu_seconds, load_dev, machine, print_table, quiet, vendor_se
 
 def open_customer(transport, wire_dtype: str):
     from splitpriv.config import PrivacyConfig, TrainConfig
-    from splitpriv.protocol import SessionConfig
+    from splitpriv.contract import SessionConfig
     from splitpriv.roles.customer import Customer
 
     return Customer.open(transport, SessionConfig(n_bottom_layers=0, total_steps=10),

@@ -46,7 +46,7 @@ def latency(url: str, bodies, calls: int) -> dict:
 def stickiness(url: str, sessions: int = 16, calls: int = 10) -> dict:
     import httpx
 
-    from splitpriv.protocol import SESSION_HEADER
+    from splitpriv.contract import SESSION_HEADER
 
     shares, touched = [], []
     with httpx.Client(timeout=30) as client:
@@ -82,7 +82,7 @@ def on_ray(replicas: int, *, sticky: bool = True, cpus: float = 1.0, batch_predi
 def _replicas(url: str) -> set[str]:
     import httpx
 
-    from splitpriv.protocol import SESSION_HEADER
+    from splitpriv.contract import SESSION_HEADER
 
     return {httpx.get(f"{url}/v1/health", headers={SESSION_HEADER: f"probe-{i}"}, timeout=30).json()["replica"]
             for i in range(16)}
@@ -97,7 +97,7 @@ def main() -> None:
     if a.quick:
         a.calls, a.requests = 30, 5
     quiet()
-    from splitpriv.protocol import SessionConfig
+    from splitpriv.contract import SessionConfig
 
     tenant_batching.SESSION = SessionConfig(n_bottom_layers=2, tuning={"method": "lora", "r": 8})
     texts, _ = load_dev(64)

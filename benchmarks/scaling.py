@@ -58,7 +58,7 @@ class Phases:
 
 def _customer(vendor, *, bottom="frozen", total_steps=1000, wire_dtype="float32", eta=20.0):
     from splitpriv.config import PrivacyConfig, TrainConfig
-    from splitpriv.protocol import SessionConfig
+    from splitpriv.contract import SessionConfig
     from splitpriv.roles.customer import Customer
     from splitpriv.transport import InProcessTransport
 
@@ -117,10 +117,10 @@ def profile(vendor, texts, labels, bottom: str, steps: int, wire_dtype: str) -> 
     import torch
     import torch.nn.functional as F
 
-    import splitpriv.protocol as protocol
+    import splitpriv.contract as protocol
     from splitpriv.batching import collate, encode_texts, training_order
-    from splitpriv.protocol import BackwardRequest, ForwardRequest, decode
-    from splitpriv.roles.customer import _step
+    from splitpriv.contract import BackwardRequest, ForwardRequest, decode
+    from splitpriv.roles.customer.steps import step_optimizer as _step
     from splitpriv.seeding import step_rng
 
     customer = _customer(vendor, bottom=bottom, wire_dtype=wire_dtype)
@@ -211,7 +211,7 @@ def http_roundtrip(url: str, batch: int, length: int, d: int, replays: int, wire
     """Seconds for one step's forward + backward exchange over HTTP when the vendor computes nothing."""
     import torch
 
-    from splitpriv.protocol import WIRE_DTYPES, BackwardRequest, ForwardRequest, SessionConfig
+    from splitpriv.contract import WIRE_DTYPES, BackwardRequest, ForwardRequest, SessionConfig
     from splitpriv.transport.http_client import HttpTransport
 
     transport = HttpTransport(url)

@@ -80,7 +80,7 @@ def _attacker(url: str, sessions: int, nice: int, stop, counts) -> None:
 
     import httpx
 
-    from splitpriv.protocol import STEP_HEADER, ForwardRequest, SessionConfig
+    from splitpriv.contract import STEP_HEADER, ForwardRequest, SessionConfig
     from splitpriv.transport.http_client import HttpTransport
 
     os.nice(nice)

@@ -2,7 +2,7 @@
 
 A vendor service runs in a separate process, once with multi-tenant predict batches (``batch_predict=64``, the
 default: predicts of LoRA sessions that arrive together run as one forward of the shared base, each row through its
-own session's adapter, :mod:`splitpriv.roles.tenant_batch`) and once one request at a time (``batch_predict=0``,
+own session's adapter, :mod:`splitpriv.roles.vendor.tenant_batch`) and once one request at a time (``batch_predict=0``,
 the vendor before batching). Against each, ``--customers`` threads, each its own session (k = 2, LoRA r = 8) and
 HTTP connection, send ``--requests`` predicts of one SST-2 dev sentence each (bottom → d_chi η = 10, float32 wire),
 all starting together. Reported per mode: requests/s over the whole burst, latency p50/p99 per request, and the
@@ -54,7 +54,7 @@ class HttpTenants:
         self.url, self.transport = url, lambda: HttpTransport(url, timeout=600)
 
     def open(self):
-        from splitpriv.protocol import PredictRequest
+        from splitpriv.contract import PredictRequest
 
         t = self.transport()
         sid = t.open_session(SESSION).session_id
@@ -78,7 +78,7 @@ class InProcessTenants:
         self.vendor, self.transport = vendor, lambda: InProcessTransport(vendor)
 
     def open(self):
-        from splitpriv.protocol import PredictRequest
+        from splitpriv.contract import PredictRequest
 
         info = self.vendor.open_session(SESSION)
         return (lambda hidden, mask: self.vendor.predict(PredictRequest(info.session_id, hidden, mask), info.token),
@@ -124,7 +124,7 @@ def vendor_compute(customers: int, texts: list[str], reps: int = 5) -> dict:
     this machine. ms, best of ``reps`` (interleaved 3 times)."""
     import torch
 
-    from splitpriv.roles.tenant_batch import BatchTop, _Item
+    from splitpriv.roles.vendor.tenant_batch import BatchTop, _Item
     from splitpriv.roles.vendor import Vendor
     from splitpriv.transport import InProcessTransport
 
@@ -184,7 +184,7 @@ def main() -> None:
     if a.quick:
         a.customers, a.requests, a.rounds = 8, 5, 1
     quiet()
-    from splitpriv.protocol import SessionConfig
+    from splitpriv.contract import SessionConfig
 
     SESSION = SessionConfig(n_bottom_layers=2, tuning={"method": "lora", "r": 8})
     texts, _ = load_dev(64)

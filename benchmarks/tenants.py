@@ -37,7 +37,7 @@ from common import machine, percentile, print_table, quiet, rss_bytes, vendor_se
 GIB = 2**30
 
 NO_TRIM = """
-from splitpriv.roles import vendor as _vendor
+from splitpriv.roles.vendor import vendor as _vendor
 _vendor.return_freed_memory = lambda: None
 """
 VARIANTS = {
@@ -61,7 +61,7 @@ class Tenant:
     """One customer: its own session and HTTP connection to the vendor."""
 
     def __init__(self, url: str, total_steps: int = 1000):
-        from splitpriv.protocol import SessionConfig
+        from splitpriv.contract import SessionConfig
         from splitpriv.transport.http_client import HttpTransport
 
         self.transport = HttpTransport(url, timeout=600)
@@ -70,7 +70,7 @@ class Tenant:
         self.step = 0
 
     def train_step(self, seed: int) -> float:
-        from splitpriv.protocol import BackwardRequest, ForwardRequest
+        from splitpriv.contract import BackwardRequest, ForwardRequest
 
         hidden, mask, grad = batch(seed)
         self.step += 1

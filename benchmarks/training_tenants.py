@@ -1,7 +1,7 @@
 """Eight training customers at batch 8 on one vendor, with and without multi-tenant training batches.
 
 A vendor batches the training forwards of LoRA sessions that train without dropout (one shared forward, one
-shared backward: :mod:`splitpriv.roles.training_batch`); sessions with dropout (the default) train alone, each
+shared backward: :mod:`splitpriv.roles.vendor.training_batch`); sessions with dropout (the default) train alone, each
 step under its own session's lock. Measured:
 
 * ``concurrent``: ``--customers`` in-process customers (k = 2, LoRA r = 8, d_chi η = 10, batch 8, dropout on), each
@@ -32,7 +32,7 @@ def concurrent(customers: int, steps: int, texts, labels, *, dropout: bool = Tru
 
     from splitpriv.batching import collate, encode_texts
     from splitpriv.config import PrivacyConfig, TrainConfig
-    from splitpriv.protocol import SessionConfig
+    from splitpriv.contract import SessionConfig
     from splitpriv.roles.customer import Customer
     from splitpriv.roles.vendor import Vendor
     from splitpriv.transport import InProcessTransport
@@ -88,8 +88,8 @@ def ceiling(customers: int, texts, reps: int = 7, dropout: bool = True) -> dict:
     from transformers import AutoTokenizer
 
     from splitpriv.batching import collate, encode_texts
-    from splitpriv.protocol import SessionConfig
-    from splitpriv.roles.tenant_batch import BatchTop, _Item
+    from splitpriv.contract import SessionConfig
+    from splitpriv.roles.vendor.tenant_batch import BatchTop, _Item
     from splitpriv.roles.vendor import Vendor
 
     vendor = Vendor()

@@ -3,7 +3,7 @@
 The same short run (batch 32, max_length 64, k = 0, LoRA, no noise, the same SST-2 sentences and seeds) is trained
 three ways, for a frozen and for a trained bottom:
 
-* ``centralized``: :class:`splitpriv.centralized.CentralizedTrainer`, one autograd graph, no wire;
+* ``centralized``: :class:`splitpriv.runs.centralized.CentralizedTrainer`, one autograd graph, no wire;
 * ``inprocess``: customer and :class:`Vendor` in this process (``InProcessTransport``: every message is still
   encoded and decoded);
 * ``http``: the customer here, the vendor service in a separate process on a loopback port (``HttpTransport``).
@@ -28,7 +28,7 @@ MODES = ("centralized", "inprocess", "http")
 
 def _configs(args, bottom: str):
     from splitpriv.config import PrivacyConfig, TrainConfig
-    from splitpriv.protocol import SessionConfig
+    from splitpriv.contract import SessionConfig
 
     session = SessionConfig(n_bottom_layers=args.k, total_steps=args.steps, tuning={"method": "lora"},
                             train_bottom=bottom == "trained", lr=2e-3)
@@ -38,7 +38,7 @@ def _configs(args, bottom: str):
 
 
 def run_once(mode: str, bottom: str, args, texts, labels, vendor, url, server_pid) -> dict:
-    from splitpriv.centralized import CentralizedTrainer
+    from splitpriv.runs.centralized import CentralizedTrainer
     from splitpriv.roles.customer import Customer
     from splitpriv.transport import InProcessTransport
     from splitpriv.transport.http_client import HttpTransport

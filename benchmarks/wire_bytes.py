@@ -43,7 +43,7 @@ def encodings(texts, batch_size: int, max_length: int) -> dict:
 
     from splitpriv.batching import collate, encode_texts, training_order
     from splitpriv.models import load_tokenizer
-    from splitpriv.protocol import WIRE_DTYPES, ForwardRequest, decode
+    from splitpriv.contract import WIRE_DTYPES, ForwardRequest, decode
 
     tokenizer = load_tokenizer()
     enc = encode_texts(tokenizer, texts, max_length)
@@ -73,7 +73,7 @@ def train_eval(texts, labels, dev_texts, dev_labels, wire_dtype: str, args) -> d
 
     from splitpriv.batching import encode_texts, num_steps
     from splitpriv.config import PrivacyConfig, TrainConfig
-    from splitpriv.protocol import SessionConfig
+    from splitpriv.contract import SessionConfig
     from splitpriv.roles.customer import Customer
     from splitpriv.roles.vendor import Vendor
     from splitpriv.transport import InProcessTransport

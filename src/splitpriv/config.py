@@ -1,5 +1,5 @@
 """The customer's configuration, validated at the boundary. (What the vendor is told lives in
-:class:`splitpriv.protocol.SessionConfig`.)"""
+:class:`splitpriv.contract.SessionConfig`.)"""
 
 from __future__ import annotations
 
@@ -210,7 +210,7 @@ class TrainConfig:
         if self.warm_start_blocks and not warm:
             raise ValueError("warm_start_blocks trains the bottom's blocks during the privatizer warm start: it needs "
                              "privatizer_warm_start >= 1 (--privatizer-warm-start N)")
-        from splitpriv.protocol import WIRE_DTYPES
+        from splitpriv.contract import WIRE_DTYPES
 
         if self.wire_dtype not in WIRE_DTYPES:
             raise ValueError(f"wire_dtype must be one of {tuple(WIRE_DTYPES)}, got {self.wire_dtype!r}")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from splitpriv.protocol import Message
+from splitpriv.contract import Message
 
 
 @dataclass
@@ -43,7 +43,7 @@ def simulate_training(texts: Sequence[str], labels: Sequence[int], *, num_labels
     is derived from ``seed`` (an experiment fixes it; in real use it is secret)."""
     from splitpriv.batching import num_steps, training_order
     from splitpriv.config import PrivacyConfig, TrainConfig
-    from splitpriv.protocol import SessionConfig
+    from splitpriv.contract import SessionConfig
     from splitpriv.roles.customer import Customer
     from splitpriv.roles.vendor import Vendor
     from splitpriv.seeding import derive_seed

@@ -43,7 +43,7 @@ options, kind, what it applies to, ``run``); a new attack is one new module here
 """
 
 # The order of these imports is the registry's order (help texts, ``"all"``, result tables): floor, nn, map, opt,
-# learned, adaptive, average, cti, set, aia, label.
+# learned, adaptive, average, cti, set, linear, aia, label.
 from splitpriv.attacks.floor import PriorFloor  # isort: skip
 from splitpriv.attacks.nearest import CandidateSpace, MAPInversion, NearestNeighbour  # isort: skip
 from splitpriv.attacks.optimization import OptimizationInversion  # isort: skip

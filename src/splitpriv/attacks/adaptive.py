@@ -97,7 +97,7 @@ class VendorBlocks(nn.Module):
     def __init__(self, model: nn.Module, k: int, layers: int):
         super().__init__()
         from splitpriv.models import num_blocks
-        from splitpriv.split import split_model
+        from splitpriv.parts import split_model
 
         part = split_model(copy.deepcopy(model), min(k + layers, num_blocks(model))).bottom
         self.part = part

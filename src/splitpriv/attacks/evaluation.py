@@ -74,7 +74,7 @@ class Evaluation:
         model's first k blocks, with a freshly attached ``privatizer`` (a spec) if one is given."""
         if self.shipped_bottom is not None:
             return self.shipped_bottom
-        from splitpriv.split import split_model
+        from splitpriv.parts import split_model
 
         extra = {} if self.privatizer_spec is None else {"privatizer": self.privatizer_spec}
         return split_model(self.loaded[0], self.n_bottom_layers, **extra).bottom
@@ -206,7 +206,7 @@ class Evaluation:
         if loaded is None:
             return self.memo(("knowledge", public_text),
                              lambda: self._knowledge(self.bottom, self.tokenizer, public_text))
-        from splitpriv.split import split_model
+        from splitpriv.parts import split_model
 
         return self._knowledge(split_model(loaded[0], self.n_bottom_layers).bottom, loaded[1], public_text)
 

@@ -352,7 +352,7 @@ class LabelEntry(Attack):
     @staticmethod
     def run(evaluation, options):
         from splitpriv.data import load_dataset
-        from splitpriv.split import Head
+        from splitpriv.parts import Head
 
         if options.head not in ("vendor", "customer"):
             raise ValueError(f"head must be 'vendor' or 'customer', got {options.head!r}")

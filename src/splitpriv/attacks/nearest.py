@@ -7,7 +7,7 @@ all V candidates without a ``[T, V, d]`` table). :class:`NearestNeighbour` takes
 candidates per vector — approximate, for throughput); :class:`MAPInversion` the most probable one under the
 mechanism's likelihood and a token prior estimated from public text. Both fix the template's positions ([CLS]
 first, [SEP] last: the mask is public) and never guess a special token elsewhere. The vendor's denoiser
-(:mod:`splitpriv.roles.denoise`) uses the same decoders (:mod:`splitpriv.candidates`).
+(:mod:`splitpriv.roles.vendor.denoise`) uses the same decoders (:mod:`splitpriv.candidates`).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import torch
 
 from splitpriv.candidates import eval_mode
 from splitpriv.privacy import Mechanism, privatize
-from splitpriv.split import Bottom
+from splitpriv.parts import Bottom
 
 
 def tokenize(tokenizer, texts: list[str], max_length: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from splitpriv.protocol import BackwardRequest, ForwardRequest, Message, Outputs, PredictRequest
+from splitpriv.contract import BackwardRequest, ForwardRequest, Message, Outputs, PredictRequest
 
 
 @dataclass

@@ -15,7 +15,7 @@ def label_leakage(evaluation, options, limit: int) -> dict:
     ``options`` (the ``label`` attack's: head, label DP, tuning method, batch size, epochs). A quarter of the rows
     (at least eight) stand for the vendor's public labelled data of the task: its prior and floor."""
     from splitpriv.attacks.label import split_public, transcript_attack
-    from splitpriv.split import Head
+    from splitpriv.parts import Head
 
     data = evaluation.data
     n_public = max(8, len(data) // 4)

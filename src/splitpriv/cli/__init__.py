@@ -1,12 +1,21 @@
 """``splitpriv`` command line: train, predict, generate, serve, robust-top, attack, experiment.
 
-One module per command group registers its commands on :data:`app` (:mod:`.training`, :mod:`.causal`, :mod:`.serving`,
+One module per command group registers its commands on :data:`app` (:mod:`.training`, :mod:`.inference`, :mod:`.serving`,
 :mod:`.attacking`, :mod:`.experiments`); choices and mechanism options come from the registries (:mod:`.app`,
-:mod:`splitpriv.options`).
+:mod:`.options`).
 """
 
 from splitpriv.cli.app import app
-from splitpriv.cli import attacking, audit, causal, experiments, keys, privatizer, serving, training  # noqa: F401  (commands)
+from splitpriv.cli import (  # noqa: F401  (commands)
+    attacking,
+    audit,
+    experiments,
+    inference,
+    keys,
+    privatizer,
+    serving,
+    training,
+)
 
 __all__ = ["app", "main"]
 

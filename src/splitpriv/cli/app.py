@@ -9,9 +9,10 @@ import os
 import typer
 
 from splitpriv.config import BOTTOM_MODES, NOISE_CHOICES
-from splitpriv.options import choices
+from splitpriv.cli.options import choices
 from splitpriv.privacy import MECHANISMS
-from splitpriv.protocol import DENOISERS, HEADS, TASKS, WIRE_DTYPES
+from splitpriv.contract import DENOISERS, HEADS, WIRE_DTYPES
+from splitpriv.tasks import task_values
 from splitpriv.tuning import TUNING_METHODS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -24,7 +25,7 @@ NoiseMode = choices("NoiseMode", NOISE_CHOICES)
 WireDtype = choices("WireDtype", WIRE_DTYPES)
 Head = choices("Head", HEADS)
 Denoise = choices("Denoise", DENOISERS)
-Task = choices("Task", TASKS)
+Task = choices("Task", task_values())
 
 
 def fail(message: str) -> None:
@@ -38,7 +39,7 @@ def clean_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from splitpriv.data import DatasetNotFoundError
-        from splitpriv.protocol import ProtocolError
+        from splitpriv.contract import ProtocolError
 
         try:
             return fn(*args, **kwargs)

@@ -10,7 +10,7 @@ import typer
 
 from splitpriv.attacks.registry import ATTACKS
 from splitpriv.cli.app import Mechanism, app, clean_errors, quiet_libraries
-from splitpriv.options import choices, with_attack_options, with_mechanism_parameters
+from splitpriv.cli.options import choices, with_attack_options, with_mechanism_parameters
 
 
 Attack = choices("Attack", [*ATTACKS.names(), "all"])
@@ -73,14 +73,16 @@ def attack(
 
 def _run_setting(run: Path) -> dict:
     """The attack setting of a finished run folder: what its customer sent, with its final bottom."""
-    from splitpriv.run import RUN_FILE, RunConfig
-    from splitpriv.split import load_bottom
+    from splitpriv.models import SEQUENCE_CLASSIFICATION
+    from splitpriv.parts import load_bottom
+    from splitpriv.runs.run import RUN_FILE, RunConfig
+    from splitpriv.tasks import task_of
 
     if not (run / RUN_FILE).is_file() or not (run / "customer").is_dir():
         raise FileNotFoundError(f"{run} is not a finished run folder (it needs {RUN_FILE} and customer/, as "
                                 "`splitpriv train --out` writes them)")
     config = RunConfig.from_dict(json.loads((run / RUN_FILE).read_text()))
-    if config.task != "sequence-classification":
+    if task_of(config.task).model_task != SEQUENCE_CLASSIFICATION:
         raise ValueError(f"--run attacks classification runs; {run} is a {config.task} run")
     p = config.privacy
     return dict(n_bottom_layers=config.bottom_layers, mechanism=p.mechanism_config, cti=p.cti,

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from splitpriv.cli.app import Mechanism, app, clean_errors, quiet_libraries
-from splitpriv.options import with_attack_options, with_mechanism_parameters
+from splitpriv.cli.options import with_attack_options, with_mechanism_parameters
 
 
 @app.command()

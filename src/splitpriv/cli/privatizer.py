@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from splitpriv.cli.app import Mechanism, app, clean_errors, quiet_libraries
-from splitpriv.options import with_mechanism_parameters
+from splitpriv.cli.options import with_mechanism_parameters
 from splitpriv.privacy.privatizer import describe_privatizers
 
 
@@ -37,8 +37,8 @@ def pretrain_privatizer(
     distilling the clean model on public text; the projection then ships inside every bottom package."""
     from splitpriv.config import PrivacyConfig
     from splitpriv.privacy.privatizer import parse_privatizer_spec
-    from splitpriv.roles.privatizer_pretrain import pretrain_privatizer as pretrain
-    from splitpriv.roles.robust_top import RobustTopConfig
+    from splitpriv.roles.vendor.privatizer_pretrain import pretrain_privatizer as pretrain
+    from splitpriv.roles.vendor.robust_top import RobustTopConfig
 
     quiet_libraries()
     spec = parse_privatizer_spec(privatizer)
@@ -63,7 +63,7 @@ def privatize(
 ):
     """Run the customer's side of a run (bottom, privatizer, mechanism) on texts and write exactly what the vendor
     receives; input_ids are for evaluation only (never sent in real use)."""
-    from splitpriv.wire_export import privatize_run, write_privatized
+    from splitpriv.runs.wire_export import privatize_run, write_privatized
 
     quiet_libraries()
     if not input.is_file():

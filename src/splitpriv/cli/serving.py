@@ -111,9 +111,9 @@ def close(
     import json
     from dataclasses import replace
 
-    from splitpriv.errors import UnknownSession
-    from splitpriv.protocol import SessionInfo
-    from splitpriv.run import RUN_FILE, SESSION_FILE, RunConfig, make_transport
+    from splitpriv.contract.errors import UnknownSession
+    from splitpriv.contract import SessionInfo
+    from splitpriv.runs.run import RUN_FILE, SESSION_FILE, RunConfig, make_transport
 
     for name in (RUN_FILE, SESSION_FILE):
         if not (run_dir / name).is_file():

@@ -1,10 +1,9 @@
-"""``splitpriv train``, ``predict`` and ``robust-top``: the customer's fine-tuning and private inference, and the vendor's
-adaptation of its top to noise."""
+"""``splitpriv train`` and ``robust-top``: the customer's fine-tuning (every task) and the vendor's adaptation of its
+top to noise."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -23,7 +22,7 @@ from splitpriv.cli.app import (
     clean_errors,
     quiet_libraries,
 )
-from splitpriv.options import with_mechanism_parameters
+from splitpriv.cli.options import with_mechanism_parameters
 
 
 
@@ -98,11 +97,12 @@ def train(
     if resume is not None:
         return _resume(resume, vendor, ca_file, keep_session, progress, as_json)
     from splitpriv.config import PrivacyConfig, TrainConfig
-    from splitpriv.run import RunConfig, run
+    from splitpriv.runs.run import RunConfig, run
+    from splitpriv.tasks import task_of
 
     quiet_libraries()
     method_params = {"r": lora_r} if method.value == "lora" else {}
-    max_length = max_length or (256 if task.value == "causal-lm" else 64)
+    max_length = max_length or task_of(task.value).default_max_length
     config = RunConfig(
         dataset=dataset, task=task.value, tail_layers=tail_layers, eval_before=eval_before, train_limit=train_limit,
         eval_limit=eval_limit, model=model, method=method.value,
@@ -132,10 +132,9 @@ def train(
     finally:
         if transport is not None and transport.session is not None and not keep_session:
             _close_quietly(transport)
-    if task.value == "causal-lm" and not as_json:
-        from splitpriv.cli.causal import print_lm_summary
-
-        print_lm_summary(metrics, out)
+    summary = None if as_json else task_of(task.value).summary(metrics, out)
+    if summary is not None:
+        typer.echo(summary)
     elif as_json:
         typer.echo(json.dumps({k: v for k, v in metrics.items() if k != "losses"}, default=str))
     else:
@@ -144,7 +143,7 @@ def train(
 
 def _resume(run_dir: Path, vendor: str | None, ca_file: Path | None, keep_session: bool, progress: bool,
             as_json: bool) -> None:
-    from splitpriv.run import resume
+    from splitpriv.runs.run import resume
 
     quiet_libraries()
     options = {"ca_file": str(ca_file)} if ca_file else {}
@@ -205,38 +204,6 @@ def _print_summary(metrics: dict, out: Path | None) -> None:
     console.print(f"wall time {metrics['wall_time_s']:.1f} s" + (f"; run folder {out}" if out else ""))
 
 
-@app.command()
-@clean_errors
-def predict(
-    run_dir: Path = typer.Option(..., "--run", help="folder of a finished `splitpriv train --out` run"),
-    input: Optional[Path] = typer.Option(None, "--input", "-i", help="texts, one per line (default: stdin)"),
-    vendor: Optional[str] = typer.Option(None, help="vendor service URL (default: the run's vendor)"),
-    ca_file: Optional[Path] = typer.Option(None, help="CA certificate (PEM) that signed the vendor's TLS certificate"),
-    as_json: bool = typer.Option(False, "--json", help="one JSON object per text with class probabilities"),
-):
-    """Private inference: texts → bottom → the run's privacy mechanism → vendor top → prediction at home."""
-    from splitpriv.run import open_run
-
-    quiet_libraries()
-    if input is not None and not input.is_file():
-        raise FileNotFoundError(f"input file {input} does not exist")
-    lines = (input.read_text(encoding="utf-8") if input else sys.stdin.read()).splitlines()
-    texts = [t.strip() for t in lines if t.strip()]
-    if not texts:
-        raise ValueError("no texts to predict: the input is empty")
-    customer = open_run(run_dir, vendor, **({"ca_file": str(ca_file)} if ca_file else {}))
-    probs = customer.predict_logits(texts).softmax(-1)
-    labels_file = run_dir / "labels.json"
-    names = json.loads(labels_file.read_text()) if labels_file.is_file() else None
-    for text, p in zip(texts, probs.tolist()):
-        label = max(range(len(p)), key=p.__getitem__)
-        name = names[label] if names else str(label)
-        if as_json:
-            typer.echo(json.dumps({"text": text, "label": name, "probabilities": p}))
-        else:
-            typer.echo(f"{name}\t{max(p):.3f}\t{text}")
-
-
 @app.command("robust-top")
 @clean_errors
 @with_mechanism_parameters
@@ -259,7 +226,7 @@ def robust_top(
     """Vendor, before any customer: adapt the top's blocks to privatized inputs by distillation on public text
     (the bottom stays bit-identical, so privacy is unchanged)."""
     from splitpriv.config import PrivacyConfig
-    from splitpriv.roles.robust_top import RobustTopConfig, distill_robust_top
+    from splitpriv.roles.vendor.robust_top import RobustTopConfig, distill_robust_top
 
     quiet_libraries()
     config = RobustTopConfig(privacy=PrivacyConfig(mechanism=mechanism.value, **mechanism_params),

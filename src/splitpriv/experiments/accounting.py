@@ -1,7 +1,7 @@
 r"""What a point of the frontier costs the customer: the share of the vendor's model it holds and of the compute.
 
 ``disclosure``: the vendor's parameters shipped to the customer (bottom, and a causal LM's tail) over all of them
-(:meth:`splitpriv.split.SplitModel.disclosure`). ``customer_blocks`` / ``total_blocks``: blocks held at home (bottom
+(:meth:`splitpriv.parts.SplitModel.disclosure`). ``customer_blocks`` / ``total_blocks``: blocks held at home (bottom
 and tail) and the model's.
 
 ``customer_compute_share``: the customer's share of all training FLOPs of the run, warm start included, by the
@@ -29,7 +29,7 @@ from functools import lru_cache
 def _model_shape(model: str | None, task: str) -> tuple[int, int]:
     """(blocks, weights of one block) of ``model``."""
     from splitpriv.models import load_model, num_blocks
-    from splitpriv.split import split_model
+    from splitpriv.parts import split_model
 
     net, _ = load_model(model, **({"task": task} if task == "causal-lm" else {}))
     one = split_model(net, 1).bottom
@@ -40,7 +40,7 @@ def _model_shape(model: str | None, task: str) -> tuple[int, int]:
 @lru_cache(maxsize=32)
 def _disclosure(model: str | None, task: str, k: int, j: int) -> float:
     from splitpriv.models import load_model
-    from splitpriv.split import split_model
+    from splitpriv.parts import split_model
 
     net, _ = load_model(model, **({"task": task} if task == "causal-lm" else {}))
     parts = split_model(net, k, j) if task == "causal-lm" else split_model(net, k)

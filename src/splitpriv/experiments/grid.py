@@ -30,7 +30,7 @@ from pathlib import Path
 from splitpriv.config import LEGACY_PARAMETERS, PrivacyConfig, TrainConfig
 from splitpriv.privacy import MECHANISMS
 from splitpriv.provenance import git_commit, versions
-from splitpriv.run import RunConfig
+from splitpriv.runs.run import RunConfig
 
 RESULTS_DIR = Path("results")
 
@@ -175,7 +175,7 @@ def trained_bottom_dir(config: RunConfig) -> Path:
     return root / "bottoms" / _key(_config_key(config))
 
 
-def _write_json(path: Path, obj) -> None:
+def write_json(path: Path, obj) -> None:
     import os
     import secrets
 
@@ -194,7 +194,7 @@ def _cached(path: Path | None, compute, force: bool = False, complete=lambda val
             return stored
     value = compute()
     if path is not None:
-        _write_json(path, value)
+        write_json(path, value)
     return value
 
 
@@ -223,7 +223,7 @@ def measure_privacy(config: RunConfig, specs: list[dict], limit: int, *, progres
                 else {"mechanism": p.mechanism_config})
     shipped = {}
     if p.privatizer is not None:
-        from splitpriv.split import load_bottom
+        from splitpriv.parts import load_bottom
 
         folder = trained_bottom_dir(config)
         if not (folder / "bottom.json").is_file():
@@ -262,7 +262,7 @@ def measure_privacy(config: RunConfig, specs: list[dict], limit: int, *, progres
 
 
 def _baseline(config: RunConfig, runs_dir: Path, progress: bool, *, equal_passes: bool = False) -> dict:
-    from splitpriv.run import reference_config, run
+    from splitpriv.runs.run import reference_config, run
 
     base = reference_config(config, equal_passes=equal_passes)
 
@@ -283,7 +283,7 @@ def _baseline_fields(baseline: dict, accuracy: float) -> dict:
 
 
 def _passes_fields(config: RunConfig, runs_dir: Path, progress: bool, accuracy: float) -> dict:
-    """Against the equal-passes reference (:func:`~splitpriv.run.reference_config`), for runs with a warm start
+    """Against the equal-passes reference (:func:`~splitpriv.runs.run.reference_config`), for runs with a warm start
     at home (which reads the data more often than the reference's epochs); none for the others."""
     if not config.train.privatizer_warm_start:
         return {}
@@ -297,7 +297,7 @@ def _local_only_fields(config: RunConfig, runs_dir: Path) -> dict:
     """The customer alone (:mod:`splitpriv.experiments.local_only`), with the point's noise and without (cached by
     the config: every point with the same bottom, privatizer, data and passes shares it)."""
     from splitpriv.experiments.local_only import local_only_accuracy
-    from splitpriv.run import load_data
+    from splitpriv.runs.run import load_data
 
     out = {}
     for noise, name in ((True, "local_only_accuracy"), (False, "local_only_clean_accuracy")):
@@ -316,7 +316,7 @@ def _adaptation(config: RunConfig) -> dict:
     """How the vendor's top was adapted to the noise (already distilled by the run, so read from the cache)."""
     if config.robust_top is None:
         return {}
-    from splitpriv.roles.robust_top import adaptation_of
+    from splitpriv.roles.vendor.robust_top import adaptation_of
 
     meta = adaptation_of(config.vendor_model())
     return {"robust_top": {k: meta[k] for k in ("heldout_error_before", "heldout_error_after", "final_loss",
@@ -325,7 +325,7 @@ def _adaptation(config: RunConfig) -> dict:
 
 def _utility(config: RunConfig, runs_dir: Path, progress: bool, force: bool) -> dict:
     """Split training and private evaluation of one config (cached by the config: experiments share it)."""
-    from splitpriv.run import load_data, train_split
+    from splitpriv.runs.run import load_data, train_split
 
     def compute():
         train, evaluation = load_data(config)
@@ -362,7 +362,7 @@ def run_one(exp: Experiment, point: dict, runs_dir: Path, *, quick: bool, progre
                 missing.update(_local_only_fields(config, runs_dir))
             if missing:
                 record["utility"] = {**utility, **missing}
-                _write_json(path, record)
+                write_json(path, record)
         if "utility" in record or not want_utility:  # a privacy-only record is completed, not trusted as whole
             return record
     started = time.perf_counter()
@@ -379,7 +379,7 @@ def run_one(exp: Experiment, point: dict, runs_dir: Path, *, quick: bool, progre
                                             cache_dir=runs_dir / "attacks", force=force,
                                             skipped=_skipped(exp.attacks, config))
     record["wall_time_s"] = time.perf_counter() - started
-    _write_json(path, record)
+    write_json(path, record)
     return record
 
 
@@ -394,7 +394,8 @@ def run_experiment(path: str | Path, *, results_dir: str | Path = RESULTS_DIR, q
     if ray_address is not None:
         from splitpriv.experiments.parallel import run_points
 
-        results = run_points(exp, points, runs_dir, quick=quick, force=force, address=ray_address)
+        results = run_points(exp, points, runs_dir, run_one=run_one, write_json=write_json, quick=quick, force=force,
+                             address=ray_address)
     else:
         results = (run_one(exp, point, runs_dir, quick=quick, progress=progress, force=force) for point in points)
     records = []

@@ -29,7 +29,7 @@ def curve_point(config, fraction: float, steps: int, *, limit: int, options: dic
     from splitpriv.attacks.adaptive import AdaptiveOptions
     from splitpriv.attacks.runner import run_attack
     from splitpriv.experiments.grid import trained_bottom_dir
-    from splitpriv.split import load_bottom
+    from splitpriv.parts import load_bottom
 
     base = AdaptiveOptions(**options)
     scaled = {k: max(1, round(fraction * getattr(base, k))) if getattr(base, k) else 0

@@ -2,7 +2,7 @@ r"""The customer alone: what it reaches with what it holds, no vendor — the fi
 
 Threat model: none; this measures utility. The customer builds the bottom the vendor would ship it (the first
 ``k`` blocks, with the point's privatizer freshly initialised), and trains it as the point's warm start does
-(:func:`~splitpriv.roles.privatizer_warm_start.warm_start_privatizer`: the privatizer, the blocks when the point
+(:func:`~splitpriv.roles.customer.warm_start.warm_start_privatizer`: the privatizer, the blocks when the point
 trains them at home, and a linear read-out of the mean noisy code) for as many passes as the point reads the data
 in all (warm start + epochs), with the same mechanism in the loop, then classifies the dev set through the same
 noisy path. ``noise=False`` gives the clean local model: ``headroom_pts`` = centralized − that, what the vendor's
@@ -15,12 +15,12 @@ import torch
 
 
 def local_only_accuracy(config, train, evaluation, *, noise: bool = True) -> float:
-    """Dev accuracy of the customer's model alone for a :class:`~splitpriv.run.RunConfig` point (module docstring)."""
+    """Dev accuracy of the customer's model alone for a :class:`~splitpriv.runs.config.RunConfig` point (module docstring)."""
     from splitpriv.batching import collate
     from splitpriv.models import load_model
     from splitpriv.privacy import build_mechanism, privatize
-    from splitpriv.roles.privatizer_warm_start import warm_start_privatizer
-    from splitpriv.split import split_model
+    from splitpriv.roles.customer.warm_start import warm_start_privatizer
+    from splitpriv.parts import split_model
 
     t = config.train
     net, tokenizer = load_model(config.model, num_labels=train.num_labels, seed=t.seed)

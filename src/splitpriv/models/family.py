@@ -60,6 +60,8 @@ class Family:
     rotary: str | None = None  # rotary-embedding module; every part computes its cos/sin from the position ids
     final_norm: str | None = None  # applied after the last block (part of the vendor's last hidden states)
     lm_head: str | None = None  # the causal LM's output projection
+    position_table: str | None = None  # a learned position table added to the word embeddings (GPT-2), read by the
+    # k = 0 candidate space of families without a LayerNorm after the embedding sum
     tasks: Mapping[str, str] = field(default_factory=lambda: dict(ENCODER_TASKS), hash=False)  # task -> auto class
 
     def block_paths(self, n_blocks: int) -> list[str]:

@@ -36,5 +36,6 @@ FAMILY = FAMILIES.register("gpt2")(Family(
     positions_from_mask=True,
     final_norm="transformer.ln_f",
     lm_head="lm_head",
+    position_table="transformer.wpe",
     tasks=DECODER_TASKS,
 ))

@@ -20,7 +20,7 @@ Customer half (whitening): :math:`u = \mathrm{diag}(1/\sigma_j)\,V_r^\top(h - \m
 mechanism ``gaussian`` with **sigma = 1** realises exactly that noise. Vendor half: :math:`\hat h = V_r\,
 \mathrm{diag}(\sigma_j)\,z + \mu` (initialised so, trained with the head). :math:`V, \sigma, \mu, \lambda` are fitted on
 the attach sample (the bottom's outputs on uniformly drawn vocabulary ids at random positions, data-free; see
-:func:`splitpriv.split_privatizer.attach_privatizer`) and ship in the bottom as frozen parameters.
+:func:`splitpriv.parts.privatizer.attach_privatizer`) and ship in the bottom as frozen parameters.
 
 What the budget bounds: the mutual information, in nats per token, between a token representation drawn from
 :math:`D` (the fit distribution: a uniformly random vocabulary id at k = 0) and what is sent. PAC privacy turns it
@@ -58,7 +58,7 @@ class PACConfig:
 
 
 def _frozen(shape) -> nn.Parameter:
-    # parameters, not buffers: the bottom file (splitpriv.split.save_bottom) carries parameters only
+    # parameters, not buffers: the bottom file (splitpriv.parts.save_bottom) carries parameters only
     return nn.Parameter(torch.full(shape, float("nan")), requires_grad=False)
 
 

@@ -4,7 +4,7 @@ A privatizer has two halves. The customer half :math:`f: \mathbb{R}^d \to \mathb
 token representation the bottom produces; the mechanism then perturbs :math:`u = f(h)` in :math:`r` dimensions, so
 what leaves the customer is :math:`z = f(h) + n` (padding rows zero). The vendor half
 :math:`g: \mathbb{R}^r \to \mathbb{R}^d` runs in the vendor's session before its top and is trained there like the
-head. The split folds them in (:func:`splitpriv.split.split_model` with ``privatizer=``): the bottom's output *is*
+head. The split folds them in (:func:`splitpriv.parts.split_model` with ``privatizer=``): the bottom's output *is*
 :math:`u`, and the bottom package carries :math:`f`'s weights, so a projection the vendor pre-trained ships inside
 the bottom and a trained bottom fine-tunes it from the returned gradients.
 

@@ -27,7 +27,7 @@ identically) but no DP guarantee of its own: a prototype that holds one frequent
 compose too. Threat model: as :mod:`.privatizer`, the vendor knows the prototypes (it fitted and shipped them).
 
 Fit sample (``sample_size``): the bottom's outputs for ids drawn uniformly from the whole vocabulary at random
-positions (:func:`splitpriv.split_privatizer.attach_privatizer`), data-free and, at k = 0, exactly the candidate
+positions (:func:`splitpriv.parts.privatizer.attach_privatizer`), data-free and, at k = 0, exactly the candidate
 set of the image-space attacks. Not frequency-weighted: k-means on text would give frequent tokens prototypes of
 their own (their identity then leaks) and fewer to the task words. With ``mode=rr`` the image-space attacks
 (:mod:`splitpriv.attacks.image_space`) tabulate each token's deterministic image (``randomize`` off); the adaptive
@@ -72,7 +72,7 @@ class _StraightThrough(torch.autograd.Function):
 
 
 def _frozen(shape, fill=float("nan")) -> nn.Parameter:
-    # parameters, not buffers: the bottom file (splitpriv.split.save_bottom) carries parameters only
+    # parameters, not buffers: the bottom file (splitpriv.parts.save_bottom) carries parameters only
     return nn.Parameter(torch.full(shape, fill), requires_grad=False)
 
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import json
 
-from splitpriv.errors import (
+from splitpriv.contract.errors import (
     Forbidden,
     OutOfOrder,
     PayloadTooLarge,
     ProtocolError,
     QuotaExceeded,
 )
-from splitpriv.protocol import STEP_HEADER
-from splitpriv.roles.session import check_next_step
+from splitpriv.contract import STEP_HEADER
+from splitpriv.roles.vendor.session import check_next_step
 from splitpriv.service.accounts import ApiKey, DailyBytes, KeyStore
 
 CHALLENGE = {"WWW-Authenticate": "Bearer"}

@@ -53,7 +53,7 @@ class ServiceMetrics:
 
 
 def _unloaded(vendor) -> int:
-    from splitpriv.roles.idle import Unloaded
+    from splitpriv.roles.vendor.idle import Unloaded
 
     with vendor._lock:
         return sum(isinstance(s, Unloaded) for s in vendor._sessions.values())

@@ -1,10 +1,10 @@
 """The vendor service on Ray Serve: N replicas of the same FastAPI app (:func:`splitpriv.service.app.create_app`)
-behind Serve's HTTP proxy, each a :class:`~splitpriv.roles.replica.ReplicaVendor` on one shared state dir.
+behind Serve's HTTP proxy, each a :class:`~splitpriv.roles.vendor.replica.ReplicaVendor` on one shared state dir.
 
 Routing: Serve's consistent-hash request router (:data:`ROUTER`) keyed on the ``x-session-id`` header
-(:data:`~splitpriv.protocol.SESSION_HEADER`, which :class:`~splitpriv.transport.http_client.HttpTransport` sends on
+(:data:`~splitpriv.contract.SESSION_HEADER`, which :class:`~splitpriv.transport.http_client.HttpTransport` sends on
 every session call), with no fallback replica: every call of a session reaches the replica its id hashes to, and
-that replica holds the session's lease (:mod:`splitpriv.roles.lease`). Serve's default router spreads one session's
+that replica holds the session's lease (:mod:`splitpriv.roles.vendor.lease`). Serve's default router spreads one session's
 calls over the replicas (``benchmarks/ray_serve.py`` measures both); leases keep that correct but slow (each move
 is a checkpoint load), sticky routing keeps it fast. When the replica set changes (one dies, Serve replaces it) the
 ring moves a share of the sessions; their new owners load them from the shared dir once the old leases expire.
@@ -32,7 +32,7 @@ DEPLOYMENT = "vendor"
 
 @dataclass
 class ReplicaOptions:
-    """What every replica is built with (:class:`~splitpriv.roles.replica.ReplicaVendor`'s options)."""
+    """What every replica is built with (:class:`~splitpriv.roles.vendor.replica.ReplicaVendor`'s options)."""
 
     state_dir: str
     model: str | None = None
@@ -54,8 +54,8 @@ class VendorReplica:
     def __init__(self, options: dict):
         import torch
 
-        from splitpriv.roles.replica import ReplicaVendor
-        from splitpriv.roles.session import RequestLimits
+        from splitpriv.roles.vendor.replica import ReplicaVendor
+        from splitpriv.roles.vendor.session import RequestLimits
 
         opts = ReplicaOptions(**options)
         torch.set_num_threads(opts.torch_threads)

@@ -37,12 +37,12 @@ def serve(
     when ``state_dir`` is set, and reloaded from it at start). ``pending_ttl``: seconds a forward waits for its
     backward before its graph is freed; ``idle_unload``: seconds without a call before a session is checkpointed and
     dropped from memory (with ``state_dir``); ``session_ttl``: seconds without a call before it is closed;
-    ``batch_predict``: rows per multi-tenant predict batch (0: none; :mod:`splitpriv.roles.tenant_batch`);
-    ``batch_train``: batch dropout-free LoRA sessions' training forwards too (:mod:`splitpriv.roles.training_batch`);
+    ``batch_predict``: rows per multi-tenant predict batch (0: none; :mod:`splitpriv.roles.vendor.tenant_batch`);
+    ``batch_train``: batch dropout-free LoRA sessions' training forwards too (:mod:`splitpriv.roles.vendor.training_batch`);
     ``log_format="json"``: one JSON object per log line, uvicorn's access log included."""
     import uvicorn
 
-    from splitpriv.roles.session import RequestLimits
+    from splitpriv.roles.vendor.session import RequestLimits
 
     if log_format not in ("text", "json"):
         raise ValueError(f"log_format must be 'text' or 'json', got {log_format!r}")

@@ -21,7 +21,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
-from splitpriv.protocol import (
+from splitpriv.contract import (
     BackwardRequest,
     BackwardResult,
     DecodeRequest,

@@ -9,7 +9,7 @@ is waited out; ``retries``, ``backoff``, ``deadline``: the policy of
 id and the vendor answers a repeated step with the stored result without stepping its optimizer again, and
 ``predict`` changes nothing. Opening a session is only retried when the request never reached the vendor (a retry
 after a lost answer would open a second session). Any other 4xx answer raises the matching splitpriv error
-(:func:`splitpriv.errors.error_for`) with the vendor's message.
+(:func:`splitpriv.contract.errors.error_for`) with the vendor's message.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from urllib.parse import quote
 
 import httpx
 
-from splitpriv.errors import UnknownSession, error_for
-from splitpriv.protocol import SESSION_HEADER, STEP_HEADER, SessionConfig, SessionInfo
+from splitpriv.contract.errors import UnknownSession, error_for
+from splitpriv.contract import SESSION_HEADER, STEP_HEADER, SessionConfig, SessionInfo
 from splitpriv.transport.base import Tap, Transient, TransportBase, VendorUnavailable
 from splitpriv.transport.registry import TRANSPORTS
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from splitpriv.protocol import BackwardRequest, DecodeRequest, ForwardRequest, PredictRequest, SessionConfig, SessionInfo, decode
+from splitpriv.contract import BackwardRequest, DecodeRequest, ForwardRequest, PredictRequest, SessionConfig, SessionInfo, decode
 from splitpriv.transport.base import Tap, TransportBase
 from splitpriv.transport.registry import TRANSPORTS
 

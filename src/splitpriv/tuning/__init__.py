@@ -7,7 +7,7 @@ base model in memory serves any number of sessions; the classification head is t
 
 from __future__ import annotations
 
-from splitpriv.split import Top
+from splitpriv.parts.top import Top
 from splitpriv.tuning.adapter import Adapter
 from splitpriv.tuning.base import TUNING_METHODS, TunedTop, TuningConfig, share_frozen_copy
 from splitpriv.tuning.bitfit import BitFit

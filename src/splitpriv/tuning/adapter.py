@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from splitpriv.split import Top
+from splitpriv.parts.top import Top
 from splitpriv.tuning.base import TUNING_METHODS, TunedTop, TuningConfig, head_modules, share_frozen_copy
 
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from splitpriv.registry import Registry
-from splitpriv.split import Top
+from splitpriv.parts.top import Top
 
 TUNING_METHODS: "Registry[type[TuningConfig]]" = Registry("tuning method", "splitpriv.tuning")
 TUNING_CONFIG = "tuning.json"
@@ -82,7 +82,7 @@ class TuningConfig:
 
 
 class TunedTop:
-    """One session's top: ``module`` runs like :class:`~splitpriv.split.Top`; only ``parameters()`` train."""
+    """One session's top: ``module`` runs like :class:`~splitpriv.parts.Top`; only ``parameters()`` train."""
 
     def __init__(self, module: Top, config: TuningConfig, peft_model=None):
         self.module = module

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from splitpriv.split import Top
+from splitpriv.parts.top import Top
 from splitpriv.tuning.base import TUNING_METHODS, TunedTop, TuningConfig, share_frozen_copy
 
 

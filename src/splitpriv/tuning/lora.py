@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from splitpriv.split import Top
+from splitpriv.parts.top import Top
 from splitpriv.tuning.base import TUNING_METHODS, TunedTop, TuningConfig, head_modules, share_frozen_copy
 
 
