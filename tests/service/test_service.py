@@ -207,9 +207,11 @@ def test_wire_carries_only_representations_masks_and_gradients(runs, sst2):
     kinds = []
     standard = {"host", "accept", "accept-encoding", "connection", "user-agent", "content-type", "content-length",
                 "authorization", "x-splitpriv-step",  # a forward's step, which its body carries too
-                "x-session-id"}  # the session id of the path, for a router in front of replicas
+                "x-session-id",  # the session id of the path, for a router in front of replicas
+                "idempotency-key"}  # an open's random id, kept across its retries
     for req in requests:
         assert set(req["headers"]) <= standard, req["headers"]
+        assert len(req["headers"].get("idempotency-key", "x" * 32)) == 32  # token_urlsafe(24): random, nothing else
         assert req["headers"].get("x-session-id", sid) == sid
         body = bytes(req["body"])
         assert not any(text in body for text in texts)
@@ -513,8 +515,9 @@ def test_tokens_and_sessions_are_checked(vendor, victim, url, http):
     closed.attach(gone)
     with pytest.raises(UnknownSession):
         closed.status()
-    with pytest.raises(UnknownSession):
-        closed.close()
+    closed.attach(gone)
+    closed.close()  # closing again with the token answers as the first close did (issue 31: idempotent close)
+    http.expect(http.raw(url, "/v1/sessions/0000000000000000", method="DELETE", token=gone.token), 404, "unknown")
 
 
 def test_payload_above_the_cap(vendor, victim, small_url, http):

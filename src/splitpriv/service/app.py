@@ -37,7 +37,9 @@ pending or the step is out of order, gets 409 before its body is read, and a ret
 step gets the cached reply unread, so that a flood of forwards costs the vendor headers, not bodies. Errors are JSON
 ``{"error": "<what is wrong>"}``: unknown or closed session 404, protocol violation 400, bad session config 422
 (naming the field), step out of order 409, body above the size cap 413 (``Content-Length`` and the bytes actually
-streamed are both checked), session limit or quota 429. A 500
+streamed are both checked), session limit or quota 429. An open sent with an ``Idempotency-Key`` header is
+answered once per key (a repeat gets the same session; the key with another body 409; a malformed key 400), and a
+repeated close with the session's token gets the first answer (:mod:`splitpriv.service.idempotency`). A 500
 (JSON, no traceback; the traceback goes to the server log) means a bug in splitpriv, never bad input.
 
 Concurrency: the endpoints read their bodies asynchronously and run the torch work (decode, forward, backward)
@@ -73,6 +75,7 @@ from splitpriv.service.accounts import KeyStore
 from splitpriv.service.deps import API  # noqa: F401  (re-exported: the prefix of the versioned routes)
 from splitpriv.service.errors import install_error_handlers
 from splitpriv.service.guard import Guard
+from splitpriv.service.idempotency import IdempotencyKeys
 
 log = logging.getLogger("splitpriv.service")
 
@@ -101,6 +104,7 @@ def create_app(vendor: Vendor, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, 
     app.state.max_body_bytes = max_body_bytes
     app.state.keys = keys
     app.state.guard = Guard(keys)
+    app.state.idempotency = IdempotencyKeys(vendor.state_dir)  # shared by replicas through the state dir
     install_error_handlers(app)
     for router in (sessions.router, messages.router, ops.health_router):
         app.include_router(router)  # each router carries its /v1 prefix: metrics label routes by their full path

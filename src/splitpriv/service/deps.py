@@ -1,9 +1,11 @@
-"""What the routes depend on (FastAPI ``Depends``): the app's vendor and guard, the caller of a session route (its
+"""What the routes depend on (FastAPI ``Depends``): the app's vendor, guard and idempotency keys, the open hook
+(tests only), the caller of a session route (its
 token, session and owner key, known before any body is read), and the body read under the size cap and the
 caller's byte quota."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -14,6 +16,7 @@ from starlette.requests import ClientDisconnect
 from splitpriv.contract.errors import PayloadTooLarge
 from splitpriv.roles.vendor import Vendor
 from splitpriv.service.guard import Guard, ServiceError, bearer, declared_length
+from splitpriv.service.idempotency import IdempotencyKeys
 
 API = "/v1"  # the prefix of every versioned route
 
@@ -26,8 +29,20 @@ def guard_of(request: Request) -> Guard:
     return request.app.state.guard
 
 
+def keys_of(request: Request) -> IdempotencyKeys:
+    return request.app.state.idempotency
+
+
+def open_hook() -> Callable[[], Awaitable[None]] | None:
+    """Awaited after a session is opened and before its answer is stored and sent: None in production. A test
+    overrides this dependency (``app.dependency_overrides[open_hook]``) to make the vendor answer an open slowly."""
+    return None
+
+
 VendorDep = Annotated[Vendor, Depends(vendor_of)]
 GuardDep = Annotated[Guard, Depends(guard_of)]
+KeysDep = Annotated[IdempotencyKeys, Depends(keys_of)]
+OpenHookDep = Annotated[object, Depends(open_hook)]  # an async callable, or None
 
 
 @dataclass(frozen=True)

@@ -3,51 +3,92 @@ close. The session's token is sent once, in the answer that opens it."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import TypeAdapter
 from starlette.concurrency import run_in_threadpool
 
 from splitpriv.contract import ProtocolError, SessionConfig, SessionInfo
+from splitpriv.contract.errors import UnknownSession
 from splitpriv.contract.limits import MAX_CONFIG_BYTES
-from splitpriv.service.deps import API, CallerDep, VendorDep, read_body
+from splitpriv.service.deps import API, CallerDep, GuardDep, KeysDep, OpenHookDep, VendorDep, caller, read_body
 from splitpriv.service.errors import ERRORS, ErrorBody
-from splitpriv.service.guard import ServiceError, api_key, parse_config_json
+from splitpriv.service.guard import ServiceError, api_key, bearer, parse_config_json
+from splitpriv.service.idempotency import HEADER, WAIT, IdempotencyKeys, check_key, fingerprint
 
 router = APIRouter(prefix=API)
 
 _OPENED = {201: {"content": {"application/json": {"schema": TypeAdapter(SessionInfo).json_schema()}}},
-           **{code: {"model": ErrorBody} for code in (401, 403, 413, 422, 429)}}
+           **{code: {"model": ErrorBody} for code in (400, 401, 403, 409, 413, 422, 429, 503)}}
 _CONFIG = {"requestBody": {"required": True, "content": {"application/json": {
     "schema": TypeAdapter(SessionConfig).json_schema()}}}}
 
 
 @router.post("/sessions", status_code=201, response_model=None, summary="Open a session", responses=_OPENED,
              openapi_extra=_CONFIG)
-async def open_session(request: Request, vendor: VendorDep):
-    """Open a tuning session. The answer holds the session's bearer token: the only time it is sent. When the
-    vendor has API keys, send one as ``Authorization: Bearer <API key>``."""
+async def open_session(request: Request, vendor: VendorDep, keys: KeysDep, hook: OpenHookDep,
+                       idempotency_key: Annotated[str | None, Header(alias=HEADER)] = None):
+    """Open a tuning session. The answer holds the session's bearer token: the only time it is sent, and again to a
+    repeat of the same request with the same ``Idempotency-Key`` (:mod:`splitpriv.service.idempotency`): send one
+    (a random id per logical open) to retry an open safely. When the vendor has API keys, send one as
+    ``Authorization: Bearer <API key>``."""
     key = api_key(request.app.state.keys, request.headers.get("authorization"))
-    data = parse_config_json(await read_body(request, MAX_CONFIG_BYTES, key))
+    idem = check_key(idempotency_key)
+    body = await read_body(request, MAX_CONFIG_BYTES, None if idem else key)  # a keyed open counts once, below
+    data = parse_config_json(body)
     tuning = data.get("tuning", {"method": "lora"})
     if not isinstance(tuning, (dict, str)):
         raise ServiceError(422, f'tuning must be an object such as {{"method": "lora"}}, got {tuning!r}')
+    owner = key.key_id if key else None
+    if idem is not None:
+        stored = await _claim(keys, owner, idem, fingerprint(data))
+        if stored is not None:  # a repeat: the first answer, nothing counted again
+            return JSONResponse(stored["body"], status_code=stored["status"])
+    try:
+        if idem is not None:
+            request.app.state.guard.bytes_in(key, len(body))
+        answer = await run_in_threadpool(_open, vendor, data, key)
+        if hook is not None:
+            await hook()
+    except BaseException:
+        if idem is not None:
+            await run_in_threadpool(keys.abandon, owner, idem)
+        raise
+    if idem is not None:
+        await run_in_threadpool(keys.finish, owner, idem, 201, answer)
+    return JSONResponse(answer, status_code=201)
 
-    def open_() -> dict:
-        try:
-            config = SessionConfig.from_dict(data)
-            info = vendor.open_session(config, owner=key.key_id if key else None,
-                                       owner_max_sessions=key.quotas.max_sessions if key else None)
-        except ProtocolError:
-            raise
-        except (ValueError, TypeError, KeyError, OverflowError, RecursionError) as exc:
-            raise ServiceError(422, f"bad session config: {exc}") from None
-        return {"session_id": info.session_id, "token": info.token, "d_model": info.d_model,
-                "n_layers": info.n_layers, "disclosure": info.disclosure}
 
-    return JSONResponse(await run_in_threadpool(open_), status_code=201)
+def _open(vendor, data: dict, key) -> dict:
+    try:
+        config = SessionConfig.from_dict(data)
+        info = vendor.open_session(config, owner=key.key_id if key else None,
+                                   owner_max_sessions=key.quotas.max_sessions if key else None)
+    except ProtocolError:
+        raise
+    except (ValueError, TypeError, KeyError, OverflowError, RecursionError) as exc:
+        raise ServiceError(422, f"bad session config: {exc}") from None
+    return {"session_id": info.session_id, "token": info.token, "d_model": info.d_model,
+            "n_layers": info.n_layers, "disclosure": info.disclosure}
+
+
+async def _claim(keys: IdempotencyKeys, owner: str | None, idem: str, request: str) -> dict | None:
+    """None when this call runs the open for ``idem``; else the stored answer, waited for (asleep, at most
+    :data:`WAIT` s, then 503) while another attempt with the key is still opening."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        stored = await run_in_threadpool(keys.begin, owner, idem, request)
+        if stored is None or stored["status"] is not None:
+            return stored
+        if time.monotonic() > deadline:
+            raise ServiceError(503, f"a session open with this {HEADER} is still running: retry shortly",
+                               {"Retry-After": "1"})
+        await asyncio.sleep(0.05)
 
 
 @router.get("/sessions/{session_id}/bottom", response_class=Response, summary="Download the bottom",
@@ -75,7 +116,19 @@ async def status(session_id: str, caller: CallerDep, vendor: VendorDep) -> dict:
 
 
 @router.delete("/sessions/{session_id}", summary="Close the session", responses=ERRORS)
-async def close(session_id: str, caller: CallerDep, vendor: VendorDep) -> dict:
-    """Close the session: it can no longer be used, and its saved state is deleted."""
-    await run_in_threadpool(vendor.close, session_id, caller.token)
-    return {"session_id": session_id, "closed": True}
+async def close(request: Request, session_id: str, vendor: VendorDep, guard: GuardDep, keys: KeysDep) -> dict:
+    """Close the session: it can no longer be used, and its saved state is deleted. Idempotent: a repeat with the
+    session's token (within the key store's TTL) answers as the first did."""
+    answer = {"session_id": session_id, "closed": True}
+    token = bearer(request.headers.get("authorization"))
+    if await run_in_threadpool(keys.closed, session_id, token):
+        return answer
+    try:
+        who = await caller(request, session_id, vendor, guard)
+        await run_in_threadpool(vendor.close, session_id, who.token)
+    except UnknownSession:
+        if await run_in_threadpool(keys.closed, session_id, token):  # a concurrent repeat closed it first
+            return answer
+        raise
+    await run_in_threadpool(keys.remember_close, session_id, token)
+    return answer

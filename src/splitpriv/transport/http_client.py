@@ -7,13 +7,16 @@ One ``httpx.Client`` (keep-alive) per transport. Connection failures, timeouts a
 is waited out; ``retries``, ``backoff``, ``deadline``: the policy of
 :class:`~splitpriv.transport.base.TransportBase`); that is harmless because every training message carries its step
 id and the vendor answers a repeated step with the stored result without stepping its optimizer again, and
-``predict`` changes nothing. Opening a session is only retried when the request never reached the vendor (a retry
-after a lost answer would open a second session). Any other 4xx answer raises the matching splitpriv error
+``predict`` changes nothing. Opening a session is retried the same way: each logical open sends a random
+``Idempotency-Key`` header, kept across its retries, and the vendor answers a repeat with the session the first
+attempt opened (:mod:`splitpriv.service.idempotency`), so a lost answer leaves no orphan session; a repeated close
+gets the first close's answer. Any other 4xx answer raises the matching splitpriv error
 (:func:`splitpriv.contract.errors.error_for`) with the vendor's message.
 """
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 from urllib.parse import quote
 
@@ -25,6 +28,7 @@ from splitpriv.transport.base import Tap, Transient, TransportBase, VendorUnavai
 from splitpriv.transport.registry import TRANSPORTS
 
 OCTET = "application/octet-stream"
+IDEMPOTENCY_HEADER = "Idempotency-Key"  # the service's splitpriv.service.idempotency.HEADER (no import: layers)
 RETRY_STATUS = (502, 503, 504)
 # Failures after which the request may or may not have reached the vendor; retried for idempotent calls only.
 RETRY_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
@@ -117,8 +121,17 @@ class HttpTransport(TransportBase):
 
     # -- the raw exchange -----------------------------------------------------------------------------------------
 
-    def open_raw(self, config: SessionConfig) -> SessionInfo:
-        data = self._request("POST", "/v1/sessions", token=self.api_key, json=config.to_dict(), idempotent=False).json()
+    def open_session(self, config: SessionConfig) -> SessionInfo:
+        """Open a session; every retry of this open carries the same ``Idempotency-Key``."""
+        key = secrets.token_urlsafe(24)
+        self.session = self.with_retries(lambda: self.open_raw(config, idempotency_key=key))
+        return self.session
+
+    def open_raw(self, config: SessionConfig, idempotency_key: str | None = None) -> SessionInfo:
+        """One open attempt; without ``idempotency_key`` it is only retried when it never reached the vendor."""
+        headers = {IDEMPOTENCY_HEADER: idempotency_key} if idempotency_key else None
+        data = self._request("POST", "/v1/sessions", token=self.api_key, json=config.to_dict(),
+                             idempotent=idempotency_key is not None, headers=headers).json()
         return SessionInfo(**{k: data[k] for k in ("session_id", "token", "d_model", "n_layers", "disclosure")})
 
     def bottom_raw(self, session_id: str, token: str) -> bytes:
