@@ -38,7 +38,14 @@ def test_the_grid_on_ray_writes_the_sequential_records(tmp_path, data_dir):
         "name": "two", "base": {"dataset": "sst2", "train_limit": 32, "eval_limit": 16, "bottom_layers": 1,
                                 "privacy": {"mechanism": "dchi"}, "train": {"batch_size": 16, "noise_seed": 0}},
         "grid": {"privacy.eta": [5, 20]}, "seeds": [0], "attacks": ["nn"], "attack_limit": 8}))
-    sequential = run_experiment(config, results_dir=tmp_path / "seq", progress=False, log=lambda _: None)
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a Ray task runs (experiments.parallel): float sums depend on the thread count
+    try:
+        sequential = run_experiment(config, results_dir=tmp_path / "seq", progress=False, log=lambda _: None)
+    finally:
+        torch.set_num_threads(before)
     logs = []
     try:
         on_ray = run_experiment(config, results_dir=tmp_path / "ray", progress=False, log=logs.append,
