@@ -203,7 +203,8 @@ def attack_specs(attacks: list, setting) -> list[dict]:
     (keywords: setting keys of :func:`run_attack`, mechanism parameters, the attack's options). Every option is
     checked against the attack's ``Options`` (an unknown one is an error naming the attack and the accepted ones);
     attacks that do not apply to ``setting`` (``n_bottom_layers``, ``cti``, ``mechanism``) are dropped; ``"all"``
-    stands for every registered inversion and set-level attack. Returns ``{"attack": canonical name, **its keywords}``."""
+    stands for every registered inversion and set-level attack. Returns ``{"attack": canonical name,
+    **its keywords}``."""
     from splitpriv.privacy import mechanism_parameters
 
     passthrough = set(SETTING_KEYS) | set(mechanism_parameters())

@@ -18,12 +18,12 @@ one whose *estimated* loss is at most one point, flagged ``"within_1pt": false``
 Every point also says what the customer holds and gets (:func:`_holdings`): ``disclosure``, ``customer_blocks``,
 ``total_blocks``, ``customer_compute_share`` (:mod:`~splitpriv.experiments.accounting`), ``local_only_accuracy``
 (the customer alone, :mod:`~splitpriv.experiments.local_only`), ``vendor_gain_pts`` = accuracy − local-only,
-``headroom_pts`` = baseline − the clean local-only model, ``set_recovery`` / ``set_floor`` (the set-level attack
-and its public-frequency guess), ``label_attack`` (the label attack's success) and ``skipped_attacks``.
-
-Runs that warm-start a privatizer at home read each sentence ``warm_start`` more times than their epochs over the
-wire; their points also carry ``passes_baseline`` (the reference trained ``passes_baseline_epochs`` = warm start +
-epochs) and the same paired test against it (``passes_loss_pts``, ``passes_loss_ci95_pts``, ``passes_within_1pt``).
+``headroom_pts`` = the equal-passes baseline (the 1-epoch one without a warm start) − the clean local-only model,
+``set_recovery`` / ``set_floor`` (the set-level attack and its public-frequency guess), ``label_attack`` (the label
+attack's success) and ``skipped_attacks``. Runs that warm-start a privatizer at home read each sentence
+``warm_start`` more times than their epochs over the wire; their points also carry ``passes_baseline`` (the
+reference trained ``passes_baseline_epochs`` = warm start + epochs) and the same paired test against it
+(``passes_loss_pts``, ``passes_loss_ci95_pts``, ``passes_within_1pt``).
 """
 
 from __future__ import annotations
@@ -162,10 +162,12 @@ def _holdings(records: list[dict], point: dict) -> dict:
     privacy = [r.get("privacy", {}) for r in records]
     local = _mean(u.get("local_only_accuracy") for u in utility)
     clean = _mean(u.get("local_only_clean_accuracy") for u in utility)
+    # the local model reads the data warm start + epochs times: its centralized reference is the equal-passes one
+    reference = _mean(u.get("passes_baseline_accuracy") for u in utility) or point["baseline"]
     out = {**accounting(records[0]["config"]), "local_only_accuracy": local,
            "local_only_clean_accuracy": clean,
            "vendor_gain_pts": None if local is None else 100 * (point["accuracy"] - local),
-           "headroom_pts": None if clean is None else 100 * (point["baseline"] - clean),
+           "headroom_pts": None if clean is None else 100 * (reference - clean),
            "set_recovery": _mean(p.get("set_recovery") for p in privacy),
            "set_floor": _mean(p.get("set_floor") for p in privacy),
            "label_attack": _mean(p.get("label_attack") for p in privacy)}

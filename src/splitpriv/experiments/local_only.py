@@ -15,7 +15,8 @@ import torch
 
 
 def local_only_accuracy(config, train, evaluation, *, noise: bool = True) -> float:
-    """Dev accuracy of the customer's model alone for a :class:`~splitpriv.runs.config.RunConfig` point (module docstring)."""
+    """Dev accuracy of the customer's model alone for a :class:`~splitpriv.runs.config.RunConfig` point (module
+    docstring)."""
     from splitpriv.batching import collate
     from splitpriv.models import load_model
     from splitpriv.privacy import build_mechanism, privatize
