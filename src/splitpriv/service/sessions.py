@@ -44,14 +44,26 @@ async def open_session(request: Request, vendor: VendorDep, keys: KeysDep, hook:
     tuning = data.get("tuning", {"method": "lora"})
     if not isinstance(tuning, (dict, str)):
         raise ServiceError(422, f'tuning must be an object such as {{"method": "lora"}}, got {tuning!r}')
+    # Shielded: a server that cancels the handler when its client goes away (Ray Serve does) must not stop an open
+    # half-way: its thread would open the session anyway, and the key would be left without its answer.
+    answering = asyncio.ensure_future(_answer(request.app.state.guard, vendor, keys, body, data, key, idem, hook))
+    answering.add_done_callback(lambda task: task.cancelled() or task.exception())  # retrieved, also if orphaned
+    status, answer = await asyncio.shield(answering)
+    return JSONResponse(answer, status_code=status)
+
+
+async def _answer(guard, vendor, keys: IdempotencyKeys, body: bytes, data: dict, key, idem: str | None,
+                  hook) -> tuple[int, dict]:
+    """The stored answer of a repeated ``idem``; else open the session, counting the body against ``key``'s bytes
+    per day, and store the answer under ``idem`` (forgotten if the open fails, so that a retry opens again)."""
     owner = key.key_id if key else None
     if idem is not None:
         stored = await _claim(keys, owner, idem, fingerprint(data))
         if stored is not None:  # a repeat: the first answer, nothing counted again
-            return JSONResponse(stored["body"], status_code=stored["status"])
+            return stored["status"], stored["body"]
     try:
         if idem is not None:
-            request.app.state.guard.bytes_in(key, len(body))
+            guard.bytes_in(key, len(body))
         answer = await run_in_threadpool(_open, vendor, data, key)
         if hook is not None:
             await hook()
@@ -61,7 +73,7 @@ async def open_session(request: Request, vendor: VendorDep, keys: KeysDep, hook:
         raise
     if idem is not None:
         await run_in_threadpool(keys.finish, owner, idem, 201, answer)
-    return JSONResponse(answer, status_code=201)
+    return 201, answer
 
 
 def _open(vendor, data: dict, key) -> dict:

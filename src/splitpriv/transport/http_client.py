@@ -4,7 +4,8 @@
 
 One ``httpx.Client`` (keep-alive) per transport. Connection failures, timeouts and 502/503/504 answers are retried
 (by default with exponential backoff from 0.5 s, at most 10 s apart, for up to 2 minutes, so that a vendor restart
-is waited out; ``retries``, ``backoff``, ``deadline``: the policy of
+is waited out; each attempt waits at most ``timeout`` = 50 s for the vendor, so that a timed-out attempt leaves
+time for another within those 2 minutes; ``retries``, ``backoff``, ``deadline``: the policy of
 :class:`~splitpriv.transport.base.TransportBase`); that is harmless because every training message carries its step
 id and the vendor answers a repeated step with the stored result without stepping its optimizer again, and
 ``predict`` changes nothing. Opening a session is retried the same way: each logical open sends a random
@@ -62,7 +63,7 @@ class HttpTransport(TransportBase):
 
     description = "a vendor service at an http:// or https:// URL"
 
-    def __init__(self, base_url: str, *, timeout: float = 120.0, retries: int = 40, backoff: float = 0.5,
+    def __init__(self, base_url: str, *, timeout: float = 50.0, retries: int = 40, backoff: float = 0.5,
                  deadline: float | None = 120.0, session: SessionInfo | None = None, tap: Tap | None = None,
                  api_key: str | None = None, ca_file: str | None = None, max_backoff: float = 10.0):
         super().__init__(session=session, tap=tap, retries=retries, backoff=backoff, deadline=deadline,
