@@ -40,9 +40,9 @@ if Path("runs/main/privacy.json").is_file():
     if p.get("set_recovery") is not None:
         line += (f"; set-level attack names {100 * p['set_recovery']:.1f}% of a sentence's content words "
                  f"(public-frequency guess {100 * p['set_floor']:.1f}%)")
-line += "; labels: exposed to the vendor (vendor-held head, no label DP: the returned gradient names each label)"
 else:
     line += ("privacy not measured here: the attacks train on WikiText-2, which this machine lacks (set "
              "SPLITPRIV_DATA_DIR); this preset's measured privacy is in results/frontier.json")
+line += "; labels: exposed to the vendor (vendor-held head, no label DP: the returned gradient names each label)"
 print(line)
 PY
