@@ -192,12 +192,13 @@ class AdaptiveInversion(InversionAttack):
         texts = list(knowledge.public_texts if texts is None else texts)
         if not texts:
             raise ValueError("the adaptive inversion needs public texts")
+        self.train_texts, self.holdout_texts = texts, holdout or texts[-256:]
         with torch_threads(self.threads):
             self._train(knowledge, texts, vendor_model)
             if position_prior is not None:
                 self.position_prior = position_prior
                 if self.prior_mix is None:
-                    self.prior_mix = self._choose_mix(holdout or texts[-256:])
+                    self.prior_mix = self._choose_mix(self.holdout_texts)
         return self
 
     MIXES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)

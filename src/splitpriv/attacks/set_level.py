@@ -27,9 +27,8 @@ from dataclasses import dataclass, field, fields
 import torch
 from torch import nn
 
-from splitpriv.attacks.adaptive import AdaptiveOptions, fitted_adaptive, split_holdout
+from splitpriv.attacks.adaptive import AdaptiveOptions, fitted_adaptive
 from splitpriv.attacks.base import content_vocabulary, set_recovery, torch_threads
-from splitpriv.attacks.floor import attacker_public_texts
 from splitpriv.attacks.observe import clean_hidden, tokenize
 from splitpriv.attacks.registry import ATTACKS, Attack
 from splitpriv.attacks.training import train_loop
@@ -155,13 +154,8 @@ class SetEntry(Attack):
     @staticmethod
     def run(evaluation, options):
         shared = AdaptiveOptions(**{f.name: getattr(options, f.name) for f in fields(AdaptiveOptions)})
-        adaptive = fitted_adaptive(evaluation, shared)
-        texts = attacker_public_texts(evaluation, options.n_public, options.n_in_domain,
-                                      seed=evaluation.attacker_seed, n_unused_train=options.n_unused_train,
-                                      n_other=options.n_other_public)
-        texts, holdout = split_holdout(texts, options.adaptive_holdout, evaluation.in_domain_texts,
-                                       evaluation.attacker_seed)
+        adaptive = fitted_adaptive(evaluation, shared)  # its public text and held-out sentences serve here too
         attack = SetInference(adaptive, epochs=options.set_epochs, lr=options.set_lr,
-                              seed=evaluation.attacker_seed).fit(texts, holdout)
+                              seed=evaluation.attacker_seed).fit(adaptive.train_texts, adaptive.holdout_texts)
         return evaluation.score_sets("set", attack, {"scorer": attack.scorer,
                                                      "holdout_set_recovery": attack.holdout_scores})
