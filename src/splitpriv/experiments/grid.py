@@ -340,7 +340,12 @@ def _utility(config: RunConfig, runs_dir: Path, progress: bool, force: bool) -> 
                 "n_eval": len(evaluation), "final_loss": sum(result["losses"][-10:]) / len(result["losses"][-10:]),
                 **_adaptation(config)}
 
-    return _cached(runs_dir / "utility" / f"{_key(_config_key(config))}.json", compute, force)
+    def complete(stored) -> bool:
+        # a privatizer point's attacks need its trained bottom, kept outside results/: retrain (deterministic)
+        # when this machine lacks it
+        return config.privacy.privatizer is None or (trained_bottom_dir(config) / "bottom.json").is_file()
+
+    return _cached(runs_dir / "utility" / f"{_key(_config_key(config))}.json", compute, force, complete)
 
 
 def run_one(exp: Experiment, point: dict, runs_dir: Path, *, quick: bool, progress: bool, force: bool = False) -> dict:
