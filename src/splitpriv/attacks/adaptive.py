@@ -365,6 +365,8 @@ class AdaptiveOptions:
                 "public sentences"})
     adaptive_holdout: int = field(default=256, metadata={
         "help": "public in-domain sentences kept out of training to choose prior_mix"})
+    adaptive_threads: int = field(default=1, metadata={
+        "help": "torch threads while training (1: fastest on cores other jobs share; 0: torch's default)"})
 
 
 def split_holdout(texts: list[str], n: int, pool: list[str], seed: int) -> tuple[list[str], list[str]]:
@@ -385,13 +387,14 @@ def fitted_adaptive(evaluation, options) -> AdaptiveInversion:
     def fit():
         texts = attacker_public_texts(evaluation, options.n_public, options.n_in_domain, seed=evaluation.attacker_seed,
                                       n_unused_train=options.n_unused_train, n_other=options.n_other_public)
-        texts, holdout = split_holdout(texts, options.adaptive_holdout, evaluation.in_domain_texts,
-                                       evaluation.attacker_seed)
+        in_domain = evaluation.in_domain_texts + evaluation.unused_train_texts  # held out from in-domain text
+        texts, holdout = split_holdout(texts, options.adaptive_holdout, in_domain, evaluation.attacker_seed)
         return AdaptiveInversion(
             epochs=options.adaptive_epochs, width=options.adaptive_width, layers=options.adaptive_layers,
             lr=options.adaptive_lr, batch_size=options.adaptive_batch_size, prior_weight=options.prior_weight,
             head=options.adaptive_head, head_init=options.head_init, init_from_vendor=options.init_from_vendor,
             seed=evaluation.attacker_seed, progress=evaluation.progress, prior_mix=options.prior_mix,
+            threads=options.adaptive_threads or None,
         ).fit(evaluation.knowledge(), texts, evaluation.loaded[0] if options.init_from_vendor else None,
               position_prior(evaluation), holdout)
 

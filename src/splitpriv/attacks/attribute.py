@@ -25,6 +25,7 @@ worse. ``success`` = the best classifier's advantage; 0 means nothing beyond the
 from __future__ import annotations
 
 import math
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -281,7 +282,7 @@ class AttributeEntry(Attack):
         mech = evaluation.mechanism.to_config()
         if evaluation.progress:
             print(f"[aia] {key}/{attribute}: {len(aux)} auxiliary, {len(victim)} victims, "
-                  f"k={evaluation.n_bottom_layers}, mechanism={mech}", flush=True)
+                  f"k={evaluation.n_bottom_layers}, mechanism={mech}", file=sys.stderr, flush=True)
         result = attribute_inference(
             knowledge, aux.texts, aux.attributes[attribute], victim.texts, victim.attributes[attribute],
             seed=evaluation.seed, classifiers=tuple(options.classifiers), aux_noise_scale_fn=scale_fn,

@@ -53,6 +53,7 @@ labels is about :math:`e^\varepsilon / (e^\varepsilon + C - 1)` (``expected_rr_a
 from __future__ import annotations
 
 import random
+import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -365,7 +366,7 @@ class LabelEntry(Attack):
         if evaluation.progress:
             print(f"[lia] {full.name}: {len(data)} customer samples, head={options.head}, "
                   f"k={evaluation.n_bottom_layers}, mechanism={mech}, label_dp_epsilon={options.label_dp_epsilon}",
-                  flush=True)
+                  file=sys.stderr, flush=True)
         run = evaluation.training_run(data.texts, data.labels, num_labels=C, head=options.head, method=options.method,
                                       batch_size=options.batch_size, epochs=options.epochs,
                                       label_dp_epsilon=options.label_dp_epsilon)
