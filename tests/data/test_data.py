@@ -258,6 +258,39 @@ def test_embedded_sample_is_reproducible(shared):
     assert load_dataset("sst2-sample", "dev").texts == full_dev.texts
 
 
+def test_embedded_public_text_offline(hf_offline):
+    """No data folder and the Hub offline: the attacker's public text is the WikiText-2 sample in the package."""
+    from splitpriv.data import dataset_availability, public_corpus, public_text_origin
+
+    valid, test = load_public_text("wikitext2", "valid"), load_public_text("wikitext2", "test")
+    assert len(valid) == len(test) == 1300 and not set(valid) & set(test)
+    assert all(len(s.split()) >= 5 and "<unk>" not in s for s in valid + test)
+    assert load_public_text("wikitext2", "valid", source="embedded") == valid
+    assert public_corpus() == valid + test and public_text_origin() == "embedded sample"
+    availability = dataset_availability()
+    assert availability["sst2-sample"] == "embedded"
+    assert all(where.startswith("not available offline") for n, where in availability.items() if n != "sst2-sample")
+    with pytest.raises(DatasetNotFoundError, match=r"available offline here: sst2-sample \(`splitpriv datasets`"):
+        load_dataset("sst2", "train")
+
+
+def test_embedded_public_text_files_and_rebuild(shared):
+    folder = EMBEDDED_DIR / "wikitext2_sample"
+    sizes = {p.name: p.stat().st_size for p in folder.iterdir()}
+    assert set(sizes) == {"valid.txt", "test.txt", "SOURCE.md"} and sum(sizes.values()) < 400_000
+    source_md = (folder / "SOURCE.md").read_text()
+    for needle in ("Merity", "CC BY-SA", "limit=1300, seed=0", "make_embedded_wikitext2.py"):
+        assert needle in source_md
+    spec = importlib.util.spec_from_file_location("make_wt2", REPO / "scripts" / "make_embedded_wikitext2.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for name, text in mod.build(shared).items():
+        assert (folder / name).read_text(encoding="utf-8") == text, name
+    from splitpriv.data import public_text_origin
+
+    assert public_text_origin() == f"folder {shared}" and len(load_public_text("wikitext2", "valid")) == 2550
+
+
 # ------------------------------------------------------------------ user files
 
 def test_load_csv_with_quoting(tmp_path):
@@ -397,8 +430,9 @@ def test_hub_offline_fails_fast_with_clear_error(hf_offline):
     msg = str(exc.value)
     assert "SPLITPRIV_DATA_DIR is not set" in msg and "'sst2'" in msg and "sst2-sample" in msg
     assert isinstance(exc.value, LookupError)
-    with pytest.raises(DatasetNotFoundError, match="SPLITPRIV_DATA_DIR"):
-        load_public_text()
+    with pytest.raises(DatasetNotFoundError, match="The Hugging Face Hub could not be reached for 'wikitext2'"):
+        load_public_text(source="hub")
+    assert len(load_public_text()) == 1300  # source="auto" falls back to the embedded sample
     with pytest.raises(DatasetNotFoundError, match="The Hugging Face Hub could not be reached for 'financial_phrasebank'"):
         load_dataset("financial_phrasebank", source="hub", data_dir="/nonexistent")
     assert time.monotonic() - t0 < 60
@@ -411,7 +445,8 @@ def test_unreachable_hub_fails_fast(no_data_dir, monkeypatch):
     t0 = time.monotonic()
     with pytest.raises(DatasetNotFoundError, match=r"could not be reached for 'blog_authorship' \(cannot connect to 127.0.0.1:9"):
         load_dataset("blog_authorship", "dev")
-    assert time.monotonic() - t0 < 15
+    assert load_public_text("wikitext2", "test") == load_public_text("wikitext2", "test", source="embedded")
+    assert time.monotonic() - t0 < 30
 
 
 def test_trustpilot_is_local_only(no_data_dir):

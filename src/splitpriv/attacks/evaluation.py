@@ -245,6 +245,8 @@ class Evaluation:
         return AttackResult(name, got["set_recovery"], metrics)
 
     def describe(self) -> dict:
+        from splitpriv.data import public_text_origin
+
         z, mask, ids = self.observations()
         return {
             "dataset": self.data.name, "split": self.data.split, "n_texts": len(self.data),
@@ -253,4 +255,5 @@ class Evaluation:
             "n_contributing_ids": len(self.contributing) if self.cti else None,
             "seed": self.seed, "chance_recovery": most_frequent_rate(ids, mask, self.tokenizer),
             "output_width": int(z.shape[-1]), "privatized": self.privatized,
+            "public_text": public_text_origin(), "customer_train_limit": self.customer_train_limit,
         }

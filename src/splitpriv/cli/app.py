@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 
 import typer
 
@@ -56,4 +57,6 @@ def quiet_libraries() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
+    # peft's notice that it will want transformers >= 5.6 one day: the lock pins a tested pair
+    warnings.filterwarnings("ignore", message="Support for Transformers", category=FutureWarning)
 

@@ -24,7 +24,8 @@ ATTACK_HELP = "which attack; all: every inversion attack that applies. " + "; ".
 @with_mechanism_parameters
 def attack(
     attack: Attack = typer.Option("all", help=ATTACK_HELP),
-    dataset: str = typer.Option("sst2", help="the customer's data (aia defaults to blog_authorship)"),
+    dataset: Optional[str] = typer.Option(None, help="the customer's data (default: the --run's dataset, else sst2; "
+                                          "aia defaults to blog_authorship)"),
     split: str = typer.Option("dev"),
     bottom_layers: int = typer.Option(0, "--bottom-layers", "-k"),
     mechanism: Mechanism = typer.Option("none", help="the customer's mechanism (its parameters: the options named "
@@ -57,9 +58,12 @@ def attack(
         if mechanism.value != "none" or privatizer is not None or cti or bottom_layers or model:
             raise ValueError("--run takes the setting from the run: give either --run or --mechanism/--privatizer/"
                              "--cti/--bottom-layers/--model")
-        setting = _run_setting(run)
+        setting = _run_setting(run, dataset, seed)
+        dataset = dataset or setting.pop("dataset")
+    setting.pop("dataset", None)
+    dataset = dataset or "sst2"
     result = run_attack(attack.value, dataset=dataset, split=split, limit=limit, seed=seed,
-                        progress=progress and not as_json, **setting, **attack_options)
+                        progress=progress, **setting, **attack_options)
     if as_json:
         typer.echo(json.dumps(result, default=str))
         return
@@ -71,8 +75,11 @@ def attack(
                    + (f" (strongest: {result['strongest_attack']})" if result.get("strongest_attack") else ""))
 
 
-def _run_setting(run: Path) -> dict:
-    """The attack setting of a finished run folder: what its customer sent, with its final bottom."""
+def _run_setting(run: Path, dataset: str, seed: int) -> dict:
+    """The attack setting of a finished run folder: what its customer sent, with its final bottom; when the run
+    trained on a seeded sample of ``dataset``'s train split drawn with ``seed``, the rest of that split is public
+    in-domain text for the attacker (``customer_train_limit``)."""
+    from splitpriv.data.loaders import canonical_dataset_name
     from splitpriv.models import SEQUENCE_CLASSIFICATION
     from splitpriv.parts import load_bottom
     from splitpriv.runs.run import RUN_FILE, RunConfig
@@ -85,6 +92,9 @@ def _run_setting(run: Path) -> dict:
     if task_of(config.task).model_task != SEQUENCE_CLASSIFICATION:
         raise ValueError(f"--run attacks classification runs; {run} is a {config.task} run")
     p = config.privacy
+    same_sample = (config.train_limit and config.train.seed == seed
+                   and canonical_dataset_name(config.dataset) == canonical_dataset_name(dataset or config.dataset))
     return dict(n_bottom_layers=config.bottom_layers, mechanism=p.mechanism_config, cti=p.cti,
                 cti_multiplier=p.cti_multiplier, model=config.model, privatizer=p.privatizer,
-                bottom=load_bottom(run / "customer"))
+                bottom=load_bottom(run / "customer"),
+                customer_train_limit=config.train_limit if same_sample else None, dataset=config.dataset)

@@ -10,10 +10,12 @@ from splitpriv.data.files import load_file
 from splitpriv.data.loaders import (
     available_datasets,
     data_dir,
+    dataset_availability,
     load_dataset,
     load_public_text,
     public_corpus,
     public_in_domain,
+    public_text_origin,
 )
 
 __all__ = [
@@ -21,9 +23,11 @@ __all__ = [
     "TextDataset",
     "available_datasets",
     "data_dir",
+    "dataset_availability",
     "load_dataset",
     "load_file",
     "load_public_text",
     "public_corpus",
     "public_in_domain",
+    "public_text_origin",
 ]

@@ -99,11 +99,31 @@ def _root(data_dir_arg) -> tuple[Path | None, str]:
 
 def _hub_error(name: str, reason: str, via_auto: bool, folder: str) -> DatasetNotFoundError:
     head = f"{ENV_VAR} is not set and the" if via_auto else "The"
+    usable = [n for n, where in dataset_availability().items() if where != "hub" and not where.startswith("not ")]
     return DatasetNotFoundError(
         f"{head} Hugging Face Hub could not be reached for {name!r} ({reason}). "
         f"Set {ENV_VAR} to a folder laid out like shared/data (with a '{folder}/' subfolder), "
-        f"or use dataset 'sst2-sample' (embedded)."
+        f"or use a dataset available offline here: {', '.join(usable)} (`splitpriv datasets` lists them)."
     )
+
+
+def dataset_availability(data_dir: str | os.PathLike | None = None) -> dict[str, str]:
+    """Where each named dataset would be read from now: ``"embedded"`` (shipped in the package),
+    ``"folder <path>"`` (the data folder has it), ``"hub"`` (no folder; the Hub is not declared offline), or
+    ``"not available offline: ..."``. Cheap: looks at files and environment variables, never the network."""
+    root, _ = _root(data_dir)
+    out = {}
+    for key, spec in _SPECS.items():
+        if key == "sst2-sample":
+            out[key] = "embedded"
+        elif root is not None and (root / spec.folder / f"{spec.splits[0]}.tsv").is_file():
+            out[key] = f"folder {root / spec.folder}"
+        elif root is None and not hub.offline_requested() and key != "trustpilot":
+            out[key] = "hub"
+        else:
+            out[key] = (f"not available offline: needs {ENV_VAR} with a '{spec.folder}/' folder"
+                        + ("" if key == "trustpilot" else " (or the Hugging Face Hub online)"))
+    return out
 
 
 def _parse_agreement(value) -> int:
@@ -236,32 +256,49 @@ def load_public_text(
 ) -> list[str]:
     """Clean sentences of public auxiliary text (WikiText-2) for attacks: titles and blank lines dropped,
     ``@-@``-style splits undone, sentences with ``<unk>`` or fewer than ``min_words`` words dropped.
-    ``limit`` keeps a ``seed``-ed random subset (in text order). Local splits: valid, test."""
+    ``limit`` keeps a ``seed``-ed random subset (in text order). Local splits: valid, test.
+    ``source="auto"`` reads the data folder when set, else the Hub, else (offline, or the Hub unreachable) the
+    1,300-sentence-per-split sample embedded in the package (:func:`public_text_origin` says which)."""
     if str(name).strip().lower().replace("-", "_") not in _WIKITEXT_NAMES:
         raise ValueError(f"unknown public text {name!r}; available: ['wikitext2']")
     _check_source(source)
-    if source == "embedded":
-        raise DatasetNotFoundError("there is no embedded public text; use source='dir' or 'hub'")
     root, origin = _root(data_dir)
+    if source == "auto" and root is None:
+        source = "embedded" if hub.offline_requested() else "hub-or-embedded"
     use_dir = source == "dir" or (source == "auto" and root is not None)
     aliases = {"validation": "valid", "dev": "valid", "val": "valid"}
-    split = _check_split("wikitext2", split, _WIKITEXT_SPLITS["dir" if use_dir else "hub"], aliases)
+    split = _check_split("wikitext2", split, _WIKITEXT_SPLITS["hub" if source.startswith("hub") else "dir"], aliases)
     if use_dir:
         if root is None:
             raise DatasetNotFoundError(f"source='dir' needs data_dir=... or ${ENV_VAR} to be set")
-        path = root / "wikitext2" / f"{split}.txt"
-        if not path.is_file():
-            raise DatasetNotFoundError(
-                f"public text 'wikitext2' split {split!r}: expected the file {path} (data folder {root} from {origin})"
-            )
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = _wikitext_file(root / "wikitext2" / f"{split}.txt", f"data folder {root} from {origin}", split)
+    elif source == "embedded":
+        lines = _wikitext_file(EMBEDDED_DIR / "wikitext2_sample" / f"{split}.txt", "the embedded sample", split)
     else:
         try:
             lines, _ = hub.wikitext_lines_from_hub(split)
         except hub.HubUnavailable as e:
-            raise _hub_error("wikitext2", str(e), source == "auto", "wikitext2") from None
+            if source == "hub-or-embedded" and split in _WIKITEXT_SPLITS["dir"]:
+                return load_public_text(name, split, source="embedded", limit=limit, min_words=min_words, seed=seed)
+            raise _hub_error("wikitext2", str(e), source != "hub", "wikitext2") from None
     sentences = wikitext_sentences(lines, min_words=min_words)
     return [sentences[i] for i in sample_indices(len(sentences), limit, seed)]
+
+
+def _wikitext_file(path: Path, where: str, split: str) -> list[str]:
+    if not path.is_file():
+        raise DatasetNotFoundError(f"public text 'wikitext2' split {split!r}: expected the file {path} ({where})")
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def public_text_origin(data_dir: str | os.PathLike | None = None) -> str:
+    """Where ``load_public_text(source="auto")`` reads WikiText-2: ``"folder <path>"``, ``"hub"``, or
+    ``"embedded sample"`` (no data folder and the Hub offline; a reachable-looking Hub that fails falls back to
+    the sample too)."""
+    root, _ = _root(data_dir)
+    if root is not None:
+        return f"folder {root}"
+    return "embedded sample" if hub.offline_requested() else "hub"
 
 
 PUBLIC_SPLITS = ("valid", "test")

@@ -234,7 +234,7 @@ class Customer:
         restored)."""
         cfg = self.train_config
         batches = self.task.batches(self, data, labels)
-        warm = self._prepare_labels(batches) if batches.labels is not None else {}
+        warm = self._prepare_labels(batches, progress) if batches.labels is not None else {}
         total = num_steps(batches.n, cfg.batch_size, cfg.epochs)
         if total > self.session.total_steps:
             raise ValueError(f"{total} steps planned but the session was opened for {self.session.total_steps}")
@@ -256,7 +256,7 @@ class Customer:
         return {"losses": losses, "train_seconds": seconds,
                 "train_samples_per_s": batches.n * cfg.epochs * done / max(seconds, 1e-9), **warm}
 
-    def _prepare_labels(self, batches) -> dict:
+    def _prepare_labels(self, batches, progress: bool = False) -> dict:
         """For labelled data: CTI selection, label DP, the privatizer's warm start and the journal's labels."""
         cfg = self.train_config
         if self.privacy.cti and self.cti is None:
@@ -273,7 +273,7 @@ class Customer:
                                          self.session.num_labels, self.tokenizer.pad_token_id,
                                          epochs=cfg.privatizer_warm_start, lr=cfg.privatizer_lr or 1e-2,
                                          batch_size=cfg.batch_size, seed=cfg.seed, train_blocks=cfg.warm_start_blocks,
-                                         blocks_lr=cfg.bottom_lr)
+                                         blocks_lr=cfg.bottom_lr, progress=progress)
             self._warm_started = True
         if self.journal is not None:
             batches.labels = self.journal.start(self, batches.labels)

@@ -30,12 +30,13 @@ from __future__ import annotations
 import torch
 
 from splitpriv.batching import collate, training_order
+from splitpriv.roles.customer.steps import progress_bar
 
 
 def warm_start_privatizer(bottom, mechanism, encodings: list[list[int]], labels: torch.Tensor, num_labels: int,
                           pad_id: int, *, epochs: int, lr: float, batch_size: int, seed: int,
                           train_blocks: bool = False, blocks_lr: float = 5e-5, require_privatizer: bool = True,
-                          readout: torch.nn.Linear | None = None) -> dict:
+                          readout: torch.nn.Linear | None = None, progress: bool = False) -> dict:
     """Train ``bottom.privatizer`` in place (module docstring), and with ``train_blocks`` the bottom's blocks; the
     other weights stay as they are. Returns the loss of the first and last 10 steps and the step count. A given
     ``readout`` (width → labels) is the one trained, so the caller keeps it; ``require_privatizer=False`` also
@@ -70,8 +71,10 @@ def warm_start_privatizer(bottom, mechanism, encodings: list[list[int]], labels:
     bottom.eval()
     opt = torch.optim.AdamW(groups, weight_decay=0.0)
     losses = []
+    order = list(training_order(len(encodings), batch_size, epochs, seed))
+    bar = progress_bar(len(order), "warm start (at home)", progress)
     try:
-        for _, _, index in training_order(len(encodings), batch_size, epochs, seed):
+        for _, _, index in order:
             ids, mask = collate(encodings, index, pad_id)
             u = bottom(input_ids=ids, attention_mask=mask)
             z = privatize(mechanism, u, mask, generator=g)
@@ -82,7 +85,10 @@ def warm_start_privatizer(bottom, mechanism, encodings: list[list[int]], labels:
             loss.backward()
             opt.step()
             losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
     finally:
+        bar.close()
         for p, flag in states.items():
             p.requires_grad_(flag)
         bottom.train(mode)
