@@ -11,8 +11,9 @@ float noise of predict batching across tenants (``max_abs_diff``; ``bitwise``: h
 
 Each customer is an :class:`~splitpriv.transport.http_client.HttpTransport` with its default retry policy (backoff
 up to 10 s apart, 2 minutes of patience) and timeout (or ``--timeout``); steps send synthetic privatized
-representations (batch 8 x 32 positions, 40% real tokens, float16 on the wire; k = 0, LoRA r = 8). The vendor loads
-its model on the first open, under the load: the call that used to give up first.
+representations (batch 8 x 32 positions, 40% real tokens, float16 on the wire; k = 0, LoRA r = 8). The vendor (each
+replica) loads its model before it reports ready (:mod:`splitpriv.roles.vendor.warmup`); the first open, the call
+that used to give up first while a replica loaded its model under the load, then pays for a session only.
 
 Bounded: loopback only, at most 16 customers and ``--steps`` (<= 20) steps each; the busy processes end by
 themselves after ``--budget`` seconds (and are killed at the end), settings that would start past the budget are

@@ -65,6 +65,9 @@ class VendorReplica:
                                     limits=RequestLimits(pending_ttl=opts.pending_ttl), idle_unload=opts.idle_unload,
                                     session_ttl=opts.session_ttl, batch_predict=opts.batch_predict,
                                     batch_train=opts.batch_train)
+        from splitpriv.roles.vendor.warmup import warm_up
+
+        warm_up(self.vendor)  # ready only with the model in memory: an open never waits for a load
 
     def __serve_build_asgi_app__(self):
         from splitpriv.service.app import create_app

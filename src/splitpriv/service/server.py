@@ -61,6 +61,9 @@ def serve(
     vendor = Vendor(model, state_dir=state_dir, checkpoint_every=checkpoint_every,
                     limits=RequestLimits(pending_ttl=pending_ttl), idle_unload=idle_unload, session_ttl=session_ttl,
                     batch_predict=batch_predict, batch_train=batch_train)
+    from splitpriv.roles.vendor.warmup import warm_up
+
+    log.info("model loaded for %s before serving", warm_up(vendor))
     if vendor.load_errors:
         log.error("%d saved session(s) could not be restored: %s", len(vendor.load_errors), vendor.load_errors)
     app = create_app(vendor, max_body_bytes=max_body_bytes)
