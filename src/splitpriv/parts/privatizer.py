@@ -6,9 +6,18 @@ space representation ``u`` [B, T, r] the mechanism perturbs, ``top`` reads [B, T
 file (:func:`splitpriv.parts.save_bottom`) carries the customer half's weights and config, so a projection the vendor
 trained ships inside the bottom package, and a trained bottom fine-tunes it from the returned gradients.
 
+The same for a causal LM's three-part split: the customer half ends the bottom (embeddings + k blocks), the vendor
+half starts the middle, the tail reads the middle's d-wide output as before; so ``tail(top(bottom(x)))`` is the
+explicit composition customer half → vendor half → middle → tail. Positions, causal masks and rotary tables are
+rebuilt from the mask on each side, never read from the privatized vectors; the halves map every token alone
+(:attr:`~splitpriv.privacy.privatizer.Privatizer.token_wise`), so decoding privatizes one new token at a time and
+no token's vector depends on a later one. :func:`check_privatizer_fits` refuses, before anything is fitted, a
+privatizer a model cannot serve (a width above d, a sentence-mixing privatizer for a causal LM, a fit sample the
+vocabulary cannot supply).
+
 A vendor that pre-trained a privatizer (:mod:`splitpriv.roles.vendor.privatizer_pretrain`) keeps both halves in its model
 folder (``privatizer.safetensors`` + ``privatizer.json``); :func:`load_privatizer` refuses them for a split of
-another model, width, depth or privatizer config, naming the difference.
+another model, task, width, depth or privatizer config, naming the difference.
 """
 
 from __future__ import annotations
@@ -18,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from splitpriv.privacy.privatizer import build_privatizer
+from splitpriv.models import CAUSAL_LM, SEQUENCE_CLASSIFICATION
+from splitpriv.privacy.privatizer import Privatizer, build_privatizer
 
 PRIVATIZER_WEIGHTS = "privatizer.safetensors"
 PRIVATIZER_META = "privatizer.json"
@@ -46,8 +56,8 @@ def _sample(bottom, vocab_size: int, seed: int, n_tokens: int | None = None) -> 
     if n_tokens is None:
         ids = torch.randint(min(1000, vocab_size - 1), vocab_size, (8, 32), generator=g)
     else:
-        ids = torch.randperm(vocab_size, generator=g)[:n_tokens]
-        ids = ids[: len(ids) // 64 * 64].reshape(-1, 64) if len(ids) >= 64 else ids[None]
+        ids = torch.randperm(vocab_size, generator=g)[:sample_tokens(vocab_size, n_tokens)]
+        ids = ids.reshape(-1, 64) if len(ids) >= 64 else ids[None]
     modes = [(m, m.training) for m in bottom.modules()]
     bottom.eval()
     hidden = torch.cat([bottom(input_ids=c, attention_mask=torch.ones_like(c)) for c in ids.split(64)])
@@ -56,16 +66,35 @@ def _sample(bottom, vocab_size: int, seed: int, n_tokens: int | None = None) -> 
     return hidden.reshape(-1, hidden.shape[-1])
 
 
-def attach_privatizer(parts, privatizer, *, seed: int = 0):
-    """Fold ``privatizer`` into the split ``parts`` in place (sequence classification only); returns ``parts``."""
-    from splitpriv.models import SEQUENCE_CLASSIFICATION
+def sample_tokens(vocab_size: int, n_tokens: int) -> int:
+    """How many distinct token ids the data-free fit sample holds for a privatizer asking for ``n_tokens``: at most
+    the vocabulary, in whole rows of 64 (one short row when the vocabulary has fewer than 64 ids)."""
+    n = min(int(n_tokens), int(vocab_size))
+    return n // 64 * 64 if n >= 64 else n
 
+
+def check_privatizer_fits(privatizer, d: int, vocab_size: int, task: str) -> Privatizer:
+    """The privatizer, once it can serve a ``task`` model of width ``d`` and ``vocab_size`` token ids; else one
+    ``ValueError`` naming the problem: a width above ``d``, a privatizer that mixes a sentence's tokens for a causal
+    LM (its middle reads token t before token t + 1 exists, and generation sends one token at a time), or a fit
+    sample the vocabulary cannot supply (e.g. more prototypes than sampled tokens)."""
     built = build_privatizer(privatizer)
-    if parts.task != SEQUENCE_CLASSIFICATION:
-        raise ValueError(f"a privatizer needs a sequence classifier; this split is a {parts.task!r} model")
+    built.check_width(d)
+    if task == CAUSAL_LM and not built.token_wise:
+        raise ValueError(f"privatizer {built.name!r} mixes a sentence's tokens: a causal LM needs one that maps every "
+                         "token alone (generation privatizes one new token at a time)")
+    if built.sample_size:
+        built.check_sample(sample_tokens(vocab_size, built.sample_size), vocab_size)
+    return built
+
+
+def attach_privatizer(parts, privatizer, *, seed: int = 0):
+    """Fold ``privatizer`` into the split ``parts`` in place (a classifier's bottom and top, or a causal LM's bottom
+    and middle); returns ``parts``."""
     if parts.bottom.privatizer is not None:
         raise ValueError("this split already has a privatizer")
     d = parts.bottom.d_model
+    built = check_privatizer_fits(privatizer, d, int(parts.config.vocab_size), parts.task)
     half = customer_half(built, d, seed)
     if built.sample_size:  # a privatizer fitted to the bottom's outputs (prototypes, covariance)
         built.fit(half, _sample(parts.bottom, int(parts.config.vocab_size), seed, built.sample_size))
@@ -77,7 +106,7 @@ def attach_privatizer(parts, privatizer, *, seed: int = 0):
 
 def _identity(parts) -> dict:
     return {"privatizer": parts.bottom.privatizer.privatizer_config, "n_bottom_layers": parts.n_bottom_layers,
-            "d_model": parts.bottom.d_model, "model_type": parts.family.model_type}
+            "d_model": parts.bottom.d_model, "model_type": parts.family.model_type, "task": parts.task}
 
 
 def save_privatizer(parts, directory: str | Path, extra: dict | None = None) -> Path:
@@ -101,7 +130,7 @@ def pretrained_privatizer(directory: str | Path | None) -> dict | None:
 
 def load_privatizer(parts, directory: str | Path):
     """Overwrite both halves of ``parts``' privatizer with the pre-trained ones in ``directory``; a privatizer
-    trained for another model, width, split depth or config is one ``ValueError`` naming what differs."""
+    trained for another model, task, width, split depth or config is one ``ValueError`` naming what differs."""
     from safetensors.torch import load_file
 
     directory = Path(directory)
@@ -112,6 +141,7 @@ def load_privatizer(parts, directory: str | Path):
         raise ValueError(f"{directory} holds a pre-trained privatizer {meta['privatizer']}: open the session with it "
                          "(SessionConfig.privatizer)")
     own = _identity(parts)
+    meta = {"task": SEQUENCE_CLASSIFICATION, **meta}  # written before causal LMs had privatizers: a classifier's
     wrong = {k: (meta.get(k), v) for k, v in own.items() if meta.get(k) != v}
     if wrong:
         what = "; ".join(f"{k}: trained for {a!r}, this split has {b!r}" for k, (a, b) in wrong.items())

@@ -86,25 +86,13 @@ def split_model(model: nn.Module, n_bottom_layers: int, n_tail_layers: int | Non
     ``k + j`` at most the number of blocks.
 
     The parts share the model's parameter tensors (no copy): training the top trains the model. ``privatizer``:
-    :func:`~splitpriv.parts.privatizer.attach_privatizer`.
+    :func:`~splitpriv.parts.privatizer.attach_privatizer` (a classifier's bottom and top, or a causal LM's bottom and
+    middle).
     """
     family = family_of(model)
     n_layers = num_blocks(model)
     causal = family.task_of(model) == CAUSAL_LM
-    if isinstance(n_bottom_layers, bool) or not isinstance(n_bottom_layers, int):
-        raise ValueError(f"n_bottom_layers must be an integer, got {n_bottom_layers!r}")
-    j = n_tail_layers or 0
-    if isinstance(j, bool) or not isinstance(j, int) or j < 0:
-        raise ValueError(f"n_tail_layers must be an integer >= 0, got {n_tail_layers!r}")
-    if j and not causal:
-        raise ValueError(f"n_tail_layers={j} needs a causal LM; this {family.model_type} model is a "
-                         "sequence classifier (its head stays with the top)")
-    if not 0 <= n_bottom_layers <= n_layers - j:
-        tail = f" + n_tail_layers={j}" if j else ""
-        raise ValueError(
-            f"n_bottom_layers={n_bottom_layers}{tail} is out of range: this {family.model_type} model has "
-            f"{n_layers} blocks, so k must be in 0..{n_layers - j}" + (f" (k + j at most {n_layers})" if j else "")
-        )
+    j = _check_range(family.model_type, n_layers, n_bottom_layers, n_tail_layers, causal)
     attn = getattr(model.config, "_attn_implementation", None) or "eager"
     parts = SplitModel(
         bottom=Bottom(model, n_bottom_layers, attn),
@@ -118,3 +106,40 @@ def split_model(model: nn.Module, n_bottom_layers: int, n_tail_layers: int | Non
     if privatizer is not None:
         attach_privatizer(parts, privatizer, seed=privatizer_seed)
     return parts
+
+
+def check_split_fits(model_config, n_bottom_layers: int, n_tail_layers: int | None = None, *, task: str,
+                     privatizer=None, vendor_blocks: int = 0) -> None:
+    """What :func:`split_model` would refuse, from a model's config alone (no weights, nothing fitted): the depths
+    against its blocks, and a privatizer it cannot serve (:func:`~splitpriv.parts.privatizer.check_privatizer_fits`).
+    ``vendor_blocks``: blocks the top must keep (a causal LM's vendor needs a middle of at least one block)."""
+    from splitpriv.parts.privatizer import check_privatizer_fits
+
+    n_layers = int(model_config.num_hidden_layers)
+    _check_range(model_config.model_type, n_layers, n_bottom_layers, n_tail_layers, task == CAUSAL_LM)
+    j = n_tail_layers or 0
+    if n_layers - n_bottom_layers - j < vendor_blocks:
+        raise ValueError(f"n_bottom_layers={n_bottom_layers} + n_tail_layers={j} leave the vendor no block of this "
+                         f"model's {n_layers}: k + j must be below {n_layers}")
+    if privatizer is not None:
+        check_privatizer_fits(privatizer, int(model_config.hidden_size), int(model_config.vocab_size), task)
+
+
+def _check_range(model_type: str, n_layers: int, n_bottom_layers, n_tail_layers, causal: bool) -> int:
+    """``n_tail_layers`` as an int once ``k`` and ``j`` fit a model of ``n_layers`` blocks (one ``ValueError``
+    naming the problem otherwise)."""
+    if isinstance(n_bottom_layers, bool) or not isinstance(n_bottom_layers, int):
+        raise ValueError(f"n_bottom_layers must be an integer, got {n_bottom_layers!r}")
+    j = n_tail_layers or 0
+    if isinstance(j, bool) or not isinstance(j, int) or j < 0:
+        raise ValueError(f"n_tail_layers must be an integer >= 0, got {n_tail_layers!r}")
+    if j and not causal:
+        raise ValueError(f"n_tail_layers={j} needs a causal LM; this {model_type} model is a "
+                         "sequence classifier (its head stays with the top)")
+    if not 0 <= n_bottom_layers <= n_layers - j:
+        tail = f" + n_tail_layers={j}" if j else ""
+        raise ValueError(
+            f"n_bottom_layers={n_bottom_layers}{tail} is out of range: this {model_type} model has "
+            f"{n_layers} blocks, so k must be in 0..{n_layers - j}" + (f" (k + j at most {n_layers})" if j else "")
+        )
+    return j

@@ -3,7 +3,8 @@
 
 Threat model: the tail never leaves the customer once shipped; the next-token labels and the V-sized logits are
 computed and used at home. What the vendor sees of a causal-LM step is the bottom's privatized hidden states going
-up and, during training, the gradient of the loss w.r.t. its middle's output (d floats per token each way).
+up (d floats per token, r through a privatizer) and, during training, the gradient of the loss w.r.t. its middle's
+output (d floats per token).
 """
 
 from __future__ import annotations

@@ -114,6 +114,11 @@ class PAC(Privatizer):
         if self.config.r is not None and self.config.r > d:
             raise ValueError(f"pac r={self.config.r} is above the model width d={d}")
 
+    def check_sample(self, n_tokens: int, vocab_size: int) -> None:
+        if n_tokens < 2:
+            raise ValueError(f"pac estimates a covariance from the bottom's outputs on distinct token ids: this "
+                             f"model's vocabulary of {vocab_size} ids gives {n_tokens}, it needs at least 2")
+
     def width(self, d: int) -> int:
         self.check_width(d)
         return d if self.config.r is None else self.config.r

@@ -47,8 +47,17 @@ class Privatizer(abc.ABC):
     #: tokens of the bottom's output a privatizer needs to :meth:`fit` its customer half (0: it does not fit)
     sample_size: int = 0
 
+    #: the customer half maps every token's vector alone (``u_t = f(h_t)``, the mask only marks padding). A causal
+    #: LM needs this: its middle reads token t before token t + 1 exists, and generation privatizes one new token at
+    #: a time. A privatizer that mixes a sentence's tokens sets it False and serves classifiers only.
+    token_wise: bool = True
+
     def check(self) -> None:
         """Reject bad parameters (one ``ValueError`` naming the parameter)."""
+
+    def check_sample(self, n_tokens: int, vocab_size: int) -> None:
+        """Reject a data-free fit sample of ``n_tokens`` distinct token ids (from a vocabulary of ``vocab_size``)
+        too small to :meth:`fit` on, before the bottom runs. Default: any size will do."""
 
     def fit(self, customer: nn.Module, sample: Tensor) -> None:
         """Fit ``customer``'s state (parameters, so that it ships in the bottom file) to ``sample`` [N, d], outputs

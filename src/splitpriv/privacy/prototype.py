@@ -184,6 +184,11 @@ class Prototype(Privatizer):
         if self.config.r is not None and self.config.r > d:
             raise ValueError(f"prototype r={self.config.r} is above the model width d={d}")
 
+    def check_sample(self, n_tokens: int, vocab_size: int) -> None:
+        if self.config.K > n_tokens:
+            raise ValueError(f"prototype K={self.config.K} is above the {n_tokens} tokens its k-means is fitted on "
+                             f"(this model's vocabulary has {vocab_size} ids): choose K <= {n_tokens}")
+
     def width(self, d: int) -> int:
         self.check_width(d)
         return d if self.config.r is None else self.config.r
