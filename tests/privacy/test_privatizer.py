@@ -45,7 +45,7 @@ def test_spec_parses_to_the_canonical_config_and_the_customer_config_keeps_old_k
     assert private.to_dict()["privatizer"] == SPEC == PrivacyConfig.from_dict(private.to_dict()).privatizer
     with pytest.raises(ValueError, match="positive"):
         PrivacyConfig("dchi", eta=10, privatizer="bottleneck:r=0")
-    with pytest.raises(ValueError, match="sequence classification"):
+    with pytest.raises(ValueError, match="no vendor denoising"):
         SessionConfig(privatizer=SPEC, denoise="nn").validate()
 
 

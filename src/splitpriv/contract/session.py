@@ -35,7 +35,8 @@ class SessionConfig:
     task: str = "sequence-classification"  # or "causal-lm": a three-part split, the customer keeps the tail
     n_tail_layers: int = 0  # causal LM: blocks in the customer's tail (besides the final norm and LM head)
     # a learned privatizer (``Privatizer.to_config()``: {"name": "bottleneck", "r": 16, ...}); its output width (r)
-    # is the width the vendor accepts (splitpriv.privacy.privatizer, splitpriv.parts.privatizer)
+    # is the width the vendor accepts, in every task (a causal LM's middle lifts r -> d before its first block too;
+    # splitpriv.privacy.privatizer, splitpriv.parts.privatizer)
     privatizer: dict | None = None
 
     def validate(self) -> "SessionConfig":
@@ -87,9 +88,9 @@ class SessionConfig:
         from splitpriv.privacy.privatizer import privatizer_config
 
         privatizer_config(self.privatizer)
-        if self.denoise != "none" or self.causal:
-            raise ValueError(f"a privatizer sends r-dimensional vectors: it works with sequence classification "
-                             f"and no vendor denoising (got task={self.task!r}, denoise={self.denoise!r})")
+        if self.denoise != "none":
+            raise ValueError(f"a privatizer sends r-dimensional vectors, which the vendor cannot project to token "
+                             f"embeddings: it works with no vendor denoising (got denoise={self.denoise!r})")
 
     def _validate_task(self) -> None:
         from splitpriv.tasks import task_of, task_values

@@ -52,6 +52,9 @@ class CausalLM(Task):
         if config.robust_top is not None or config.denoise != "none" or config.head != "vendor":
             raise ValueError("task causal-lm takes no robust_top, denoise or head option (the customer holds the "
                              "tail)")
+        if config.train.privatizer_warm_start:
+            raise ValueError("privatizer_warm_start trains the privatizer at home on the customer's class labels: "
+                             "task causal-lm has none (its privatizer trains with a trained bottom, --bottom trained)")
 
     def encode(self, records, tokenizer, config):
         from splitpriv.data.instructions import encode_lm

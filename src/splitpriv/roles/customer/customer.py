@@ -329,8 +329,8 @@ class Customer:
     @torch.no_grad()
     def generate(self, prompt_ids: list[int], max_new_tokens: int = 32, *, temperature: float = 0.0,
                  top_p: float = 1.0, generator: torch.Generator | None = None, stop_ids=None) -> list[int]:
-        """New token ids after ``prompt_ids`` (a causal LM's tail at home): one privatized d-vector up and one
-        d-vector down per token."""
+        """New token ids after ``prompt_ids`` (a causal LM's tail at home): one privatized vector up (d wide, or r
+        through a privatizer, applied to each new token alone) and one d-vector down per token."""
         if self.tail is None:
             raise ValueError(f"a {self.task.value} session has no tail to generate with: use `splitpriv predict`")
         if not prompt_ids:

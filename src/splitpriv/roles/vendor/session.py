@@ -342,7 +342,9 @@ class VendorSession:
 
     def decode(self, req: DecodeRequest) -> Outputs:
         """One generation step of the middle: ``reset`` replaces the cache with a new sequence's (the prompt), a
-        later request appends one token. One cache per session bounds the vendor's memory to one sequence each."""
+        later request appends one token. One cache per session bounds the vendor's memory to one sequence each.
+        Received vectors are checked against the session's width (r with a privatizer, whose up-projection the
+        middle applies first). Refused (409) while a training step is in flight: generate between steps."""
         from splitpriv.parts import PartCache
 
         if not self.config.causal:
@@ -354,6 +356,10 @@ class VendorSession:
                                 f"{int((mask == 0).sum())}")
         with self.lock, torch.no_grad():
             self.check_open()
+            self._expire_if_old(time.monotonic())  # an abandoned step blocks generation for the TTL at most
+            if self._pending is not None:
+                raise OutOfOrder(f"session {self.session_id} is training: the forward of step {self._pending.step} "
+                                 "awaits its backward; generate once that step is complete")
             if req.reset:
                 self.decode_cache = None
                 self.decode_cache = PartCache()

@@ -48,7 +48,7 @@ from splitpriv.roles.vendor.session import (
 )
 from splitpriv.roles.vendor.tenant_batch import TenantBatcher
 from splitpriv.seeding import step_rng
-from splitpriv.parts import HEAD_WEIGHTS, TAIL_WEIGHTS, SplitModel, save_bottom, split_model
+from splitpriv.parts import HEAD_WEIGHTS, TAIL_WEIGHTS, SplitModel, check_split_fits, save_bottom, split_model
 from splitpriv.parts.privatizer import load_privatizer, pretrained_privatizer
 from splitpriv.tuning import TunedTop, apply_tuning
 
@@ -163,13 +163,13 @@ class Vendor:
 
     def _build(self, config: SessionConfig) -> tuple[SplitModel, TunedTop]:
         model, _ = self.base(config.num_labels, config.model_task)
-        parts = split_model(model, config.n_bottom_layers, config.n_tail_layers if config.causal else None,
-                            privatizer=config.privatizer, privatizer_seed=config.seed)
+        j = config.n_tail_layers if config.causal else None
+        check_split_fits(model.config, config.n_bottom_layers, j, task=config.model_task, privatizer=config.privatizer,
+                         vendor_blocks=1 if config.causal else 0)  # before anything is fitted; a middle of >= 1 block
+        parts = split_model(model, config.n_bottom_layers, j, privatizer=config.privatizer,
+                            privatizer_seed=config.seed)
         if pretrained_privatizer(self.model_folder) is not None:  # its top reads that privatizer's output only
             load_privatizer(parts, self.model_folder)  # the pre-trained halves; refused for another split or none
-        if config.causal and not parts.top.block_paths:
-            raise ValueError(f"n_bottom_layers={config.n_bottom_layers} + n_tail_layers={config.n_tail_layers} leave "
-                             f"the vendor no block of this model's {parts.n_layers}: k + j must be below {parts.n_layers}")
         check_tuning_size(config.tuning, parts.top.d_model)
         with RNG_LOCK, step_rng(config.seed, "vendor-init"):
             tuned = apply_tuning(parts.top, config.tuning)
