@@ -63,7 +63,8 @@ def generate(
     raw: bool = typer.Option(False, "--raw", help="send the prompt as is, without the chat template"),
     as_json: bool = typer.Option(False, "--json", help="print {prompt, answer, tokens, bytes_sent, ...} as JSON"),
 ):
-    """Generate privately: each token costs one privatized d-vector up and one d-vector down."""
+    """Generate privately: each token costs one privatized vector up (d wide, r with the run's privatizer) and one
+    d-vector down."""
     import time
 
     import torch

@@ -31,8 +31,8 @@ from splitpriv.cli.options import with_mechanism_parameters
 @with_mechanism_parameters
 def train(
     dataset: str = typer.Option("sst2-sample", help="sst2, sst2-sample (embedded), financial_phrasebank, blog_authorship; "
-                                "causal-lm: sst2, financial_phrasebank (as instructions), wikitext2, or a .jsonl file "
-                                "with prompt/response"),
+                                "causal-lm: sst2, sst2-sample, financial_phrasebank (as instructions), wikitext2, or a "
+                                ".jsonl file with prompt/response"),
     task: Task = typer.Option("sequence-classification", help="causal-lm: the customer keeps bottom and tail, the "
                               "vendor tunes the middle; next-token loss on the responses at home"),
     tail_layers: int = typer.Option(0, "--tail-layers", "-j", help="causal-lm: blocks in the customer's tail"),

@@ -16,6 +16,7 @@ INSTRUCTION_SETS = {
     "sst2": "Is the sentiment of this movie review positive or negative? Answer with one word.\n\n{text}",
     "financial_phrasebank": "Is this financial news positive, negative or neutral? Answer with one word.\n\n{text}",
 }
+INSTRUCTION_SETS["sst2-sample"] = INSTRUCTION_SETS["sst2"]  # the embedded SST-2 sample: offline, `train`'s default
 SST2_WORDS = {"0": "negative", "1": "positive"}
 PLAIN_TEXT = ("wikitext2",)
 

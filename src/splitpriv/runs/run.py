@@ -66,10 +66,11 @@ def write_secret(path: Path, text: str) -> None:
 
 
 def train_split(config: RunConfig, train, evaluation, *, progress: bool = True, transport=None, out_dir=None,
-                resume: bool = False) -> dict:
+                resume: bool = False, on_open=None) -> dict:
     """Split, privatized fine-tuning through ``transport`` (in process by default), then private evaluation.
     ``resume``: ``transport`` is attached to the run's session, whose journal (:mod:`splitpriv.roles.customer.journal`)
-    restores the customer after the vendor's completed step."""
+    restores the customer after the vendor's completed step. ``on_open()`` runs once the vendor has accepted the
+    session and the customer its package (:func:`run` writes the run folder then)."""
     from splitpriv.roles.customer import Customer
 
     task = task_of(config.task)
@@ -79,6 +80,8 @@ def train_split(config: RunConfig, train, evaluation, *, progress: bool = True, 
         customer = Customer(transport, session, config.privacy, config.train)
     else:
         customer = Customer.open(transport, session, config.privacy, config.train)
+    if on_open is not None:
+        on_open()
     completed, done = _attach_journal(customer, config, transport, out_dir, resume)
     train, evaluation = task.encode(train, customer.tokenizer, config), task.encode(evaluation, customer.tokenizer,
                                                                                     config)
@@ -162,15 +165,19 @@ def run(config: RunConfig, out_dir: str | Path | None = None, *, progress: bool 
     task = task_of(config.task)
     started = time.perf_counter()
     train, evaluation = task.load_data(config)
-    if out_dir is not None:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        (Path(out_dir) / RUN_FILE).write_text(json.dumps(config.to_dict(), indent=2))
-        task.write_data_files(train, Path(out_dir))
+
+    def start_folder() -> None:  # only once the input is accepted: a refused run leaves a finished one in place
+        if out_dir is not None:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            (Path(out_dir) / RUN_FILE).write_text(json.dumps(config.to_dict(), indent=2))
+            task.write_data_files(train, Path(out_dir))
+
     if config.centralized:
+        start_folder()
         result = train_centralized(config, train, evaluation, progress=progress)
     else:
         result = train_split(config, train, evaluation, progress=progress, transport=transport, out_dir=out_dir,
-                             resume=resume)
+                             resume=resume, on_open=start_folder)
     result.pop("_customer", None)
     losses = result.pop("losses")
     metrics = {**task.record(config, train, evaluation, result), **run_record(config, losses)}
