@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from splitpriv.cli import app
 from splitpriv.roles.vendor import Vendor
 from splitpriv.service.app import create_app
+from splitpriv.tasks import task_of
 
 RECORDS = [("Is this review positive or negative?\n\nA fine, warm film.", "positive"),
            ("Is this review positive or negative?\n\nDull and far too long.", "negative"),
@@ -48,6 +49,9 @@ def test_train_and_generate_in_process_and_over_http(tiny_lm_dir, data, tmp_path
     assert trained.exit_code == 0, trained.output
     metrics = json.loads(trained.output.strip().splitlines()[-1])
     assert metrics["config"]["privacy"]["privatizer"]["r"] == 8 and metrics["perplexity"] > 1
+    summary = task_of("causal-lm").summary(metrics, run).splitlines()[0]
+    assert summary.endswith("k=1, j=1, lora, noise gaussian sigma=0.05, privatizer bottleneck r=8 clip=1.0 "
+                            "normalize=False"), summary
     local = _generate(run)
     assert len(local["tokens"]) == 5
     server = loopback(create_app(Vendor(str(tiny_lm_dir), state_dir=run / "vendor-state"))).start()

@@ -101,6 +101,12 @@ class CausalLM(Task):
     def summary(self, metrics: dict, out) -> str:
         cfg = metrics["config"]
         setting = f"{metrics['mode']}, k={cfg['bottom_layers']}, j={cfg['tail_layers']}, {cfg['method']}"
+        if metrics["mode"] == "split":
+            privacy = cfg["privacy"]
+            for what, entry in (("noise", privacy["mechanism"]), ("privatizer", privacy.get("privatizer"))):
+                if entry and entry["name"] != "none":
+                    setting += f", {what} " + " ".join([entry["name"], *(f"{k}={v}" for k, v in entry.items()
+                                                                          if k != "name")])
         lines = [f"splitpriv causal-lm: {metrics['dataset']} ({metrics['n_train']} train / {metrics['n_eval']} "
                  f"eval), {setting}"]
         for name, scores in (("before", metrics.get("before")), ("after", metrics),
