@@ -27,7 +27,7 @@ from splitpriv.models import CAUSAL_LM, Family, family_of, num_blocks
 from splitpriv.parts.base import unique_parameters
 from splitpriv.parts.bottom import Bottom
 from splitpriv.parts.disclosure import Disclosure
-from splitpriv.parts.privatizer import attach_privatizer
+from splitpriv.parts.privatizer import attach_privatizer, check_privatizer_fits
 from splitpriv.parts.tail import Tail
 from splitpriv.parts.top import Top
 
@@ -113,8 +113,6 @@ def check_split_fits(model_config, n_bottom_layers: int, n_tail_layers: int | No
     """What :func:`split_model` would refuse, from a model's config alone (no weights, nothing fitted): the depths
     against its blocks, and a privatizer it cannot serve (:func:`~splitpriv.parts.privatizer.check_privatizer_fits`).
     ``vendor_blocks``: blocks the top must keep (a causal LM's vendor needs a middle of at least one block)."""
-    from splitpriv.parts.privatizer import check_privatizer_fits
-
     n_layers = int(model_config.num_hidden_layers)
     _check_range(model_config.model_type, n_layers, n_bottom_layers, n_tail_layers, task == CAUSAL_LM)
     j = n_tail_layers or 0
