@@ -59,6 +59,23 @@ def test_split_causal_lm_training_equals_centralized(vendor, tiny_lm_dir, exampl
     assert held_out["perplexity"] == pytest.approx(torch.tensor(held_out["loss"]).exp().item())
 
 
+def test_noise_once_resends_each_examples_vectors(vendor, examples):
+    """--noise once on a causal LM: the vendor sees each example's very same noisy vectors every epoch."""
+    from splitpriv.contract import ForwardRequest
+
+    def sent(noise):
+        got = []
+        transport = InProcessTransport(vendor, tap=lambda d, m: got.append(m) if isinstance(m, ForwardRequest) else None)
+        privacy = PrivacyConfig(mechanism="dchi", eta=50.0, noise=noise)
+        customer = Customer.open(transport, _session(steps=2), privacy, TrainConfig(batch_size=4, epochs=2, noise_seed=3))
+        customer.fit(examples[:4], progress=False)
+        return [sorted(m.hidden.float().norm(dim=(1, 2)).tolist()) for m in got]
+
+    once, fresh = sent("once"), sent("per-step")
+    assert once[0] == once[1], "noise once: the same vectors every epoch"
+    assert fresh[0] != fresh[1], "per-step: fresh noise every epoch"
+
+
 def test_the_wire_carries_d_floats_per_token(vendor, examples):
     seen = []
     transport = InProcessTransport(vendor, tap=lambda direction, msg: seen.append((direction, msg)))

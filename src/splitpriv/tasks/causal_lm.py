@@ -63,7 +63,9 @@ class CausalLM(Task):
 
     def batches(self, trainer, examples, labels=None) -> Batches:
         pad = trainer.tokenizer.pad_token_id
-        return Batches(len(examples), lambda b, index: (*collate_lm(examples, index, pad), None))
+        # the rows' indices key the customer's noise-once cache: without them each epoch drew fresh noise, and
+        # the vendor got independent noisy looks at every example (averaging attacks)
+        return Batches(len(examples), lambda b, index: (*collate_lm(examples, index, pad), index))
 
     def loss(self, logits, ids, mask, targets):
         return next_token_loss(logits, ids, targets * mask)
