@@ -68,6 +68,38 @@ def tiny_lm_dir(tmp_path_factory, smollm2) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def lm_records():
+    """Prompt/response pairs for the causal-LM tests: two instructions with answers, a question, plain text."""
+    return [("Is this review positive or negative?\n\nA fine, warm film.", "positive"),
+            ("Is this review positive or negative?\n\nDull and far too long.", "negative"),
+            ("Name a colour.", "Blue."), ("", "The city lies on the river and has an old harbour.")] * 3
+
+
+@pytest.fixture(scope="session")
+def lm_examples(smollm2, lm_records):
+    from splitpriv.data.instructions import encode_lm
+
+    return encode_lm(lm_records, smollm2[1], max_length=64)
+
+
+@pytest.fixture(scope="module")
+def lm_vendor(tiny_lm_dir):
+    """A vendor of the tiny random Llama, one per test module (its sessions stay in the module)."""
+    from splitpriv.roles.vendor import Vendor
+
+    return Vendor(str(tiny_lm_dir))
+
+
+@pytest.fixture(scope="module")
+def lm_url(lm_vendor, loopback):
+    from splitpriv.service.app import create_app
+
+    server = loopback(create_app(lm_vendor)).start()
+    yield server.url
+    server.stop()
+
+
 # -- a real server on a loopback port --------------------------------------------------------------------------------
 
 

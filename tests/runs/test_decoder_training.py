@@ -15,60 +15,36 @@ from splitpriv.data.instructions import encode_lm, load_lm_dataset
 from splitpriv.contract.errors import OutOfOrder
 from splitpriv.contract import DecodeRequest, ProtocolError, SessionConfig
 from splitpriv.roles.customer import Customer
-from splitpriv.roles.vendor import Vendor
-from splitpriv.service.app import create_app
 from splitpriv.parts import split_model
 from splitpriv.transport import HttpTransport, InProcessTransport
-
-RECORDS = [("Is this review positive or negative?\n\nA fine, warm film.", "positive"),
-           ("Is this review positive or negative?\n\nDull and far too long.", "negative"),
-           ("Name a colour.", "Blue."), ("", "The city lies on the river and has an old harbour.")] * 3
-
-
-@pytest.fixture(scope="module")
-def vendor(tiny_lm_dir):
-    return Vendor(str(tiny_lm_dir))
-
-
-@pytest.fixture(scope="module")
-def url(vendor, loopback):
-    server = loopback(create_app(vendor)).start()
-    yield server.url
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def examples(smollm2):
-    return encode_lm(RECORDS, smollm2[1], max_length=64)
-
 
 def _session(steps=3, **kw):
     return SessionConfig(task="causal-lm", n_bottom_layers=1, n_tail_layers=1, total_steps=steps, lr=1e-2, **kw)
 
 
 @pytest.mark.parametrize("bottom", ["frozen", "trained"])
-def test_split_causal_lm_training_equals_centralized(vendor, tiny_lm_dir, examples, bottom):
+def test_split_causal_lm_training_equals_centralized(lm_vendor, tiny_lm_dir, lm_examples, bottom):
     session = _session(train_bottom=bottom == "trained")
     train = TrainConfig(batch_size=4, bottom=bottom, noise_seed=0)
-    customer = Customer.open(InProcessTransport(vendor), session, PrivacyConfig(), train)
-    split = customer.fit(examples, progress=False)["losses"]
-    central = CentralizedTrainer(session, train, str(tiny_lm_dir)).fit(examples)["losses"]
+    customer = Customer.open(InProcessTransport(lm_vendor), session, PrivacyConfig(), train)
+    split = customer.fit(lm_examples, progress=False)["losses"]
+    central = CentralizedTrainer(session, train, str(tiny_lm_dir)).fit(lm_examples)["losses"]
     assert len(split) == 3 and len(set(split)) == 3
     torch.testing.assert_close(torch.tensor(split), torch.tensor(central), atol=1e-5, rtol=0)
-    held_out = customer.perplexity(examples[:4])
+    held_out = customer.perplexity(lm_examples[:4])
     assert held_out["perplexity"] == pytest.approx(torch.tensor(held_out["loss"]).exp().item())
 
 
-def test_noise_once_resends_each_examples_vectors(vendor, examples):
+def test_noise_once_resends_each_examples_vectors(lm_vendor, lm_examples):
     """--noise once on a causal LM: the vendor sees each example's very same noisy vectors every epoch."""
     from splitpriv.contract import ForwardRequest
 
     def sent(noise):
         got = []
-        transport = InProcessTransport(vendor, tap=lambda d, m: got.append(m) if isinstance(m, ForwardRequest) else None)
+        transport = InProcessTransport(lm_vendor, tap=lambda d, m: got.append(m) if isinstance(m, ForwardRequest) else None)
         privacy = PrivacyConfig(mechanism="dchi", eta=50.0, noise=noise)
         customer = Customer.open(transport, _session(steps=2), privacy, TrainConfig(batch_size=4, epochs=2, noise_seed=3))
-        customer.fit(examples[:4], progress=False)
+        customer.fit(lm_examples[:4], progress=False)
         return [sorted(m.hidden.float().norm(dim=(1, 2)).tolist()) for m in got]
 
     once, fresh = sent("once"), sent("per-step")
@@ -76,11 +52,11 @@ def test_noise_once_resends_each_examples_vectors(vendor, examples):
     assert fresh[0] != fresh[1], "per-step: fresh noise every epoch"
 
 
-def test_the_wire_carries_d_floats_per_token(vendor, examples):
+def test_the_wire_carries_d_floats_per_token(lm_vendor, lm_examples):
     seen = []
-    transport = InProcessTransport(vendor, tap=lambda direction, msg: seen.append((direction, msg)))
+    transport = InProcessTransport(lm_vendor, tap=lambda direction, msg: seen.append((direction, msg)))
     customer = Customer.open(transport, _session(), PrivacyConfig(), TrainConfig(batch_size=4, noise_seed=0))
-    customer.fit(examples[:4], progress=False)
+    customer.fit(lm_examples[:4], progress=False)
     d = customer.bottom.d_model
     for _, msg in seen:
         for name in ("hidden", "outputs", "grad_outputs", "grad_hidden"):
@@ -91,10 +67,10 @@ def test_the_wire_carries_d_floats_per_token(vendor, examples):
 
 
 @pytest.mark.parametrize("where", ["inprocess", "http"])
-def test_private_generation_equals_local_generation(vendor, url, tiny_lm_dir, smollm2, where):
-    transport = InProcessTransport(vendor) if where == "inprocess" else HttpTransport(url)
+def test_private_generation_equals_local_generation(lm_vendor, lm_url, tiny_lm_dir, smollm2, where, lm_records):
+    transport = InProcessTransport(lm_vendor) if where == "inprocess" else HttpTransport(lm_url)
     customer = Customer.open(transport, _session(), PrivacyConfig(), TrainConfig(noise_seed=0))
-    prompt = encode_lm(RECORDS[:1], smollm2[1])[0].prompt_ids
+    prompt = encode_lm(lm_records[:1], smollm2[1])[0].prompt_ids
     from splitpriv import load_model
 
     model, _ = load_model(str(tiny_lm_dir), task="causal-lm")
@@ -111,16 +87,16 @@ def test_private_generation_equals_local_generation(vendor, url, tiny_lm_dir, sm
     transport.close()
 
 
-def test_generation_with_noise_and_sampling_runs(vendor):
-    customer = Customer.open(InProcessTransport(vendor), _session(), PrivacyConfig(mechanism="dchi", eta=50),
+def test_generation_with_noise_and_sampling_runs(lm_vendor):
+    customer = Customer.open(InProcessTransport(lm_vendor), _session(), PrivacyConfig(mechanism="dchi", eta=50),
                                    TrainConfig(noise_seed=0))
     out = customer.generate([5, 6, 7], 4, temperature=0.9, top_p=0.8, generator=torch.Generator().manual_seed(0),
                             stop_ids=())
     assert len(out) == 4
 
 
-def test_decode_errors_name_the_problem(vendor):
-    transport = InProcessTransport(vendor)
+def test_decode_errors_name_the_problem(lm_vendor):
+    transport = InProcessTransport(lm_vendor)
     customer = Customer.open(transport, _session(), PrivacyConfig(), TrainConfig(noise_seed=0))
     sid, d = transport.session.session_id, customer.bottom.d_model
     one = torch.ones(1, 1, dtype=torch.long)
@@ -141,14 +117,14 @@ def test_decode_errors_name_the_problem(vendor):
     (dict(task="causal-lm", n_bottom_layers=3, n_tail_layers=2), r"k \+ j at most 4"),
     (dict(task="causal-lm", n_bottom_layers=2, n_tail_layers=2), "leave the vendor no block"),
 ])
-def test_bad_sessions_get_a_4xx_naming_the_problem(url, config, message):
-    answer = httpx.post(f"{url}/v1/sessions", json={"total_steps": 1, **config})
+def test_bad_sessions_get_a_4xx_naming_the_problem(lm_url, config, message):
+    answer = httpx.post(f"{lm_url}/v1/sessions", json={"total_steps": 1, **config})
     assert 400 <= answer.status_code < 500, answer.text
     assert re.search(message, answer.json()["error"]), answer.json()
 
 
-def test_decode_on_a_classification_session_is_a_4xx(url):
-    transport = HttpTransport(url)
+def test_decode_on_a_classification_session_is_a_4xx(lm_url):
+    transport = HttpTransport(lm_url)
     transport.open_session(SessionConfig(total_steps=1))
     hidden = torch.zeros(1, 2, 32)
     with pytest.raises(Exception, match="decode needs a causal-lm session") as caught:
@@ -172,14 +148,14 @@ def test_instruction_data_marks_the_answer_only(data_dir, smollm2):
 def test_user_jsonl(tmp_path, smollm2):
     path = tmp_path / "mine.jsonl"
     path.write_text('{"prompt": "Say hi.", "response": "Hi!"}\n\n{"prompt": "Count to two.", "response": "1, 2"}\n')
-    examples = load_lm_dataset(str(path), "train", smollm2[1])
-    assert [e.response for e in examples] == ["Hi!", "1, 2"]
+    lm_examples = load_lm_dataset(str(path), "train", smollm2[1])
+    assert [e.response for e in lm_examples] == ["Hi!", "1, 2"]
     path.write_text('{"prompt": "no response"}\n')
     with pytest.raises(ValueError, match="mine.jsonl: row 1 needs non-empty fields 'prompt' and 'response'"):
         load_lm_dataset(str(path), "train", smollm2[1])
 
 
-def test_cli_train_then_generate(tiny_lm_dir, tmp_path):
+def test_cli_train_then_generate(tiny_lm_dir, tmp_path, lm_records):
     import json
 
     from typer.testing import CliRunner
@@ -187,7 +163,7 @@ def test_cli_train_then_generate(tiny_lm_dir, tmp_path):
     from splitpriv.cli import app
 
     data = tmp_path / "mine.jsonl"
-    data.write_text("".join(json.dumps({"prompt": p or "Continue.", "response": r}) + "\n" for p, r in RECORDS))
+    data.write_text("".join(json.dumps({"prompt": p or "Continue.", "response": r}) + "\n" for p, r in lm_records))
     run_dir, runner = tmp_path / "run", CliRunner()
     trained = runner.invoke(app, ["train", "--model", str(tiny_lm_dir), "--task", "causal-lm", "--dataset", str(data),
                                   "-k", "1", "-j", "1", "--batch-size", "4", "--eval-before", "--out", str(run_dir),
