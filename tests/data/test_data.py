@@ -446,6 +446,9 @@ def test_unreachable_hub_fails_fast(no_data_dir, monkeypatch):
     with pytest.raises(DatasetNotFoundError, match=r"could not be reached for 'blog_authorship' \(cannot connect to 127.0.0.1:9"):
         load_dataset("blog_authorship", "dev")
     assert load_public_text("wikitext2", "test") == load_public_text("wikitext2", "test", source="embedded")
+    from splitpriv.data import public_text_origin
+
+    assert public_text_origin() == "embedded sample (the Hub was unreachable)"
     assert time.monotonic() - t0 < 30
 
 

@@ -144,9 +144,9 @@ def run_attack(attack: str, *, dataset="sst2", split="dev", n_bottom_layers=0, m
                       max_length=max_length, public_splits=public_splits, vendor=vendor, privatizer=privatizer,
                       bottom=bottom, customer_train_limit=customer_train_limit)
     evaluation, options, skipped = _prepare(attack, setting_kw, dict(kw))
-    results = {}
     from tqdm.auto import tqdm
 
+    results = {}
     with tqdm(options.items(), desc="attacks", disable=not progress or len(options) < 2, dynamic_ncols=True) as bar:
         for name, opts in bar:
             bar.set_postfix(attack=name)

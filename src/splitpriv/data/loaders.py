@@ -279,6 +279,7 @@ def load_public_text(
             lines, _ = hub.wikitext_lines_from_hub(split)
         except hub.HubUnavailable as e:
             if source == "hub-or-embedded" and split in _WIKITEXT_SPLITS["dir"]:
+                _HUB_FELL_BACK.add(split)
                 return load_public_text(name, split, source="embedded", limit=limit, min_words=min_words, seed=seed)
             raise _hub_error("wikitext2", str(e), source != "hub", "wikitext2") from None
     sentences = wikitext_sentences(lines, min_words=min_words)
@@ -298,7 +299,12 @@ def public_text_origin(data_dir: str | os.PathLike | None = None) -> str:
     root, _ = _root(data_dir)
     if root is not None:
         return f"folder {root}"
-    return "embedded sample" if hub.offline_requested() else "hub"
+    if hub.offline_requested():
+        return "embedded sample"
+    return "embedded sample (the Hub was unreachable)" if _HUB_FELL_BACK else "hub"
+
+
+_HUB_FELL_BACK: set[str] = set()  # WikiText-2 splits this process read from the sample because the Hub failed
 
 
 PUBLIC_SPLITS = ("valid", "test")
