@@ -134,6 +134,18 @@ def vendor_service(extra: str = "", env: dict | None = None, model: str | None =
             proc.wait()
 
 
+def synthetic_batch(seed: int, size: int, length: int, d: int = 384):
+    """What a customer sends and returns, without a model: ``(hidden [size, length, d] float16, mask, grad [size,
+    2])``, the first 40% of positions real, seeded by ``seed`` (the vendor-side benchmarks' training steps)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(size, length, dtype=torch.long)
+    mask[:, : length * 2 // 5] = 1
+    hidden = (torch.randn(size, length, d, generator=g) * mask.unsqueeze(-1)).half()
+    return hidden, mask, torch.randn(size, 2, generator=g) / size
+
+
 def percentile(values: list[float], q: float) -> float:
     """Linear-interpolated percentile, q in [0, 100]."""
     xs = sorted(values)

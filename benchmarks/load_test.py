@@ -32,7 +32,8 @@ import threading
 import time
 
 import common  # noqa: F401  (environment first)
-from common import machine, percentile, print_table, quiet, rss_bytes, vendor_service, write_result
+from common import (machine, percentile, print_table, quiet, rss_bytes, synthetic_batch, vendor_service,
+                    write_result)
 
 GIB = 2**30
 SESSION = {"n_bottom_layers": 0, "total_steps": 100, "tuning": {"method": "lora", "r": 8}, "seed": 0}
@@ -44,14 +45,8 @@ def busy(seconds: float) -> list[subprocess.Popen]:
     return [subprocess.Popen([sys.executable, "-c", code]) for _ in range(os.cpu_count() or 1)]
 
 
-def batch(seed: int, size: int = 8, length: int = 32, d: int = 384):
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.zeros(size, length, dtype=torch.long)
-    mask[:, : length * 2 // 5] = 1
-    hidden = (torch.randn(size, length, d, generator=g) * mask.unsqueeze(-1)).half()
-    return hidden, mask, torch.randn(size, 2, generator=g) / size
+def batch(seed: int):
+    return synthetic_batch(seed, size=8, length=32)
 
 
 class Customer:

@@ -32,7 +32,8 @@ import threading
 import time
 
 import common  # noqa: F401  (environment first)
-from common import machine, percentile, print_table, quiet, rss_bytes, vendor_service, write_result
+from common import (machine, percentile, print_table, quiet, rss_bytes, synthetic_batch, vendor_service,
+                    write_result)
 
 GIB = 2**30
 
@@ -47,14 +48,8 @@ VARIANTS = {
 }
 
 
-def batch(seed: int, size: int = 32, length: int = 64, d: int = 384):
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.zeros(size, length, dtype=torch.long)
-    mask[:, : length * 2 // 5] = 1
-    hidden = (torch.randn(size, length, d, generator=g) * mask.unsqueeze(-1)).half()
-    return hidden, mask, torch.randn(size, 2, generator=g) / size
+def batch(seed: int):
+    return synthetic_batch(seed, size=32, length=64)
 
 
 class Tenant:
