@@ -59,9 +59,8 @@ def attack(
             raise ValueError("--run takes the setting from the run: give either --run or --mechanism/--privatizer/"
                              "--cti/--bottom-layers/--model")
         setting = _run_setting(run, dataset, seed)
-        dataset = dataset or setting.pop("dataset")
+    dataset = dataset or setting.pop("dataset", None) or "sst2"
     setting.pop("dataset", None)
-    dataset = dataset or "sst2"
     result = run_attack(attack.value, dataset=dataset, split=split, limit=limit, seed=seed,
                         progress=progress, **setting, **attack_options)
     if as_json:
