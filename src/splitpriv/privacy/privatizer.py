@@ -63,6 +63,12 @@ class Privatizer(abc.ABC):
         """Fit ``customer``'s state (parameters, so that it ships in the bottom file) to ``sample`` [N, d], outputs
         of the bottom before the privatizer; called once when the privatizer is attached. Default: nothing."""
 
+    def fit_public(self, customer: nn.Module, vendor: nn.Module, sample: Tensor) -> bool:
+        """Start both halves from ``sample`` [N, d], outputs of the bottom on *public* text (the vendor's
+        pre-training, :mod:`splitpriv.roles.vendor.privatizer_pretrain`, before it distils); returns whether it
+        changed anything. Default: nothing (the halves stay as built)."""
+        return False
+
     def check_width(self, d: int) -> None:
         """Reject a privatizer that cannot apply to a model of width ``d``."""
 
