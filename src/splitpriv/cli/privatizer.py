@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from splitpriv.cli.app import Mechanism, app, clean_errors, quiet_libraries
+from splitpriv.cli.app import Mechanism, Task, app, clean_errors, quiet_libraries
 from splitpriv.cli.options import with_mechanism_parameters
 from splitpriv.privacy.privatizer import describe_privatizers
 
@@ -25,16 +25,25 @@ def pretrain_privatizer(
                                         "the options named after them below)"),
     mechanism_params: dict = None,
     bottom_layers: int = typer.Option(0, "--bottom-layers", "-k", help="blocks in the customers' bottom"),
+    task: Task = typer.Option("sequence-classification", help="causal-lm: the customers keep bottom and tail, the "
+                              "vendor's middle is distilled on the next-token distribution through its copy of the "
+                              "tail"),
+    tail_layers: int = typer.Option(0, "--tail-layers", "-j", help="causal-lm: blocks in the customers' tail"),
     steps: int = typer.Option(600, help="AdamW steps on public text (WikiText-2)"),
     batch_size: int = typer.Option(32),
     max_length: int = typer.Option(64),
-    lr: float = typer.Option(1e-3, help="learning rate of projection, up-projection and the top's blocks"),
+    lr: Optional[float] = typer.Option(None, help="learning rate of projection, up-projection and the vendor's "
+                                       "blocks (default 1e-3; causal-lm 1e-4: every block of the middle trains)"),
+    public_init: Optional[bool] = typer.Option(None, "--public-init/--no-public-init",
+                                               help="start the halves from principal components of the bottom's "
+                                               "outputs on public text (default: causal-lm only)"),
     seed: int = typer.Option(0),
     model: Optional[str] = typer.Option(None, help="Hugging Face id or folder (default: all-MiniLM-L6-v2, offline)"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
-    """Vendor, before any customer: train a privatizer's projection, its up-projection and a noise-adapted top by
-    distilling the clean model on public text; the projection then ships inside every bottom package."""
+    """Vendor, before any customer: train a privatizer's projection, its up-projection and a noise-adapted top (a
+    causal LM's middle) by distilling the clean model on public text; the projection then ships inside every bottom
+    package."""
     from splitpriv.config import PrivacyConfig
     from splitpriv.privacy.privatizer import parse_privatizer_spec
     from splitpriv.roles.vendor.privatizer_pretrain import pretrain_privatizer as pretrain
@@ -44,11 +53,14 @@ def pretrain_privatizer(
     spec = parse_privatizer_spec(privatizer)
     if spec is None:
         raise ValueError("pretrain-privatizer needs a privatizer, e.g. --privatizer bottleneck:r=16")
+    if lr is None:
+        lr = 1e-4 if task.value == "causal-lm" else 1e-3
     config = RobustTopConfig(privacy=PrivacyConfig(mechanism=mechanism.value, **mechanism_params),
                              n_bottom_layers=bottom_layers, steps=steps, batch_size=batch_size,
                              max_length=max_length, lr=lr, seed=seed)
-    meta = pretrain(spec, config, out, model=model, progress=progress)
-    typer.echo(f"privatizer {spec} pre-trained into {out}: held-out representation error (relative) "
+    meta = pretrain(spec, config, out, model=model, task=task.value, n_tail_layers=tail_layers,
+                    public_init=public_init, progress=progress)
+    typer.echo(f"privatizer {spec} pre-trained into {out}: held-out {meta['heldout_error']} "
                f"{meta['heldout_error_before']:.3f} -> {meta['heldout_error_after']:.3f} in {meta['wall_time_s']:.0f} s")
 
 

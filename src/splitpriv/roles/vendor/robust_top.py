@@ -254,13 +254,17 @@ def fit_steps(trainable, loss_of, batches, config, desc: str, progress: bool) ->
 
 def write_model_folder(out_dir: str | Path, model, tokenizer, meta: dict, write_more=None) -> Path:
     """Atomically replace ``out_dir`` (only an adapted model folder, see :func:`_check_writable`) with the encoder
-    of ``model``, its tokenizer, ``robust_top.json`` = ``meta`` and whatever ``write_more(tmp_dir)`` adds."""
+    of ``model`` (a causal LM whole: its LM head is the customers' tail), its tokenizer, ``robust_top.json`` =
+    ``meta`` and whatever ``write_more(tmp_dir)`` adds."""
+    from splitpriv.models import CAUSAL_LM, family_of
+
     out_dir = Path(out_dir)
     _check_writable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
-        model.base_model.save_pretrained(tmp)
+        # a classifier's head is fresh in every session (its label count); a causal LM's head is the model's
+        (model if family_of(model).task_of(model) == CAUSAL_LM else model.base_model).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if write_more is not None:
             write_more(tmp)
