@@ -4,7 +4,9 @@
 Threat model: the tail never leaves the customer once shipped; the next-token labels and the V-sized logits are
 computed and used at home. What the vendor sees of a causal-LM step is the bottom's privatized hidden states going
 up (d floats per token, r through a privatizer) and, during training, the gradient of the loss w.r.t. its middle's
-output (d floats per token).
+output (d floats per token). That gradient is linear in the one-hot next tokens through the tail, whose initial
+weights the vendor holds: it recovers the response tokens from it (:mod:`splitpriv.attacks.response`), which is why
+the split exposes :meth:`Tail.stream`, :meth:`Tail.normalize` and :attr:`Tail.head` separately.
 """
 
 from __future__ import annotations
@@ -51,12 +53,27 @@ class Tail(Part):
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 cache: PartCache | None = None) -> torch.Tensor:
+        return self.head(self.normalize(self.stream(hidden, attention_mask, cache)))
+
+    def stream(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               cache: PartCache | None = None) -> torch.Tensor:
+        """The residual stream after the tail's ``j`` blocks, before the final norm (``hidden`` itself at j = 0)."""
         check_mask(hidden, attention_mask, self.d_model)
         inputs = self._block_inputs(hidden, attention_mask, cache=cache)
-        hidden = advance(cache, self._run_blocks(self.block_paths, hidden, inputs))
-        if self.family.final_norm is not None:
-            hidden = self.get_submodule(self.family.final_norm)(hidden)
-        return self.get_submodule(self.family.lm_head)(hidden)
+        return advance(cache, self._run_blocks(self.block_paths, hidden, inputs))
+
+    @property
+    def final_norm(self) -> nn.Module | None:
+        return None if self.family.final_norm is None else self.get_submodule(self.family.final_norm)
+
+    @property
+    def head(self) -> nn.Module:
+        """The LM head (logits = head(normalize(stream(hidden))))."""
+        return self.get_submodule(self.family.lm_head)
+
+    def normalize(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The final norm (identity for a family without one)."""
+        return hidden if self.final_norm is None else self.final_norm(hidden)
 
     def saved_names(self) -> dict[str, str]:
         """Own parameter name -> its name in the full model."""
