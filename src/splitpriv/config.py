@@ -45,7 +45,9 @@ class PrivacyConfig:
     (``PrivacyConfig(mechanism="dchi", eta=10)``). ``label_dp_epsilon`` randomizes the training labels once (RR_ε,
     :mod:`splitpriv.privacy.label_dp`) before any loss is computed. ``noise="once"`` privatizes each training sample
     a single time and re-sends the same representation every epoch (the SAP one-time upload): the vendor never gets
-    two independent noisy looks at one sentence.
+    two independent noisy looks at one sentence. ``grad_clip`` / ``grad_sigma`` defend the gradient the customer
+    returns (:mod:`splitpriv.privacy.gradient_noise`): each example's gradient clipped to L2 norm ``grad_clip``, then
+    Gaussian noise of standard deviation ``grad_sigma * grad_clip`` on every coordinate of its real tokens.
     """
 
     mechanism: str = "none"
@@ -56,17 +58,21 @@ class PrivacyConfig:
     noise: str = "auto"
     label_dp_epsilon: float | None = None
     privatizer: dict | None = None  # a learned privatizer before the mechanism (splitpriv.privacy.privatizer)
+    grad_clip: float | None = None
+    grad_sigma: float = 0.0
 
     def __init__(self, mechanism="none", *, mechanism_params: dict | None = None, cti: bool = False,
                  cti_fraction: float = 0.005, cti_multiplier: float = 2.0, noise: str = "auto",
-                 label_dp_epsilon: float | None = None, privatizer: dict | str | None = None, **params):
+                 label_dp_epsilon: float | None = None, privatizer: dict | str | None = None,
+                 grad_clip: float | None = None, grad_sigma: float = 0.0, **params):
         config = _mechanism_config(mechanism, {**(mechanism_params or {}), **params})
         name = config.pop("name", None)
         if not isinstance(name, str):
             raise ValueError(f"mechanism config needs a 'name', got {mechanism!r}")
         for key, value in dict(name=name, params=config, cti=cti, cti_fraction=cti_fraction,
                                cti_multiplier=cti_multiplier, noise=noise, label_dp_epsilon=label_dp_epsilon,
-                               privatizer=_privatizer_config(privatizer)).items():
+                               privatizer=_privatizer_config(privatizer), grad_clip=grad_clip,
+                               grad_sigma=grad_sigma).items():
             object.__setattr__(self, "mechanism" if key == "name" else "mechanism_params" if key == "params" else key,
                                value)
 
@@ -93,6 +99,14 @@ class PrivacyConfig:
             isinstance(self.label_dp_epsilon, (int, float)) and self.label_dp_epsilon > 0
         ):
             raise ValueError(f"label_dp_epsilon must be > 0 (or inf for none), got {self.label_dp_epsilon!r}")
+        if self.grad_clip is not None:
+            _positive("grad_clip", self.grad_clip)
+        if isinstance(self.grad_sigma, bool) or not isinstance(self.grad_sigma, (int, float)) or not (
+                math.isfinite(self.grad_sigma) and self.grad_sigma >= 0):
+            raise ValueError(f"grad_sigma must be a finite number >= 0, got {self.grad_sigma!r}")
+        if self.grad_sigma and self.grad_clip is None:
+            raise ValueError("grad_sigma is a multiple of grad_clip (the noise's standard deviation is "
+                             "grad_sigma * grad_clip): set grad_clip too")
         return self
 
     def build_mechanism(self, *, validate: bool = True):
@@ -132,7 +146,14 @@ class PrivacyConfig:
     def to_dict(self) -> dict:
         return {"mechanism": self.mechanism_config, "cti": self.cti, "cti_fraction": self.cti_fraction,
                 "cti_multiplier": self.cti_multiplier, "noise": self.noise, "label_dp_epsilon": self.label_dp_epsilon,
-                **({"privatizer": self.privatizer} if self.privatizer is not None else {})}
+                **({"privatizer": self.privatizer} if self.privatizer is not None else {}),
+                # only when set, so that the records of runs without the gradient defence keep their keys
+                **({"grad_clip": self.grad_clip, "grad_sigma": self.grad_sigma} if self.defends_gradients else {})}
+
+    @property
+    def defends_gradients(self) -> bool:
+        """Whether the returned gradient is clipped (and perhaps noised) before it is sent."""
+        return self.grad_clip is not None
 
     @classmethod
     def from_dict(cls, data: dict) -> "PrivacyConfig":

@@ -51,6 +51,10 @@ def train(
                                     "its looks: warned); auto: once when epochs > 1 and the bottom is frozen"),
     head: Head = typer.Option(Head.vendor, help="who holds pooler + classifier (customer keeps labels' gradients home)"),
     label_dp_epsilon: Optional[float] = typer.Option(None, help="label DP by randomized response"),
+    grad_clip: Optional[float] = typer.Option(None, help="clip each example's returned gradient to this L2 norm "
+                                              "(a causal LM's gradient reveals its response tokens)"),
+    grad_sigma: float = typer.Option(0.0, help="Gaussian noise on the returned gradient, standard deviation "
+                                     "grad_sigma * grad_clip per coordinate of a real token"),
     denoise: Denoise = typer.Option("none", help="nn / map: the vendor maps each received vector to its nearest "
                                     "(map: most probable, given the declared noise) token embedding before its top "
                                     "(k = 0, frozen bottom; costs no privacy)"),
@@ -112,7 +116,8 @@ def train(
         baseline=baseline, vendor_url=vendor,
         privacy=PrivacyConfig(mechanism=mechanism.value, **mechanism_params, cti=cti,
                               cti_fraction=cti_fraction, cti_multiplier=cti_multiplier, noise=noise.value,
-                              label_dp_epsilon=label_dp_epsilon, privatizer=privatizer),
+                              label_dp_epsilon=label_dp_epsilon, privatizer=privatizer, grad_clip=grad_clip,
+                              grad_sigma=grad_sigma),
         train=TrainConfig(epochs=epochs, batch_size=batch_size, max_length=max_length, bottom=bottom.value,
                           bottom_lr=bottom_lr, privatizer_lr=privatizer_lr,
                           privatizer_warm_start=privatizer_warm_start, warm_start_blocks=warm_start_blocks,

@@ -11,8 +11,10 @@ What leaves the machine (the threat model's view): privatized representations wi
 k ≥ 1 a padding position's hidden state mixes in the sentence's tokens, and the top never reads it), the
 attention mask, and the gradient of the loss w.r.t. the vendor's outputs. With the vendor-held head that gradient
 is softmax(logits) − onehot(label) and reveals the label exactly; ``head="customer"`` closes that channel. A causal
-LM's vendor never sees token ids, targets or V-sized logits; ∂L/∂(middle's output) is a d-dimensional function of
-the targets through the tail, whose depth ``j`` sets how much it reveals.
+LM's vendor never sees token ids, targets or V-sized logits, but ∂L/∂(middle's output) is linear in the one-hot
+targets through the tail it shipped and gives the response tokens back, whatever ``j``
+(:mod:`splitpriv.attacks.response`); ``grad_clip``/``grad_sigma`` clip and noise it per example before it leaves
+(:mod:`splitpriv.privacy.gradient_noise`).
 """
 
 from __future__ import annotations
@@ -199,6 +201,17 @@ class Customer:
         g = generator(None if seed is None else derive_seed(seed, "label-dp"))
         return randomized_response(labels, self.session.num_labels, float(self.privacy.label_dp_epsilon), generator=g)
 
+    def _defend(self, grad: torch.Tensor, mask: torch.Tensor, step: int) -> torch.Tensor:
+        """The gradient to return: as computed, or clipped per example and noised (``grad_clip``/``grad_sigma``,
+        :mod:`splitpriv.privacy.gradient_noise`) with this step's own generator."""
+        if not self.privacy.defends_gradients:
+            return grad
+        from splitpriv.privacy.gradient_noise import clip_and_noise
+
+        seed = self.train_config.noise_seed
+        g = generator(None if seed is None else derive_seed(seed, "gradient-noise", step))
+        return clip_and_noise(grad, mask, float(self.privacy.grad_clip), float(self.privacy.grad_sigma), generator=g)
+
     # -- training -----------------------------------------------------------------------------------------------
 
     def train_step(self, step: int, ids: torch.Tensor, mask: torch.Tensor, targets,
@@ -218,7 +231,8 @@ class Customer:
             self.journal.loss(step, float(loss.detach()))
         loss.backward()
         result = backward_resending(self.transport, request, outputs,
-                                    BackwardRequest(session_id=sid, step=step, grad_outputs=received.grad))
+                                    BackwardRequest(session_id=sid, step=step, grad_outputs=self._defend(received.grad,
+                                                                                                       mask, step)))
         if self.head_optimizer is not None:
             step_optimizer(self.head_optimizer, self.head_scheduler)
         if hidden is not None:
