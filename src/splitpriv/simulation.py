@@ -4,7 +4,8 @@ The evaluator (:mod:`splitpriv.attacks.evaluation`) uses it to produce what an h
 while it fine-tunes: every decoded message that crossed the in-process transport, in order, with its direction
 (``"to_vendor"`` / ``"to_customer"``; the transport's ``tap``). The label attack reads only that transcript and
 public knowledge; the true labels per step, from replaying the customer's batching order
-(:func:`splitpriv.batching.training_order`), and the customer itself stay with the evaluator, for scoring.
+(:func:`splitpriv.batching.training_order`), and the customer itself stay with the evaluator, for scoring. A causal-LM
+run (:func:`simulate_lm_training`) keeps each step's token ids and loss mask the same way, for the response attack.
 
 Sits above the roles (it imports the customer, the vendor and the transport); nothing in ``roles/`` imports it.
 """
@@ -27,6 +28,7 @@ class TrainingRun:
     messages: list[tuple[str, Message]] = field(default_factory=list)
     labels_per_step: list[torch.Tensor] = field(default_factory=list)
     customer: object = None
+    targets_per_step: list[tuple] = field(default_factory=list)  # causal LM: (ids, attention mask, loss mask)
 
     def record(self, direction: str, message: Message) -> None:
         """The transport's ``tap``."""
@@ -65,4 +67,40 @@ def simulate_training(texts: Sequence[str], labels: Sequence[int], *, num_labels
         transport.close()
     y = torch.as_tensor(list(labels), dtype=torch.long)
     run.labels_per_step = [y[index] for _, _, index in training_order(n, batch_size, epochs, seed)]
+    return run
+
+
+def simulate_lm_training(examples, *, n_bottom_layers: int = 0, n_tail_layers: int = 0, privacy=None,
+                         method: str = "lora", batch_size: int = 8, epochs: int = 1, seed: int = 0,
+                         max_length: int = 256, model=None, progress: bool = False, vendor=None) -> TrainingRun:
+    """:func:`simulate_training` for the causal-LM task: a customer holding bottom (k blocks) and tail (j blocks + final
+    norm + LM head) trains on encoded ``examples`` (:class:`~splitpriv.data.instructions.LMExample`); the transcript
+    carries the middle's outputs and the gradients w.r.t. them. ``targets_per_step`` (truth, for scoring): each
+    step's ``(input_ids, attention_mask, loss_mask)`` as the customer collated them."""
+    from splitpriv.batching import num_steps, training_order
+    from splitpriv.config import PrivacyConfig, TrainConfig
+    from splitpriv.contract import SessionConfig
+    from splitpriv.roles.customer import Customer
+    from splitpriv.roles.vendor import Vendor
+    from splitpriv.seeding import derive_seed
+    from splitpriv.tasks.causal_lm import collate_lm
+    from splitpriv.transport.inprocess import InProcessTransport
+
+    vendor = vendor if vendor is not None else Vendor(model)
+    run = TrainingRun()
+    transport = InProcessTransport(vendor, tap=run.record)
+    n = len(examples)
+    session = SessionConfig(task="causal-lm", n_bottom_layers=n_bottom_layers, n_tail_layers=n_tail_layers,
+                            tuning={"method": method}, total_steps=num_steps(n, batch_size, epochs), seed=seed)
+    train = TrainConfig(epochs=epochs, batch_size=batch_size, max_length=max_length, seed=seed,
+                        noise_seed=derive_seed(seed, "customer-noise") % (2**62))
+    run.customer = Customer.open(transport, session, privacy if privacy is not None else PrivacyConfig(), train)
+    try:
+        run.customer.fit(list(examples), progress=progress)
+    finally:
+        transport.close()
+    pad = run.customer.tokenizer.pad_token_id
+    for _, _, index in training_order(n, batch_size, epochs, seed):
+        ids, mask, targets = collate_lm(examples, index, pad)
+        run.targets_per_step.append((ids, mask, targets * mask))
     return run
