@@ -14,11 +14,12 @@ from splitpriv.parts import split_model
 
 def test_registry_lists_every_attack_in_order_with_kind_description_and_documented_options():
     assert ATTACKS.names() == ["floor", "nn", "map", "opt", "learned", "adaptive", "average", "cti", "set",
-                              "linear", "aia", "label"]
+                              "linear", "aia", "label", "response"]
     listed = attack_option_help()
     assert {n: e["kind"] for n, e in listed.items() if e["kind"] != "inversion"} == {"set": "set",
                                                                                       "aia": "attribute",
-                                                                                      "label": "label"}
+                                                                                      "label": "label",
+                                                                                      "response": "response"}
     for entry in listed.values():
         assert entry["description"] and all(text for _, text in entry["options"].values())
     assert listed["opt"]["options"]["steps"][0] == 200

@@ -38,12 +38,14 @@ options, kind, what it applies to, ``run``); a new attack is one new module here
   text through the bottom as shipped (any family, k, privatizer; ``learned`` starts from it where it fits better);
 * :mod:`.attribute` — ``aia``: author attributes from pooled representations;
 * :mod:`.label` — ``label``: training labels from the gradients in a training run's wire transcript (:mod:`.wire`);
+* :mod:`.response` — ``response``: a causal-LM customer's response tokens from the gradients it returns, through the
+  tail the vendor shipped;
 * :mod:`.observe` — what the vendor observes (through :func:`splitpriv.privacy.privatize`, the customer's path);
 * :mod:`.runner` — :func:`run_attack`, one setting end to end, JSON out; :func:`attack_specs` for the grid.
 """
 
 # The order of these imports is the registry's order (help texts, ``"all"``, result tables): floor, nn, map, opt,
-# learned, adaptive, average, cti, set, linear, aia, label.
+# learned, adaptive, average, cti, set, linear, aia, label, response.
 from splitpriv.attacks.floor import PriorFloor  # isort: skip
 from splitpriv.attacks.nearest import CandidateSpace, MAPInversion, NearestNeighbour  # isort: skip
 from splitpriv.attacks.optimization import OptimizationInversion  # isort: skip
@@ -53,7 +55,7 @@ from splitpriv.attacks.averaging import AveragingAttack, averaging_attack, link_
 from splitpriv.attacks.cti_aware import CTIAwareInversion, cti_attack  # isort: skip
 from splitpriv.attacks.set_level import SetInference  # isort: skip
 from splitpriv.attacks.linear_map import LinearMapInversion  # isort: skip  # noqa: F401
-from splitpriv.attacks import attribute, label  # isort: skip  # noqa: F401
+from splitpriv.attacks import attribute, label, response  # isort: skip  # noqa: F401
 from splitpriv.attacks.base import (
     AttackerKnowledge,
     AttackResult,

@@ -7,7 +7,7 @@ An attack is a subclass of :class:`Attack` registered under its name::
     @ATTACKS.register("mine")
     class Mine(Attack):
         description = "one line for `splitpriv attack --help`"
-        kind = "inversion"            # or "set", "label", "attribute"
+        kind = "inversion"            # or "set", "label", "attribute", "response"
         Options = MineOptions         # a dataclass; every field has a default and metadata={"help": ...}
 
         @staticmethod
@@ -33,7 +33,7 @@ from splitpriv.registry import Registry, dataclass_from_dict, field_help
 __all__ = ["ATTACKS", "KINDS", "Attack", "NoOptions", "Setting", "attack_option_help", "in_model_space",
            "names_of_kind"]
 
-KINDS = ("inversion", "set", "label", "attribute")
+KINDS = ("inversion", "set", "label", "attribute", "response")
 
 
 @dataclass(frozen=True)
