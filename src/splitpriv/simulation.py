@@ -29,6 +29,7 @@ class TrainingRun:
     labels_per_step: list[torch.Tensor] = field(default_factory=list)
     customer: object = None
     targets_per_step: list[tuple] = field(default_factory=list)  # causal LM: (ids, attention mask, loss mask)
+    scores: dict | None = None  # causal LM: the trained split model's held-out loss and perplexity, when asked
 
     def record(self, direction: str, message: Message) -> None:
         """The transport's ``tap``."""
@@ -72,11 +73,13 @@ def simulate_training(texts: Sequence[str], labels: Sequence[int], *, num_labels
 
 def simulate_lm_training(examples, *, n_bottom_layers: int = 0, n_tail_layers: int = 0, privacy=None,
                          method: str = "lora", batch_size: int = 8, epochs: int = 1, seed: int = 0,
-                         max_length: int = 256, model=None, progress: bool = False, vendor=None) -> TrainingRun:
+                         max_length: int = 256, model=None, progress: bool = False, vendor=None,
+                         eval_examples=None) -> TrainingRun:
     """:func:`simulate_training` for the causal-LM task: a customer holding bottom (k blocks) and tail (j blocks + final
     norm + LM head) trains on encoded ``examples`` (:class:`~splitpriv.data.instructions.LMExample`); the transcript
     carries the middle's outputs and the gradients w.r.t. them. ``targets_per_step`` (truth, for scoring): each
-    step's ``(input_ids, attention_mask, loss_mask)`` as the customer collated them."""
+    step's ``(input_ids, attention_mask, loss_mask)`` as the customer collated them. ``eval_examples``: also score the
+    trained split model on them (``scores``: loss and perplexity through the vendor) before the session closes."""
     from splitpriv.batching import num_steps, training_order
     from splitpriv.config import PrivacyConfig, TrainConfig
     from splitpriv.contract import SessionConfig
@@ -97,6 +100,8 @@ def simulate_lm_training(examples, *, n_bottom_layers: int = 0, n_tail_layers: i
     run.customer = Customer.open(transport, session, privacy if privacy is not None else PrivacyConfig(), train)
     try:
         run.customer.fit(list(examples), progress=progress)
+        if eval_examples is not None:
+            run.scores = run.customer.perplexity(list(eval_examples))
     finally:
         transport.close()
     pad = run.customer.tokenizer.pad_token_id

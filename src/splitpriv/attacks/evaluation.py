@@ -195,18 +195,15 @@ class Evaluation:
                         grad_clip=None, grad_sigma: float = 0.0):
         """A short causal-LM split training of the customer on encoded ``examples`` (its tail: ``n_tail_layers``
         blocks), with the customer's gradient defence if any, and its transcript
-        (:func:`splitpriv.simulation.simulate_lm_training`). Made once per set of arguments: asking again returns
-        the same run (its trained customer, e.g. to measure what the defence cost)."""
+        (:func:`splitpriv.simulation.simulate_lm_training`)."""
         from splitpriv.config import PrivacyConfig
         from splitpriv.simulation import simulate_lm_training
 
         privacy = PrivacyConfig(mechanism=self.mechanism, grad_clip=grad_clip, grad_sigma=grad_sigma).validate()
-        key = ("lm_training_run", hash(tuple(tuple(e.ids) + tuple(e.targets) for e in examples)), n_tail_layers,
-               method, batch_size, epochs, grad_clip, grad_sigma)
-        return self.memo(key, lambda: simulate_lm_training(
-            examples, n_bottom_layers=self.n_bottom_layers, n_tail_layers=n_tail_layers, privacy=privacy,
-            method=method, batch_size=batch_size, epochs=epochs, seed=self.seed, max_length=self.max_length,
-            model=self.model_source, progress=self.progress, vendor=self.vendor))
+        return simulate_lm_training(examples, n_bottom_layers=self.n_bottom_layers, n_tail_layers=n_tail_layers,
+                                    privacy=privacy, method=method, batch_size=batch_size, epochs=epochs,
+                                    seed=self.seed, max_length=self.max_length, model=self.model_source,
+                                    progress=self.progress, vendor=self.vendor)
 
     def shipped_model(self, num_labels: int):
         """The vendor's base model exactly as it ships it (head initialised under seed 0), frozen."""

@@ -243,20 +243,33 @@ def score(steps: list[dict], targets: list[tuple[torch.Tensor, torch.Tensor]], t
             "solve_residual": max((o["residual"] for o in steps), default=0.0), "n_steps": len(steps)}
 
 
-def shipped_tail(evaluation, n_tail_layers: int):
-    """The vendor's float64 copy of the tail it shipped (the evaluation's model as a causal LM), and the tokenizer."""
+def causal_lm(evaluation):
+    """The evaluation's model as the vendor's causal LM ``(model, tokenizer)``."""
     from splitpriv.models import CAUSAL_LM, family_of, load_model
-    from splitpriv.parts import split_model
 
     model = evaluation.model
-    if not (isinstance(model, tuple) and family_of(model[0]).task_of(model[0]) == CAUSAL_LM):
-        if model is None:
-            raise ValueError("the response attack needs a causal LM (e.g. --model smollm2-135m-instruct)")
-        model = load_model(evaluation.model_source, task=CAUSAL_LM)
-    tail = split_model(model[0], evaluation.n_bottom_layers, n_tail_layers).tail
-    tail = copy.deepcopy(tail).double().eval().requires_grad_(False)
+    if isinstance(model, tuple) and family_of(model[0]).task_of(model[0]) == CAUSAL_LM:
+        return model
+    if model is None:
+        raise ValueError("the response attack needs a causal LM (e.g. --model smollm2-135m-instruct)")
+    return load_model(evaluation.model_source, task=CAUSAL_LM)
+
+
+def shipped_tail(model, n_bottom_layers: int, n_tail_layers: int):
+    """The vendor's float64 copy of the tail it shipped with ``model`` (a causal LM; left untouched)."""
+    from splitpriv.parts import split_model
+
+    tail = copy.deepcopy(split_model(model, n_bottom_layers, n_tail_layers).tail).double().eval()
     tail.model_config._attn_implementation = "eager"  # the copy's own config: CGLS differentiates a backward twice
-    return tail, model[1]
+    return tail.requires_grad_(False)
+
+
+def attack_transcript(run, tail, tokenizer, solver_steps: int = 30) -> dict:
+    """Every observed step of a causal-LM training ``run`` (:class:`~splitpriv.simulation.TrainingRun`) attacked
+    through the shipped ``tail``, scored against the run's truth (:func:`score`)."""
+    steps = [attack_step(tail, s.outputs, s.attention_mask, s.grad_outputs, solver_steps)
+             for s in read_transcript(run.messages).observed()]
+    return score(steps, run.targets_per_step, tokenizer)
 
 
 @dataclass(frozen=True)
@@ -286,7 +299,8 @@ class ResponseEntry(Attack):
     def run(evaluation, options):
         from splitpriv.data.instructions import encode_lm, load_lm_records
 
-        tail, tokenizer = shipped_tail(evaluation, options.tail_layers)
+        model, tokenizer = causal_lm(evaluation)
+        tail = shipped_tail(model, evaluation.n_bottom_layers, options.tail_layers)
         records = load_lm_records(evaluation.dataset, "train", limit=evaluation.limit, seed=evaluation.seed)
         examples = encode_lm(records, tokenizer, evaluation.max_length)
         if evaluation.progress:
@@ -295,9 +309,7 @@ class ResponseEntry(Attack):
         run = evaluation.lm_training_run(examples, n_tail_layers=options.tail_layers, method=options.method,
                                          batch_size=options.batch_size, epochs=options.epochs,
                                          grad_clip=options.grad_clip, grad_sigma=options.grad_sigma)
-        steps = [attack_step(tail, s.outputs, s.attention_mask, s.grad_outputs, options.solver_steps)
-                 for s in read_transcript(run.messages).observed()]
-        metrics = score(steps, run.targets_per_step, tokenizer)
+        metrics = attack_transcript(run, tail, tokenizer, options.solver_steps)
         metrics.update(dataset=evaluation.dataset, n_examples=len(examples), n_bottom_layers=evaluation.n_bottom_layers,
                        tail_layers=options.tail_layers, grad_clip=options.grad_clip, grad_sigma=options.grad_sigma,
                        solver_steps=options.solver_steps, mechanism=evaluation.mechanism.to_config(),
@@ -305,5 +317,5 @@ class ResponseEntry(Attack):
         return AttackResult("response", metrics["token_recovery"], metrics)
 
 
-__all__ = ["ResponseOptions", "attack_step", "decode_positions", "cgls", "infer_loss_positions", "invert_blocks",
+__all__ = ["ResponseOptions", "attack_step", "attack_transcript", "causal_lm", "decode_positions", "cgls", "infer_loss_positions", "invert_blocks",
            "norm_frame", "positional_floor", "score", "shipped_tail"]
