@@ -139,3 +139,27 @@ def test_cli_pretrains_for_a_causal_lm_and_names_bad_input(tiny_lm_dir, data_dir
     assert "next-token KL" in ok.output
     meta = json.loads((tmp_path / "m" / "robust_top.json").read_text())
     assert meta["config"]["lr"] == 1e-4 and meta["n_tail_layers"] == 1 and meta["public_init"] is True
+
+
+def test_served_over_http_the_folder_warms_up_as_a_causal_lm_and_ships_the_projection(pretrained, loopback):
+    from safetensors.torch import load_file
+
+    from splitpriv.roles.vendor.warmup import warm_up
+    from splitpriv.service.app import create_app
+    from splitpriv.transport import HttpTransport
+
+    out, _ = pretrained
+    vendor = Vendor(str(out))
+    assert warm_up(vendor) == "causal-lm"  # what `splitpriv serve --model DIR` loads before it reports ready
+    server = loopback(create_app(vendor)).start()
+    try:
+        transport = HttpTransport(server.url)
+        session = SessionConfig(task="causal-lm", n_bottom_layers=1, n_tail_layers=1, total_steps=1, privatizer=SPEC)
+        customer = Customer.open(transport, session, PrivacyConfig("dchi", eta=16, privatizer=SPEC),
+                                 TrainConfig(noise_seed=0))
+        saved = load_file(str(out / "privatizer.safetensors"))
+        assert torch.equal(customer.bottom.privatizer.proj.weight, saved["customer.proj.weight"])
+        assert len(customer.generate([5, 6, 7], 3, stop_ids=())) == 3
+        transport.close()
+    finally:
+        server.stop()
