@@ -126,8 +126,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     common.quiet()
-    repeats = 1 if args.quick else 3
-    data = {"training": training(16 if args.quick else 32, repeats),
+    repeats = 1 if args.quick else 5
+    data = {"training": training(16 if args.quick else 64, repeats),
             "generation": generation(8 if args.quick else 32, repeats), "machine": machine()}
     t, g = data["training"], data["generation"]
     print_table([["training samples/s (split / centralized)", t["split_samples_per_s"]["median"],
