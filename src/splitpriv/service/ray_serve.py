@@ -131,10 +131,16 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> None:
         return
     if address in (None, "local"):
         kwargs = {"num_cpus": num_cpus, "include_dashboard": False, "_node_ip_address": "127.0.0.1"}
+        # Serve's controller kills a proxy that misses 3 readiness checks of 5 s each; on 2 busy cores the proxy
+        # process takes longer than that to import and bind, and `serve.start` then fails. The instance started here
+        # (its workers inherit this environment) gives it PROXY_READY_TIMEOUT_S per check unless the operator chose.
+        os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", str(PROXY_READY_TIMEOUT_S))
     else:
         kwargs = {"address": address}
     ray.init(**kwargs, log_to_driver=False, configure_logging=False)
 
+
+PROXY_READY_TIMEOUT_S = 30.0
 
 # what a Ray worker needs from the driver's environment: data, caches, offline models
 WORKER_ENV_KEYS = ("SPLITPRIV_DATA_DIR", "SPLITPRIV_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
