@@ -6,9 +6,15 @@ and its middle on public text (``splitpriv pretrain-privatizer --task causal-lm`
 privatizer as a session on the plain vendor builds it (random orthogonal projection); its principal-component start
 alone; the pre-trained one at its training noise and at twice that noise. (b) A short split LoRA fine-tune on SST-2
 instructions with the pre-trained folder and the same privatizer and noise, against centralized LoRA on the clean
-model with the same data (greedy exact match on dev instructions).
+model with the same data (greedy exact match on dev instructions). (c) The token attacks on what that customer sends
+(the pre-trained bottom as shipped, its projection's final weights handed to the attacker, the same noise), on SST-2
+dev sentences: the privacy figure that travels with (b)'s utility.
 
     python benchmarks/decoder_privatizer.py [--steps 100] [--train-limit 256] [--eval-limit 200] [--quick]
+        [--stages pretrain,perplexity,fine_tune,attacks] [--folder DIR] [--attacks floor,linear]
+
+With ``--folder DIR`` holding an earlier pre-training (its ``robust_top.json``), that folder is reused and the stages
+not asked for keep their rows from ``results/decoder_privatizer.json``.
 
 Writes ``results/decoder_privatizer.json`` after every stage (a stopped run keeps its rows); wall times are on the
 machine as it was (``machine.load_average_at_start``). The pre-trained folder is model weights: it goes to a temporary
@@ -112,6 +118,44 @@ def fine_tune(args, spec, folder) -> dict:
     return out
 
 
+def attacks(args, spec, folder, data: dict) -> None:
+    """Stage (c): each token attack on the pre-trained bottom as shipped, under the run's noise (``data["attacks"]``,
+    written after each attack)."""
+    from splitpriv import load_model, split_model
+    from splitpriv.attacks.runner import run_attack
+    from splitpriv.parts.privatizer import load_privatizer
+
+    pair = load_model(str(folder), task="causal-lm")
+    shipped = load_privatizer(split_model(pair[0], args.k, args.j, privatizer=spec), folder).bottom
+    rows = data["attacks"] = []
+    data["attacks_on"] = f"{args.attack_limit} SST-2 dev sentences"
+    for name in args.attacks.split(","):
+        started = time.perf_counter()
+        r = run_attack(name, model=pair, n_bottom_layers=args.k, bottom=shipped, mechanism="dchi", eta=args.eta,
+                       limit=args.attack_limit, progress=False)
+        keep = {k: v for k, v in r.items() if not isinstance(v, (list, dict))}
+        rows.append({**keep, "wall_s": time.perf_counter() - started})
+        print(f"  {name}: token recovery {r['success']:.3f} ({rows[-1]['wall_s']:.0f} s)", flush=True)
+        write_result("decoder_privatizer", data)
+
+
+def _pretrained(args, spec, config, folder, data) -> None:
+    """Stage pretrain, or the folder of an earlier one (``--folder`` with its metadata)."""
+    from splitpriv.roles.vendor.privatizer_pretrain import pretrain_privatizer
+
+    if (folder / "robust_top.json").is_file() and "pretrain" not in args.stages:
+        return
+    started = time.perf_counter()
+    meta = pretrain_privatizer(spec, config, folder, model=args.model, task="causal-lm", n_tail_layers=args.j,
+                               progress=False)
+    data["pretraining"] = {k: meta[k] for k in ("config", "heldout_error", "heldout_error_before",
+                                                "heldout_error_after", "final_loss", "n_train_sentences",
+                                                "public_init")}
+    data["pretraining"]["wall_s"] = time.perf_counter() - started
+    print(f"pre-training: held-out KL {meta['heldout_error_before']:.3f} -> {meta['heldout_error_after']:.3f} "
+          f"nats/token in {data['pretraining']['wall_s']:.0f} s", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default=MODEL)
@@ -125,38 +169,43 @@ def main() -> None:
     parser.add_argument("--train-limit", type=int, default=256)
     parser.add_argument("--eval-limit", type=int, default=200)
     parser.add_argument("--folder", type=Path, default=None, help="keep the pre-trained model folder here")
+    parser.add_argument("--stages", default="pretrain,perplexity,fine_tune,attacks",
+                        help="comma-separated; stages left out keep their rows from the last results file")
+    parser.add_argument("--attacks", default="floor,linear", help="token attacks of stage attacks, comma-separated")
+    parser.add_argument("--attack-limit", type=int, default=100, help="SST-2 dev sentences attacked")
     parser.add_argument("--quick", action="store_true", help="10 steps, 32 sentences, 16 + 16 instructions")
     args = parser.parse_args()
     if args.quick:
-        args.steps, args.n_perplexity, args.train_limit, args.eval_limit = 10, 32, 16, 16
+        args.steps, args.n_perplexity, args.train_limit, args.eval_limit, args.attack_limit = 10, 32, 16, 16, 16
+    args.stages = set(args.stages.split(","))
     common.quiet()
+    import json
+
     from splitpriv.config import PrivacyConfig
-    from splitpriv.roles.vendor.privatizer_pretrain import pretrain_privatizer
     from splitpriv.roles.vendor.robust_top import RobustTopConfig
 
     spec = {"name": "bottleneck", "r": args.r, "clip": 1.0, "normalize": False}
     config = RobustTopConfig(privacy=PrivacyConfig("dchi", eta=args.eta), n_bottom_layers=args.k, steps=args.steps,
                              batch_size=8, max_length=args.max_length, lr=1e-4, n_public=8 * args.steps, n_heldout=64)
-    data = {"model": args.model, "k": args.k, "j": args.j, "privatizer": spec, "mechanism": {"dchi": args.eta},
-            "noise_norm_expected": args.r / args.eta, "quick": args.quick, "machine": machine()}
+    previous = common.RESULTS / "decoder_privatizer.json"
+    data = json.loads(previous.read_text()) if previous.is_file() and args.stages != {
+        "pretrain", "perplexity", "fine_tune", "attacks"} else {}
+    data.update({"model": args.model, "k": args.k, "j": args.j, "privatizer": spec, "mechanism": {"dchi": args.eta},
+                 "noise_norm_expected": args.r / args.eta, "quick": args.quick, "machine": machine()})
     folder = args.folder or Path(tempfile.mkdtemp(prefix="decoder-privatizer-")) / "model"
     try:
-        started = time.perf_counter()
-        meta = pretrain_privatizer(spec, config, folder, model=args.model, task="causal-lm", n_tail_layers=args.j,
-                                   progress=False)
-        data["pretraining"] = {k: meta[k] for k in ("config", "heldout_error", "heldout_error_before",
-                                                    "heldout_error_after", "final_loss", "n_train_sentences",
-                                                    "public_init")}
-        data["pretraining"]["wall_s"] = time.perf_counter() - started
-        print(f"pre-training: held-out KL {meta['heldout_error_before']:.3f} -> {meta['heldout_error_after']:.3f} "
-              f"nats/token in {data['pretraining']['wall_s']:.0f} s", flush=True)
+        _pretrained(args, spec, config, folder, data)
         write_result("decoder_privatizer", data)
-        data["perplexity"] = perplexities(args, config, spec, folder)
-        print_table([[r["setting"], r.get("eta", "-"), r["perplexity"], r["wall_s"]] for r in data["perplexity"]],
-                    ["WikiText-2 held-out", "eta", "perplexity", "wall s"])
-        write_result("decoder_privatizer", data)
-        data["fine_tune"] = fine_tune(args, spec, folder)
-        write_result("decoder_privatizer", data)
+        if "perplexity" in args.stages:
+            data["perplexity"] = perplexities(args, config, spec, folder)
+            print_table([[r["setting"], r.get("eta", "-"), r["perplexity"], r["wall_s"]] for r in data["perplexity"]],
+                        ["WikiText-2 held-out", "eta", "perplexity", "wall s"])
+            write_result("decoder_privatizer", data)
+        if "fine_tune" in args.stages:
+            data["fine_tune"] = fine_tune(args, spec, folder)
+            write_result("decoder_privatizer", data)
+        if "attacks" in args.stages:
+            attacks(args, spec, folder, data)
     finally:
         if args.folder is None:
             shutil.rmtree(folder.parent, ignore_errors=True)
