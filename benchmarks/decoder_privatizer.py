@@ -136,7 +136,7 @@ def attacks(args, spec, folder, data: dict) -> None:
         keep = {k: v for k, v in r.items() if not isinstance(v, (list, dict))}
         rows.append({**keep, "wall_s": time.perf_counter() - started})
         print(f"  {name}: token recovery {r['success']:.3f} ({rows[-1]['wall_s']:.0f} s)", flush=True)
-        write_result("decoder_privatizer", data)
+        write_result(args.result, data)
 
 
 def _pretrained(args, spec, config, folder, data) -> None:
@@ -173,6 +173,8 @@ def main() -> None:
                         help="comma-separated; stages left out keep their rows from the last results file")
     parser.add_argument("--attacks", default="floor,linear", help="token attacks of stage attacks, comma-separated")
     parser.add_argument("--attack-limit", type=int, default=100, help="SST-2 dev sentences attacked")
+    parser.add_argument("--result", default="decoder_privatizer",
+                        help="results/RESULT.json (another name for another setting, e.g. another --eta)")
     parser.add_argument("--quick", action="store_true", help="10 steps, 32 sentences, 16 + 16 instructions")
     args = parser.parse_args()
     if args.quick:
@@ -187,7 +189,7 @@ def main() -> None:
     spec = {"name": "bottleneck", "r": args.r, "clip": 1.0, "normalize": False}
     config = RobustTopConfig(privacy=PrivacyConfig("dchi", eta=args.eta), n_bottom_layers=args.k, steps=args.steps,
                              batch_size=8, max_length=args.max_length, lr=1e-4, n_public=8 * args.steps, n_heldout=64)
-    previous = common.RESULTS / "decoder_privatizer.json"
+    previous = common.RESULTS / f"{args.result}.json"
     data = json.loads(previous.read_text()) if previous.is_file() and args.stages != {
         "pretrain", "perplexity", "fine_tune", "attacks"} else {}
     data.update({"model": args.model, "k": args.k, "j": args.j, "privatizer": spec, "mechanism": {"dchi": args.eta},
@@ -195,15 +197,15 @@ def main() -> None:
     folder = args.folder or Path(tempfile.mkdtemp(prefix="decoder-privatizer-")) / "model"
     try:
         _pretrained(args, spec, config, folder, data)
-        write_result("decoder_privatizer", data)
+        write_result(args.result, data)
         if "perplexity" in args.stages:
             data["perplexity"] = perplexities(args, config, spec, folder)
             print_table([[r["setting"], r.get("eta", "-"), r["perplexity"], r["wall_s"]] for r in data["perplexity"]],
                         ["WikiText-2 held-out", "eta", "perplexity", "wall s"])
-            write_result("decoder_privatizer", data)
+            write_result(args.result, data)
         if "fine_tune" in args.stages:
             data["fine_tune"] = fine_tune(args, spec, folder)
-            write_result("decoder_privatizer", data)
+            write_result(args.result, data)
         if "attacks" in args.stages:
             attacks(args, spec, folder, data)
     finally:
