@@ -139,3 +139,19 @@ def test_a_warm_started_run_is_also_compared_with_a_reference_of_equal_passes(tm
     path.write_text(json.dumps(aged))
     (again,) = run_experiment(config, results_dir=results, progress=False, log=lambda _: None)
     assert again["utility"] == u and again["wall_time_s"] == record["wall_time_s"]
+
+
+def test_the_report_headline_is_the_frontiers_capped_best(tmp_path):
+    """The headline states frontier.json's ``best`` (block cap, equal-passes loss) and its verdict, so the report
+    can never call a point the best that the frontier excluded for holding the model at the customer."""
+    from splitpriv.experiments.frontier import headline
+
+    assert headline(tmp_path, min_privacy_percent=90, max_loss_points=1) is None
+    best = {"experiment": "deep", "setting": {"privacy.eta": 4}, "privacy": 0.92, "strongest_attack": "adaptive",
+            "loss_pts": 0.2, "passes_loss_pts": 1.9, "customer_blocks": 2, "total_blocks": 6, "disclosure": 0.68,
+            "customer_compute_share": 0.71}
+    (tmp_path / "frontier.json").write_text(json.dumps({"experiments": ["deep"], "points": [best], "best": best}))
+    (line, _) = headline(tmp_path, min_privacy_percent=90, max_loss_points=1)
+    assert "**deep: eta=4**" in line and "92.0%" in line and "at 1.9 points" in line and line.endswith("**not met**.")
+    (tmp_path / "frontier.json").write_text(json.dumps({"experiments": [], "points": [], "best": None}))
+    assert headline(tmp_path, min_privacy_percent=90, max_loss_points=1)[0].endswith("**not met**.")

@@ -256,6 +256,28 @@ def frontier_section(results_dir: str | Path, *, quick: bool = False) -> list[st
     return lines + [""]
 
 
+def headline(results_dir: str | Path, *, min_privacy_percent: float, max_loss_points: float,
+             quick: bool = False) -> list[str] | None:
+    """The report's headline from ``frontier.json``'s ``best`` (the same choice as the frontier's: customer at most a
+    third of the blocks, loss against the equal-passes reference), with the goal's verdict; None without the file."""
+    path = Path(results_dir) / (FRONTIER_FILE if not quick else "frontier-quick.json")
+    if not path.is_file():
+        return None
+    best = json.loads(path.read_text()).get("best")
+    rule = ("the most private point within 1 point of its equal-passes reference where the customer holds at most a "
+            "third of the blocks, from `frontier.json`")
+    goal = f"Goal: ≥ {min_privacy_percent:g}% privacy at ≤ {max_loss_points:g} point: "
+    if not best:
+        return [f"Best frontier point ({rule}): none. {goal}**not met**.", ""]
+    loss = best["passes_loss_pts"] if best.get("passes_loss_pts") is not None else best["loss_pts"]
+    met = 100 * best["privacy"] >= min_privacy_percent and loss <= max_loss_points
+    setting = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in best["setting"].items()) or "–"
+    return [f"Best frontier point ({rule}): **{best['experiment']}: {setting}**, empirical privacy "
+            f"{_pct(best['privacy'])}% (strongest attack: {best['strongest_attack']}) at {loss:.1f} points of loss (the "
+            f"customer's blocks, disclosure and compute share: {_held(best)}). {goal}" + ("**met**." if met else "**not met**."),
+            ""]
+
+
 def _held(p: dict) -> str:
     if p.get("total_blocks") is None:
         return "–"
