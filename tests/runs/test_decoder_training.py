@@ -12,7 +12,7 @@ from splitpriv.tasks.causal_lm import local_generate
 from splitpriv.runs.centralized import CentralizedTrainer
 from splitpriv.config import PrivacyConfig, TrainConfig
 from splitpriv.data.instructions import encode_lm, load_lm_dataset
-from splitpriv.contract.errors import OutOfOrder
+from splitpriv.contract.errors import OutOfOrder, status_of
 from splitpriv.contract import DecodeRequest, ProtocolError, SessionConfig
 from splitpriv.roles.customer import Customer
 from splitpriv.parts import split_model
@@ -130,7 +130,7 @@ def test_decode_on_a_classification_session_is_a_4xx(lm_url):
     with pytest.raises(Exception, match="decode needs a causal-lm session") as caught:
         transport.decode(DecodeRequest(session_id=transport.session.session_id, hidden=hidden,
                                        attention_mask=torch.ones(1, 2, dtype=torch.long), reset=True))
-    assert "500" not in str(caught.value)
+    assert 400 <= status_of(caught.value) < 500  # the class the 4xx was read back as, not a word of its message
     transport.close()
 
 
