@@ -274,8 +274,8 @@ def headline(results_dir: str | Path, *, min_privacy_percent: float, max_loss_po
     setting = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in best["setting"].items()) or "–"
     return [f"Best frontier point ({rule}): **{best['experiment']}: {setting}**, empirical privacy "
             f"{_pct(best['privacy'])}% (strongest attack: {best['strongest_attack']}) at {loss:.1f} points of loss (the "
-            f"customer's blocks, disclosure and compute share: {_held(best)}). {goal}" + ("**met**." if met else "**not met**."),
-            ""]
+            f"customer's blocks, disclosure and compute share: {_held(best)}). {goal}"
+            + ("**met**." if met else "**not met**."), ""]
 
 
 def _held(p: dict) -> str:
