@@ -192,22 +192,24 @@ def frontier_points(results_dir: str | Path, experiments: list[str], *, quick: b
     return points
 
 
+def best_loss(p: dict) -> float:
+    """A point's loss in points against its equal-passes reference where it has one, else against 1 epoch."""
+    return p["passes_loss_pts"] if p.get("passes_loss_pts") is not None else p["loss_pts"]
+
+
 def best_point(points: list[dict]) -> dict | None:
     """The most private point within 1 point of loss (module docstring) among those where the customer holds at
     most a third of the blocks; the loss is against the equal-passes reference where the point has one."""
-    def loss(p):
-        return p["passes_loss_pts"] if p.get("passes_loss_pts") is not None else p["loss_pts"]
-
     def within(p):
         return p["passes_within_1pt"] if p.get("passes_within_1pt") is not None else p.get("within_1pt")
 
     capped = [p for p in points if p.get("privacy") is not None
               and p.get("customer_blocks", 0) <= p.get("total_blocks", 0) / 3]
     tested = [p for p in capped if within(p)]
-    pool = tested or [p for p in capped if loss(p) <= 1.0]
+    pool = tested or [p for p in capped if best_loss(p) <= 1.0]
     if not pool:
         return None
-    return max(pool, key=lambda p: (round(p["privacy"], 6), -loss(p)))
+    return max(pool, key=lambda p: (round(p["privacy"], 6), -best_loss(p)))
 
 
 def write_frontier(results_dir: str | Path, experiments: list[str], *, quick: bool = False) -> Path:
@@ -269,7 +271,7 @@ def headline(results_dir: str | Path, *, min_privacy_percent: float, max_loss_po
     goal = f"Goal: ≥ {min_privacy_percent:g}% privacy at ≤ {max_loss_points:g} point: "
     if not best:
         return [f"Best frontier point ({rule}): none. {goal}**not met**.", ""]
-    loss = best["passes_loss_pts"] if best.get("passes_loss_pts") is not None else best["loss_pts"]
+    loss = best_loss(best)
     met = 100 * best["privacy"] >= min_privacy_percent and loss <= max_loss_points
     setting = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in best["setting"].items()) or "–"
     return [f"Best frontier point ({rule}): **{best['experiment']}: {setting}**, empirical privacy "
