@@ -67,11 +67,19 @@ def private_perplexity(parts, mechanism, examples, pad_id: int, seed: int = 0) -
     return {**result, "wall_s": time.perf_counter() - started}
 
 
+def pretrained_split(args, spec, folder):
+    """``(parts, (model, tokenizer))``: the pre-trained ``folder`` split at k, j with its privatizer's trained halves."""
+    from splitpriv import load_model, split_model
+    from splitpriv.parts.privatizer import load_privatizer
+
+    pair = load_model(str(folder), task="causal-lm")
+    return load_privatizer(split_model(pair[0], args.k, args.j, privatizer=spec), folder), pair
+
+
 def perplexities(args, config, spec, folder) -> list[dict]:
     """Stage (a): the rows of the perplexity table."""
     from splitpriv import load_model, split_model
     from splitpriv.config import PrivacyConfig
-    from splitpriv.parts.privatizer import load_privatizer
     from splitpriv.privacy.privatizer import build_privatizer
     from splitpriv.roles.vendor.privatizer_pretrain import _public_init
     from splitpriv.roles.vendor.robust_top import public_sentences
@@ -89,8 +97,7 @@ def perplexities(args, config, spec, folder) -> list[dict]:
     _public_init(build_privatizer(spec), untrained, tokenizer, public_sentences(config)[0], config, plain)
     rows.append({"setting": "principal-component start only", "eta": args.eta,
                  **private_perplexity(untrained, noisy, examples, pad)})
-    adapted = load_privatizer(split_model(load_model(str(folder), task="causal-lm")[0], args.k, args.j,
-                                          privatizer=spec), folder)
+    adapted, _ = pretrained_split(args, spec, folder)
     rows.append({"setting": "pre-trained privatizer", "eta": args.eta,
                  **private_perplexity(adapted, noisy, examples, pad)})
     rows.append({"setting": "pre-trained privatizer, twice the noise", "eta": args.eta / 2,
@@ -121,12 +128,10 @@ def fine_tune(args, spec, folder) -> dict:
 def attacks(args, spec, folder, data: dict) -> None:
     """Stage (c): each token attack on the pre-trained bottom as shipped, under the run's noise (``data["attacks"]``,
     written after each attack)."""
-    from splitpriv import load_model, split_model
     from splitpriv.attacks.runner import run_attack
-    from splitpriv.parts.privatizer import load_privatizer
 
-    pair = load_model(str(folder), task="causal-lm")
-    shipped = load_privatizer(split_model(pair[0], args.k, args.j, privatizer=spec), folder).bottom
+    parts, pair = pretrained_split(args, spec, folder)
+    shipped = parts.bottom
     rows = data["attacks"] = []
     data["attacks_on"] = f"{args.attack_limit} SST-2 dev sentences"
     for name in args.attacks.split(","):
