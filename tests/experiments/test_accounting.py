@@ -37,6 +37,8 @@ def test_best_point_keeps_the_customer_within_a_third_of_the_blocks():
                "passes_within_1pt": True, "customer_blocks": 2, "total_blocks": 6},
               {"privacy": 0.2, "loss_pts": 0.1, "within_1pt": True, "customer_blocks": 0, "total_blocks": 6}]
     assert best_point(points)["privacy"] == 0.3  # the k = 4 point holds too much; equal passes decide the k = 2 one
+    clean = {"privacy": 0.0, "loss_pts": 0.0, "within_1pt": True, "customer_blocks": 0, "total_blocks": 6}
+    assert best_point([clean]) is None  # a setting that sends clean vectors is a reference, not a private point
 
 
 def test_local_only_reads_the_task_and_noise_costs_it(data_dir):

@@ -152,6 +152,23 @@ def test_the_report_headline_is_the_frontiers_capped_best(tmp_path):
             "customer_compute_share": 0.71}
     (tmp_path / "frontier.json").write_text(json.dumps({"experiments": ["deep"], "points": [best], "best": best}))
     (line, _) = headline(tmp_path, min_privacy_percent=90, max_loss_points=1)
-    assert "**deep: eta=4**" in line and "92.0%" in line and "at 1.9 points" in line and line.endswith("**not met**.")
+    assert "**deep: eta=4**" in line and "92.0%" in line and "at 1.9 points" in line and "**not met**" in line
+    assert "loss 1.9 > 1 pt" in line and "compute 71.0% > 33.3%" in line and "set-level attack not run" in line
+    assert "blocks" not in line.split("**not met**")[1]  # 2 of 6 is within the cap
+    (tmp_path / "frontier.json").write_text(json.dumps({"experiments": [], "points": [best], "best": None}))
+    (line, _) = headline(tmp_path, min_privacy_percent=90, max_loss_points=1)
+    assert "none; the private point under the cap with the least loss is **deep: eta=4**" in line
     (tmp_path / "frontier.json").write_text(json.dumps({"experiments": [], "points": [], "best": None}))
     assert headline(tmp_path, min_privacy_percent=90, max_loss_points=1)[0].endswith("**not met**.")
+
+
+def test_the_goal_verdict_needs_every_condition():
+    """A point that meets privacy and loss but not the compute cap or the vendor's worth is not the goal."""
+    from splitpriv.experiments.frontier import goal_misses
+
+    point = {"privacy": 0.92, "loss_pts": 0.5, "set_recovery": 0.08, "set_floor": 0.07, "customer_blocks": 2,
+             "total_blocks": 6, "customer_compute_share": 0.3, "vendor_gain_pts": 4.0}
+    assert goal_misses(point) == []
+    assert goal_misses({**point, "customer_compute_share": 0.71}) == ["customer compute 71.0% > 33.3%"]
+    assert goal_misses({**point, "vendor_gain_pts": -1.2}) == ["vendor gain -1.2 < 3 pts over local-only"]
+    assert goal_misses({**point, "set_recovery": 0.2}) == ["set-level 20.0% > floor 7.0% + 5"]
