@@ -351,6 +351,12 @@ class LabelEntry(Attack):
     Options = LabelOptions
 
     @staticmethod
+    def applies(setting) -> str | None:
+        if getattr(setting, "task", None) == "causal-lm":
+            return "a causal-lm run has no class labels or head at the vendor: the response attack reads its answers"
+        return None
+
+    @staticmethod
     def run(evaluation, options):
         from splitpriv.data import load_dataset
         from splitpriv.parts import Head

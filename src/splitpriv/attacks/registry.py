@@ -40,12 +40,13 @@ KINDS = ("inversion", "set", "label", "attribute", "response")
 class Setting:
     """What decides whether an attack applies: the split depth k, whether the customer uses CTI, its mechanism
     (a :class:`~splitpriv.privacy.Mechanism`, or None when unknown), whether a privatizer is folded into the
-    bottom."""
+    bottom, the run's task (None when unknown)."""
 
     n_bottom_layers: int = 0
     cti: bool = False
     mechanism: object = None
     privatized: bool = False
+    task: str | None = None
 
 
 @dataclass(frozen=True)

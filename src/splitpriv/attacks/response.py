@@ -298,6 +298,13 @@ class ResponseEntry(Attack):
     Options = ResponseOptions
 
     @staticmethod
+    def applies(setting) -> str | None:
+        task = getattr(setting, "task", None)
+        if task not in (None, "causal-lm"):
+            return f"it reads the gradients of a causal-lm run's tail; this setting's task is {task}"
+        return None
+
+    @staticmethod
     def run(evaluation, options):
         from splitpriv.data.instructions import encode_lm, load_lm_records
 

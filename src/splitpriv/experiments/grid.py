@@ -31,6 +31,7 @@ from splitpriv.config import LEGACY_PARAMETERS, PrivacyConfig, TrainConfig
 from splitpriv.privacy import MECHANISMS
 from splitpriv.provenance import git_commit, versions
 from splitpriv.runs.run import RunConfig
+from splitpriv.tasks import task_of
 
 RESULTS_DIR = Path("results")
 
@@ -127,7 +128,7 @@ PRIVACY_FIELDS = {f.name for f in fields(PrivacyConfig)}
 # RunConfig fields added after records were first written, with their default. At the default they do not change
 # what a run computes, so they are left out of its key: existing records and caches stay valid.
 _NEUTRAL_DEFAULTS = {"denoise": "none", "robust_top": None, "task": "sequence-classification", "tail_layers": 0,
-                     "eval_before": False}
+                     "eval_before": False, "vendor_pretrain": None}
 
 
 def _config_key(config: RunConfig) -> dict:
@@ -146,7 +147,8 @@ def _setting(config: RunConfig):
     from splitpriv.attacks.registry import Setting
 
     return Setting(n_bottom_layers=config.bottom_layers, cti=config.privacy.cti,
-                   mechanism=config.privacy.build_mechanism(), privatized=config.privacy.privatizer is not None)
+                   mechanism=config.privacy.build_mechanism(), privatized=config.privacy.privatizer is not None,
+                   task=config.task)
 
 
 def _attack_specs(attacks: list, config: RunConfig) -> list[dict]:
@@ -237,6 +239,10 @@ def measure_privacy(config: RunConfig, specs: list[dict], limit: int, *, progres
         if spec["attack"] == "label":
             # the label attack trains its own short split run: same head, label DP and tuning method as the setting
             kw.update(head=config.head, label_dp_epsilon=p.label_dp_epsilon, method=config.method)
+        if spec["attack"] == "response":
+            # a short causal-LM split run of the point's shape and gradient defence, attacked through its tail
+            kw.update(tail_layers=config.tail_layers, method=config.method, batch_size=config.train.batch_size,
+                      grad_clip=p.grad_clip, grad_sigma=p.grad_sigma)
         if spec["attack"] == "average":
             # the vendor gets one look per epoch; noise drawn fresh each step or once per sample, as in training
             kw.update(epochs=max(config.train.epochs, 2), noise="once" if p.noise == "once" else "fresh")
@@ -251,7 +257,8 @@ def measure_privacy(config: RunConfig, specs: list[dict], limit: int, *, progres
     sets = [v for k, v in results.items() if k.split("-")[0] in names_of_kind("set")]
     if sets:
         out.update(set_recovery=max(v["set_recovery"] for v in sets), set_floor=sets[0]["set_floor"])
-    labels = [v for k, v in results.items() if k.split("-")[0] in names_of_kind("label")]
+    labels = [v for k, v in results.items() if k.split("-")[0] in (*names_of_kind("label"),
+                                                                     *names_of_kind("response"))]
     if labels:
         out["label_attack"] = max(v["success"] for v in labels)
     if inversion:
@@ -268,9 +275,8 @@ def _baseline(config: RunConfig, runs_dir: Path, progress: bool, *, equal_passes
 
     def compute():
         metrics = run(base, progress=progress)
-        record = {k: metrics[k] for k in ("accuracy", "macro_f1", "train_samples_per_s", "wall_time_s", "n_train",
-                                          "n_eval", "correct")}
-        return {**record, "config": base.to_dict()}
+        record = {k: metrics[k] for k in ("train_samples_per_s", "wall_time_s", "n_train", "n_eval")}
+        return {**task_of(base.task).utility(metrics), **record, "config": base.to_dict()}
 
     # an older record without per-sentence correctness allows no paired interval: recomputed
     return _cached(runs_dir / "baselines" / f"{_key(_config_key(base))}.json", compute,
@@ -313,14 +319,14 @@ def _local_only_fields(config: RunConfig, runs_dir: Path) -> dict:
 
 
 def _adaptation(config: RunConfig) -> dict:
-    """How the vendor's top was adapted to the noise (already distilled by the run, so read from the cache)."""
-    if config.robust_top is None:
-        return {}
+    """How the vendor adapted its top (and privatizer) to the noise (distilled by the run, read from the cache)."""
     from splitpriv.roles.vendor.robust_top import adaptation_of
 
-    meta = adaptation_of(config.vendor_model())
-    return {"robust_top": {k: meta[k] for k in ("heldout_error_before", "heldout_error_after", "final_loss",
-                                                "n_train_sentences", "wall_time_s")}}
+    name = "robust_top" if config.robust_top is not None else "vendor_pretrain"
+    meta = adaptation_of(config.vendor_model()) if getattr(config, name) is not None else None
+    return {} if meta is None else {name: {k: meta.get(k) for k in (
+        "heldout_error", "heldout_error_before", "heldout_error_after", "final_loss", "n_train_sentences",
+        "wall_time_s")}}
 
 
 def _utility(config: RunConfig, runs_dir: Path, progress: bool, force: bool) -> dict:
@@ -334,8 +340,7 @@ def _utility(config: RunConfig, runs_dir: Path, progress: bool, force: bool) -> 
         customer = result.pop("_customer")
         if config.privacy.privatizer is not None:
             customer.save(trained_bottom_dir(config))
-        return {"accuracy": result["accuracy"], "macro_f1": result["macro_f1"], "correct": result["correct"],
-                "wall_time_s": time.perf_counter() - started,
+        return {**task_of(config.task).utility(result), "wall_time_s": time.perf_counter() - started,
                 "train_samples_per_s": result["train_samples_per_s"], "n_train": len(train),
                 "n_eval": len(evaluation), "final_loss": sum(result["losses"][-10:]) / len(result["losses"][-10:]),
                 **_adaptation(config)}

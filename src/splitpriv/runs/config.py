@@ -29,6 +29,9 @@ class RunConfig:
     head: str = "vendor"
     denoise: str = "none"
     robust_top: dict | None = None
+    # the vendor pre-trains the privatizer's halves and its blocks on public text before the session and ships the
+    # projection (options of splitpriv.roles.vendor.robust_top.RobustTopConfig: steps, lr, batch_size, ...)
+    vendor_pretrain: dict | None = None
     task: str = "sequence-classification"  # a splitpriv.tasks name ("causal-lm", ...)
     tail_layers: int = 0  # causal LM: blocks of the customer's tail
     eval_before: bool = False  # causal LM: also score the untuned model through the same split
@@ -68,7 +71,20 @@ class RunConfig:
                 raise ValueError("robust_top adapts the in-process vendor's model; for a remote vendor, serve the "
                                  "folder `splitpriv robust-top` writes (`splitpriv serve --model DIR`)")
             self.robust_top_config()
+        if self.vendor_pretrain is not None:
+            if self.centralized or self.vendor_url or self.robust_top is not None:
+                raise ValueError("vendor_pretrain pre-trains the in-process vendor's privatizer: not with "
+                                 "--centralized, --vendor or robust_top (serve the folder `splitpriv "
+                                 "pretrain-privatizer` writes instead)")
+            if self.privacy.privatizer is None:
+                raise ValueError("vendor_pretrain pre-trains a privatizer: the run declares none (--privatizer)")
+            self.vendor_pretrain_config()
         return self
+
+    def vendor_pretrain_config(self):
+        from splitpriv.roles.vendor.robust_top import RobustTopConfig
+
+        return RobustTopConfig.for_run(self.vendor_pretrain, self.privacy, self.bottom_layers)
 
     def robust_top_config(self):
         from splitpriv.roles.vendor.robust_top import RobustTopConfig
@@ -77,7 +93,14 @@ class RunConfig:
 
     def vendor_model(self, *, progress: bool = False) -> str | None:
         """The model the vendor serves: ``model``, or its noise-adapted variant when ``robust_top`` is set
-        (:mod:`splitpriv.roles.vendor.robust_top`; distilled on public text once, then cached)."""
+        (:mod:`splitpriv.roles.vendor.robust_top`), or the folder with the privatizer it pre-trained when
+        ``vendor_pretrain`` is (:mod:`splitpriv.roles.vendor.privatizer_pretrain`); distilled on public text once,
+        then cached."""
+        if self.vendor_pretrain is not None:
+            from splitpriv.roles.vendor.privatizer_pretrain import pretrained_model
+
+            return str(pretrained_model(self.privacy.privatizer, self.vendor_pretrain_config(), model=self.model,
+                                        task=self.task, n_tail_layers=self.tail_layers, progress=progress))
         if self.robust_top is None:
             return self.model
         from splitpriv.roles.vendor.robust_top import robust_model

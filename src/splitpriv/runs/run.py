@@ -154,7 +154,7 @@ def reference_config(config: RunConfig, *, equal_passes: bool = False) -> RunCon
     if config.train.warm_start_blocks:
         k, train = 0, replace(train, bottom_lr=TrainConfig.bottom_lr)
     return replace(config, centralized=True, baseline=False, vendor_url=None, denoise="none", robust_top=None,
-                   privacy=PrivacyConfig(), bottom_layers=k, train=train, model=base_model_of(config.model))
+                   vendor_pretrain=None, privacy=PrivacyConfig(), bottom_layers=k, train=train, model=base_model_of(config.model))
 
 
 def run(config: RunConfig, out_dir: str | Path | None = None, *, progress: bool = True, transport=None,

@@ -117,6 +117,12 @@ class Task:
         """Held-out scores of ``model`` (a customer or the centralized trainer)."""
         raise NotImplementedError
 
+    def utility(self, scores: dict) -> dict:
+        """The experiment grid's utility fields from :meth:`score`'s (or a record's) scores: ``accuracy``,
+        ``macro_f1`` (None where the task has no classes) and ``correct`` (one "0"/"1" per evaluation example, what
+        the frontier's paired interval needs)."""
+        return {k: scores.get(k) for k in ("accuracy", "macro_f1", "correct")}
+
     def record(self, config, train, evaluation, result: dict) -> dict:
         """``metrics.json``'s task fields from a training result (losses already taken out)."""
         return {"n_train": len(train), "n_eval": len(evaluation), **result}

@@ -97,6 +97,15 @@ class CausalLM(Task):
             result.update(exact_match(model.generate, model.tokenizer, evaluation, EXACT_MATCH_TOKENS))
         return result
 
+    def utility(self, scores: dict) -> dict:
+        """Exact match of the greedy answer stands for accuracy (the frontier compares it with the centralized
+        reference's, example by example); no classes, so no macro-F1."""
+        if "exact_match" not in scores:
+            raise ValueError("this causal-lm run scored perplexity only: the experiment grid needs instruction data "
+                             "(exact match), e.g. sst2 or financial_phrasebank")
+        return {"accuracy": scores["exact_match"], "macro_f1": None, "correct": scores["correct"],
+                "perplexity": scores["perplexity"]}
+
     def record(self, config, train, evaluation, result: dict) -> dict:
         return {"task": config.task, "n_train": len(train), "n_eval": len(evaluation), **result}
 
@@ -189,7 +198,9 @@ def local_generate(parts, prompt_ids: list[int], max_new_tokens: int, stop_ids=(
 
 
 def exact_match(generate, tokenizer, examples, max_new_tokens: int = 8) -> dict:
-    """Share of examples whose greedy answer (special tokens dropped, stripped, case-folded) equals the response."""
+    """Share of examples whose greedy answer (special tokens dropped, stripped, case-folded) equals the response;
+    ``correct``: "1"/"0" per example (the paired interval's input)."""
     hits = [tokenizer.decode(generate(e.prompt_ids, max_new_tokens), skip_special_tokens=True).strip().lower()
             == e.response.strip().lower() for e in examples]
-    return {"exact_match": sum(hits) / max(len(hits), 1), "n_scored": len(hits)}
+    return {"exact_match": sum(hits) / max(len(hits), 1), "n_scored": len(hits),
+            "correct": "".join("1" if h else "0" for h in hits)}

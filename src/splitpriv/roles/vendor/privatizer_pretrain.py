@@ -53,12 +53,14 @@ import torch
 from splitpriv.models import CAUSAL_LM, SEQUENCE_CLASSIFICATION
 from splitpriv.privacy.privatizer import build_privatizer
 from splitpriv.roles.vendor.robust_top import (
+    META_FILE,
     RobustTopConfig,
     _batches,
     _check_writable,
     _encode,
     _heldout_error,
     _representation_error,
+    cache_dir,
     fit_steps,
     public_sentences,
     write_model_folder,
@@ -201,3 +203,20 @@ def pretrain_privatizer(privatizer, config: RobustTopConfig, out_dir: str | Path
     write_model_folder(out_dir, student_model, tokenizer, meta,
                        lambda tmp: save_privatizer(student, tmp, {"base_model": model}))
     return meta
+
+
+def pretrained_model(privatizer, config: RobustTopConfig, *, model: str | None = None,
+                     task: str = SEQUENCE_CLASSIFICATION, n_tail_layers: int = 0, progress: bool = True) -> Path:
+    """The folder of ``model`` with ``privatizer`` pre-trained as ``config`` says (:func:`pretrain_privatizer`,
+    default ``public_init``), trained once and then read from ``$SPLITPRIV_CACHE/privatizers/<key>``."""
+    import hashlib
+    import json
+
+    spec = build_privatizer(privatizer).to_config()
+    key = hashlib.sha256(json.dumps({"top": config.validate().key(model), "privatizer": spec, "task": task,
+                                     "j": n_tail_layers}, sort_keys=True).encode()).hexdigest()[:16]
+    folder = cache_dir().parent / "privatizers" / key
+    if not (folder / META_FILE).is_file():
+        pretrain_privatizer(privatizer, config, folder, model=model, task=task, n_tail_layers=n_tail_layers,
+                            progress=progress)
+    return folder
