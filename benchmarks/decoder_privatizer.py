@@ -81,7 +81,7 @@ def perplexities(args, config, spec, folder) -> list[dict]:
     from splitpriv import load_model, split_model
     from splitpriv.config import PrivacyConfig
     from splitpriv.privacy.privatizer import build_privatizer
-    from splitpriv.roles.vendor.privatizer_pretrain import _public_init
+    from splitpriv.roles.vendor.privatizer_pretrain import start_from_public
     from splitpriv.roles.vendor.robust_top import public_sentences
 
     base, tokenizer = load_model(args.model, task="causal-lm")
@@ -94,7 +94,7 @@ def perplexities(args, config, spec, folder) -> list[dict]:
     rows.append({"setting": "untrained privatizer", "eta": args.eta,
                  **private_perplexity(untrained, noisy, examples, pad)})
     plain = split_model(base, args.k, args.j)
-    _public_init(build_privatizer(spec), untrained, tokenizer, public_sentences(config)[0], config, plain)
+    start_from_public(build_privatizer(spec), untrained, tokenizer, public_sentences(config)[0], config, plain)
     rows.append({"setting": "principal-component start only", "eta": args.eta,
                  **private_perplexity(untrained, noisy, examples, pad)})
     adapted, _ = pretrained_split(args, spec, folder)

@@ -138,7 +138,7 @@ def _customer_parts(student) -> dict[str, torch.Tensor]:
     return state
 
 
-def _public_init(built, student, tokenizer, texts, config, teacher) -> bool:
+def start_from_public(built, student, tokenizer, texts, config, teacher) -> bool:
     """Start the halves from the bottom's outputs on the first public training sentences (``fit_public``)."""
     batch = _encode(tokenizer, texts[:N_PUBLIC_INIT], config, teacher)
     sample = batch["clean_bottom"][batch["attention_mask"].bool()]
@@ -172,7 +172,7 @@ def pretrain_privatizer(privatizer, config: RobustTopConfig, out_dir: str | Path
     chunk = 16 if causal else 64  # a causal batch's logits are [B, T, V]: keep held-out batches small
     heldout = [_encode(tokenizer, heldout_texts[i:i + chunk], config, teacher)
                for i in range(0, len(heldout_texts), chunk)]
-    initialised = (causal if public_init is None else public_init) and _public_init(
+    initialised = (causal if public_init is None else public_init) and start_from_public(
         built, student, tokenizer, train_texts, config, teacher)
     trainable = [p for path in student.top.block_paths for p in student_model.get_submodule(path).parameters()]
     trainable += [*half.parameters(), *up.parameters()]
