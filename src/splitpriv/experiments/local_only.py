@@ -61,8 +61,8 @@ def local_only_accuracy(config, train, evaluation, *, noise: bool = True) -> flo
 
 
 def _customer_stack(net, k: int, j: int):
-    """``net`` with only its first ``k`` and last ``j`` blocks, renumbered for the KV cache; returns the last
-    bottom block (None at k = 0: then the embeddings' output is what goes up)."""
+    """``net`` with only its first ``k`` and last ``j`` blocks, renumbered for the KV cache; returns the module whose
+    output would go up to the vendor: the last bottom block (the embeddings at k = 0)."""
     from torch import nn
 
     from splitpriv.models import family_of
