@@ -11,7 +11,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from splitpriv.experiments.grid import _attack_specs, _config_key, _key, load_experiment, run_config, run_one
+from splitpriv.experiments.cache import config_key, digest
+from splitpriv.experiments.grid import load_experiment, run_config, run_one
+from splitpriv.experiments.privacy import attack_specs_of
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +35,7 @@ def main(args: list[str]) -> int:
         exp = load_experiment(ROOT / "experiments" / "configs" / f"{name}.json")
         point = next(p for p in exp.runs() if all(p["grid"].get(k) == v for k, v in want.items()) and p["seed"] == 0)
         config = run_config(point["config"])
-        key = _key({"config": _config_key(config), "attacks": _attack_specs(exp.attacks, config),
+        key = digest({"config": config_key(config), "attacks": attack_specs_of(exp.attacks, config),
                     "attack_limit": exp.attack_limit})
         old = json.loads((ROOT / "results" / "runs" / exp.name / f"{key}.json").read_text())
         new = run_one(exp, point, scratch, quick=False, progress=False)

@@ -98,7 +98,9 @@ def test_pareto_front_keeps_only_undominated_points():
 def test_committed_records_keep_their_keys():
     """Every point of every committed grid finds its record: refactors of the config layout must not orphan the
     results (they take hours to recompute)."""
-    from splitpriv.experiments.grid import _attack_specs, _config_key, _key, load_experiment
+    from splitpriv.experiments.cache import config_key, digest
+    from splitpriv.experiments.grid import load_experiment
+    from splitpriv.experiments.privacy import attack_specs_of
 
     root = Path(__file__).resolve().parents[2]
     missing = []
@@ -106,7 +108,7 @@ def test_committed_records_keep_their_keys():
         exp = load_experiment(path)
         for point in exp.runs():
             config = run_config(point["config"])
-            key = _key({"config": _config_key(config), "attacks": _attack_specs(exp.attacks, config),
+            key = digest({"config": config_key(config), "attacks": attack_specs_of(exp.attacks, config),
                         "attack_limit": exp.attack_limit})
             if not (root / "results" / "runs" / exp.name / f"{key}.json").is_file():
                 missing.append((exp.name, point["grid"], point["seed"]))

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from splitpriv.experiments.frontier import FIELDS, best_point, paired_loss, train_args, write_frontier
-from splitpriv.experiments.grid import run_config, run_experiment, trained_bottom_dir
+from splitpriv.experiments.cache import trained_bottom_dir
+from splitpriv.experiments.grid import run_config, run_experiment
 
 
 def _bits(rng, p, n):

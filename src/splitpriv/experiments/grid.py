@@ -20,14 +20,15 @@ of the strongest attack run on the setting.
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
 import json
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from splitpriv.config import LEGACY_PARAMETERS, PrivacyConfig, TrainConfig
+from splitpriv.config import PrivacyConfig, TrainConfig
+from splitpriv.experiments.cache import cached, config_key, digest, trained_bottom_dir, write_json
+from splitpriv.experiments.privacy import attack_specs_of, measure_privacy, skipped_of
 from splitpriv.privacy import MECHANISMS
 from splitpriv.provenance import git_commit, versions
 from splitpriv.runs.run import RunConfig
@@ -125,149 +126,6 @@ def run_config(config: dict) -> RunConfig:
 
 PRIVACY_FIELDS = {f.name for f in fields(PrivacyConfig)}
 
-# RunConfig fields added after records were first written, with their default. At the default they do not change
-# what a run computes, so they are left out of its key: existing records and caches stay valid.
-_NEUTRAL_DEFAULTS = {"denoise": "none", "robust_top": None, "task": "sequence-classification", "tail_layers": 0,
-                     "eval_before": False, "vendor_pretrain": None}
-
-
-def _config_key(config: RunConfig) -> dict:
-    key = {**config.to_dict(), "privacy": config.privacy.legacy_layout()}
-    key["train"] = {k: v for k, v in key["train"].items() if (k, v) not in (("privatizer_lr", None),
-                                                                          ("privatizer_warm_start", 0),
-                                                                          ("warm_start_blocks", False))}
-    return {k: v for k, v in key.items() if not (k in _NEUTRAL_DEFAULTS and v == _NEUTRAL_DEFAULTS[k])}
-
-
-def _key(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _setting(config: RunConfig):
-    from splitpriv.attacks.registry import Setting
-
-    return Setting(n_bottom_layers=config.bottom_layers, cti=config.privacy.cti,
-                   mechanism=config.privacy.build_mechanism(), privatized=config.privacy.privatizer is not None,
-                   task=config.task)
-
-
-def _attack_specs(attacks: list, config: RunConfig) -> list[dict]:
-    """The registered attacks of the config that apply to the point (options checked by the attack registry)."""
-    from splitpriv.attacks.runner import attack_specs
-
-    return attack_specs(attacks, _setting(config))
-
-
-def _skipped(attacks: list, config: RunConfig) -> dict[str, str]:
-    """The config's attacks that do not apply to the point, with the reason (recorded, never silently dropped)."""
-    from splitpriv.attacks.runner import skipped_specs
-
-    return skipped_specs(attacks, _setting(config))
-
-
-CACHE_DIRS = ("baselines", "utility", "attacks", "local_only")
-
-
-def trained_bottom_dir(config: RunConfig) -> Path:
-    """Where a privatizer point keeps its customer's final bottom (privatizer included) for the attacks:
-    ``$SPLITPRIV_CACHE/bottoms/<utility key>`` (weights stay out of ``results/``)."""
-    import os
-
-    root = Path(os.environ.get("SPLITPRIV_CACHE", Path.home() / ".cache" / "splitpriv"))
-    return root / "bottoms" / _key(_config_key(config))
-
-
-def write_json(path: Path, obj) -> None:
-    import os
-    import secrets
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}-{secrets.token_hex(3)}.tmp")  # concurrent runs write caches
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    tmp.replace(path)
-
-
-def _cached(path: Path | None, compute, force: bool = False, complete=lambda value: True):
-    """``compute()``, stored as JSON at ``path``; read back instead when it is there, ``complete(stored)`` holds
-    and not ``force``."""
-    if path is not None and path.is_file() and not force:
-        stored = json.loads(path.read_text())
-        if complete(stored):
-            return stored
-    value = compute()
-    if path is not None:
-        write_json(path, value)
-    return value
-
-
-def measure_privacy(config: RunConfig, specs: list[dict], limit: int, *, progress=False,
-                    cache_dir: Path | None = None, force: bool = False, skipped: dict | None = None) -> dict:
-    """Run the attacks on the setting's eval data; empirical privacy = 1 − the strongest inversion attack.
-
-    The attacked representations come from the *initial* bottom, which the attacker knows exactly; with a trained
-    bottom the customer really sends representations of its updated bottom, unknown to the attacker, so the
-    figure is conservative (privacy is at least this). With a privatizer the attacks run on the run's *final*
-    bottom and privatizer (:func:`trained_bottom_dir`): the attacker is handed the trained weights, as the threat
-    model demands. An attack's result depends only on what the vendor observes
-    (data, k, mechanism, CTI, seed) and on the attack's options, so with ``cache_dir`` each one is stored under a
-    hash of exactly those and shared by every grid point with the same view (e.g. frozen and trained bottom, or
-    every tuning method at one η)."""
-    from splitpriv.attacks.runner import run_attack
-
-    p = config.privacy
-    common = dict(dataset=config.dataset if config.dataset != "sst2-sample" else "sst2",
-                  split=config.eval_split, n_bottom_layers=config.bottom_layers, cti=p.cti,
-                  cti_multiplier=p.cti_multiplier, limit=limit, seed=config.train.seed, model=config.model)
-    if config.dataset != "sst2-sample":  # the rest of the train split is public in-domain text
-        common["customer_train_limit"] = config.train_limit
-    legacy = p.legacy_layout()
-    mech_key = ({k: legacy[k] for k in ("mechanism", *LEGACY_PARAMETERS)} if isinstance(legacy["mechanism"], str)
-                else {"mechanism": p.mechanism_config})
-    shipped = {}
-    if p.privatizer is not None:
-        from splitpriv.parts import load_bottom
-
-        folder = trained_bottom_dir(config)
-        if not (folder / "bottom.json").is_file():
-            raise FileNotFoundError(f"the trained bottom of this privatizer point is not at {folder}: re-run the "
-                                    "point's training (splitpriv experiment --force) before attacking it")
-        mech_key = {**mech_key, "bottom": folder.name}
-        shipped = {"bottom": load_bottom(folder), "privatizer": p.privatizer}
-    results = {}
-    for spec in specs:
-        kw = {**common, **{k: v for k, v in spec.items() if k != "attack"}}
-        if spec["attack"] == "label":
-            # the label attack trains its own short split run: same head, label DP and tuning method as the setting
-            kw.update(head=config.head, label_dp_epsilon=p.label_dp_epsilon, method=config.method)
-        if spec["attack"] == "response":
-            # a short causal-LM split run of the point's shape and gradient defence, attacked through its tail
-            kw.update(tail_layers=config.tail_layers, method=config.method, batch_size=config.train.batch_size,
-                      grad_clip=p.grad_clip, grad_sigma=p.grad_sigma)
-        if spec["attack"] == "average":
-            # the vendor gets one look per epoch; noise drawn fresh each step or once per sample, as in training
-            kw.update(epochs=max(config.train.epochs, 2), noise="once" if p.noise == "once" else "fresh")
-        name = spec["attack"] + "".join(f"-{v}" for k, v in spec.items() if k != "attack")
-        path = cache_dir / f"{_key({'attack': spec['attack'], **kw, **mech_key})}.json" if cache_dir is not None else None
-        results[name] = _cached(path, lambda: run_attack(spec["attack"], progress=progress,
-                                                         mechanism=p.mechanism_config, **kw, **shipped), force)
-    from splitpriv.attacks.registry import names_of_kind
-
-    inversion = {k: v for k, v in results.items() if k.split("-")[0] in names_of_kind("inversion")}
-    out = {"attacks": results, "skipped": skipped or {}}
-    sets = [v for k, v in results.items() if k.split("-")[0] in names_of_kind("set")]
-    if sets:
-        out.update(set_recovery=max(v["set_recovery"] for v in sets), set_floor=sets[0]["set_floor"])
-    labels = [v for k, v in results.items() if k.split("-")[0] in (*names_of_kind("label"),
-                                                                     *names_of_kind("response"))]
-    if labels:
-        out["label_attack"] = max(v["success"] for v in labels)
-    if inversion:
-        best = max(inversion, key=lambda k: inversion[k]["success"])
-        out.update(strongest_attack=best, max_success=inversion[best]["success"],
-                   empirical_privacy=1.0 - inversion[best]["success"])
-    return out
-
-
 def _baseline(config: RunConfig, runs_dir: Path, progress: bool, *, equal_passes: bool = False) -> dict:
     from splitpriv.runs.run import reference_config, run
 
@@ -279,7 +137,7 @@ def _baseline(config: RunConfig, runs_dir: Path, progress: bool, *, equal_passes
         return {**task_of(base.task).utility(metrics), **record, "config": base.to_dict()}
 
     # an older record without per-sentence correctness allows no paired interval: recomputed
-    return _cached(runs_dir / "baselines" / f"{_key(_config_key(base))}.json", compute,
+    return cached(runs_dir / "baselines" / f"{digest(config_key(base))}.json", compute,
                    complete=lambda stored: "correct" in stored)
 
 
@@ -313,8 +171,8 @@ def _local_only_fields(config: RunConfig, runs_dir: Path) -> dict:
             return {"accuracy": local_only_accuracy(config, train, evaluation, noise=noise),
                     "wall_time_s": time.perf_counter() - started}
 
-        key = _key({"local_only": _config_key(config), "noise": noise})
-        out[name] = _cached(runs_dir / "local_only" / f"{key}.json", compute)["accuracy"]
+        key = digest({"local_only": config_key(config), "noise": noise})
+        out[name] = cached(runs_dir / "local_only" / f"{key}.json", compute)["accuracy"]
     return out
 
 
@@ -350,13 +208,13 @@ def _utility(config: RunConfig, runs_dir: Path, progress: bool, force: bool) -> 
         # when this machine lacks it
         return config.privacy.privatizer is None or (trained_bottom_dir(config) / "bottom.json").is_file()
 
-    return _cached(runs_dir / "utility" / f"{_key(_config_key(config))}.json", compute, force, complete)
+    return cached(runs_dir / "utility" / f"{digest(config_key(config))}.json", compute, force, complete)
 
 
 def run_one(exp: Experiment, point: dict, runs_dir: Path, *, quick: bool, progress: bool, force: bool = False) -> dict:
     config = run_config(point["config"])
-    specs = _attack_specs(exp.attacks, config)
-    key = _key({"config": _config_key(config), "attacks": specs, "attack_limit": exp.attack_limit})
+    specs = attack_specs_of(exp.attacks, config)
+    key = digest({"config": config_key(config), "attacks": specs, "attack_limit": exp.attack_limit})
     path = runs_dir / exp.name / f"{key}.json"
     want_utility = exp.extra.get("utility", True)
     if path.is_file() and not force:
@@ -387,7 +245,7 @@ def run_one(exp: Experiment, point: dict, runs_dir: Path, *, quick: bool, progre
     if specs:
         record["privacy"] = measure_privacy(config, specs, exp.attack_limit, progress=progress,
                                             cache_dir=runs_dir / "attacks", force=force,
-                                            skipped=_skipped(exp.attacks, config))
+                                            skipped=skipped_of(exp.attacks, config))
     record["wall_time_s"] = time.perf_counter() - started
     write_json(path, record)
     return record

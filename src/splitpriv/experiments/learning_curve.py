@@ -2,7 +2,7 @@ r"""The adaptive inverter's learning curve at a frontier point: a privacy figure
 
 An attack that is still improving when its training stops measures its budget, not the privatizer. At one point of
 an experiment (the customer's *final* bottom, as the grid kept it,
-:func:`~splitpriv.experiments.grid.trained_bottom_dir`) the adaptive inverter (:mod:`splitpriv.attacks.adaptive`) is retrained from scratch with ¼, ½ and all of the
+:func:`~splitpriv.experiments.cache.trained_bottom_dir`) the adaptive inverter (:mod:`splitpriv.attacks.adaptive`) is retrained from scratch with ¼, ½ and all of the
 attacker's public text at the default steps, then with all of it at 2× and 4× the epochs, and scored on the same
 dev sentences. ``flattened``: the last doubling of the text and of the steps each moved recovery by less than
 ``tolerance`` (default two standard errors of a recovery rate on these tokens, :math:`2\sqrt{p(1-p)/n}`).
@@ -28,7 +28,7 @@ def curve_point(config, fraction: float, steps: int, *, limit: int, options: dic
     the epochs."""
     from splitpriv.attacks.adaptive import AdaptiveOptions
     from splitpriv.attacks.runner import run_attack
-    from splitpriv.experiments.grid import trained_bottom_dir
+    from splitpriv.experiments.cache import trained_bottom_dir
     from splitpriv.parts import load_bottom
 
     base = AdaptiveOptions(**options)

@@ -20,7 +20,7 @@ GOAL = {"max_accuracy_loss_points": 1.0, "min_privacy_percent": 90.0, "dataset":
 
 def load_records(runs_dir: str | Path) -> list[dict]:
     runs_dir = Path(runs_dir)
-    from splitpriv.experiments.grid import CACHE_DIRS
+    from splitpriv.experiments.cache import CACHE_DIRS
 
     return [json.loads(p.read_text()) for p in sorted(runs_dir.glob("*/*.json")) if p.parent.name not in CACHE_DIRS]
 
