@@ -36,7 +36,7 @@ def main(args: list[str]) -> int:
         point = next(p for p in exp.runs() if all(p["grid"].get(k) == v for k, v in want.items()) and p["seed"] == 0)
         config = run_config(point["config"])
         key = digest({"config": config_key(config), "attacks": attack_specs_of(exp.attacks, config),
-                    "attack_limit": exp.attack_limit})
+                      "attack_limit": exp.attack_limit})
         old = json.loads((ROOT / "results" / "runs" / exp.name / f"{key}.json").read_text())
         new = run_one(exp, point, scratch, quick=False, progress=False)
         rows = [("accuracy", old.get("utility", {}).get("accuracy"), new.get("utility", {}).get("accuracy")),

@@ -109,7 +109,7 @@ def test_committed_records_keep_their_keys():
         for point in exp.runs():
             config = run_config(point["config"])
             key = digest({"config": config_key(config), "attacks": attack_specs_of(exp.attacks, config),
-                        "attack_limit": exp.attack_limit})
+                          "attack_limit": exp.attack_limit})
             if not (root / "results" / "runs" / exp.name / f"{key}.json").is_file():
                 missing.append((exp.name, point["grid"], point["seed"]))
     assert not missing

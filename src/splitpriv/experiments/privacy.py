@@ -80,9 +80,10 @@ def measure_privacy(config: RunConfig, specs: list[dict], limit: int, *, progres
             # the vendor gets one look per epoch; noise drawn fresh each step or once per sample, as in training
             kw.update(epochs=max(config.train.epochs, 2), noise="once" if p.noise == "once" else "fresh")
         name = spec["attack"] + "".join(f"-{v}" for k, v in spec.items() if k != "attack")
-        path = cache_dir / f"{digest({'attack': spec['attack'], **kw, **mech_key})}.json" if cache_dir is not None else None
+        key = digest({"attack": spec["attack"], **kw, **mech_key})
+        path = cache_dir / f"{key}.json" if cache_dir is not None else None
         results[name] = cached(path, lambda: run_attack(spec["attack"], progress=progress,
-                                                         mechanism=p.mechanism_config, **kw, **shipped), force)
+                                                        mechanism=p.mechanism_config, **kw, **shipped), force)
     from splitpriv.attacks.registry import names_of_kind
 
     inversion = {k: v for k, v in results.items() if k.split("-")[0] in names_of_kind("inversion")}
