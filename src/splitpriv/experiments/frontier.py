@@ -11,9 +11,9 @@ baseline and of the private run of seed :math:`s` on dev sentence :math:`i`, the
 :math:`d_i = \frac{1}{S}\sum_s (c^{b}_{s,i} - c_{s,i})` is resampled over sentences (bootstrap, ``n_boot`` draws of
 an explicit generator); ``loss_ci95_pts`` is its 95% interval and ``within_1pt`` holds when its upper end is at
 most one point. ``best`` is, among the private points (privacy > 0) where the customer holds at most a third of
-the blocks (``customer_blocks`` ≤ ``total_blocks`` / 3), the most private point within 1 point by that test against the
-equal-passes reference where the point has one (ties: the smaller loss); when no such point passes, the most private
-one whose *estimated* loss is at most one point, flagged ``"within_1pt": false``.
+the blocks (``customer_blocks`` ≤ ``total_blocks`` / 3), the most private point within 1 point by that test against
+the equal-passes reference where the point has one (ties: the smaller loss); when no such point passes, the most
+private one whose *estimated* loss is at most one point, flagged ``"within_1pt": false``.
 
 Every point also says what the customer holds and gets (:func:`_holdings`): ``disclosure``, ``customer_blocks``,
 ``total_blocks``, ``customer_compute_share`` (:mod:`~splitpriv.experiments.accounting`), ``local_only_accuracy``
@@ -280,8 +280,8 @@ def frontier_section(results_dir: str | Path, *, quick: bool = False) -> list[st
                      f"| {_held(p)} | {_pct(p.get('local_only_accuracy'))} | {p.get('wall_time_s') or 0:.0f} |")
     best = data.get("best")
     if best:
-        lines += ["", f"Most private point within 1 point of loss under the block cap: **{best['experiment']}: {best['setting']}**, "
-                  f"privacy {_pct(best['privacy'])}% (strongest attack: {best['strongest_attack']}), loss "
+        lines += ["", "Most private point within 1 point of loss under the block cap: "
+                  f"**{best['experiment']}: {best['setting']}**, privacy {_pct(best['privacy'])}% (strongest attack: {best['strongest_attack']}), loss "
                   f"{best['loss_pts']:.2f} pts{'' if best.get('within_1pt') else ' (estimate; the paired test does not confirm it)'}. "
                   f"Reproduce: `{best['train_args']}`."]
     return lines + [""]
@@ -299,8 +299,8 @@ def headline(results_dir: str | Path, *, min_privacy_percent: float, max_loss_po
     best = data.get("best")
     rule = ("the most private point within 1 point of its equal-passes reference where the customer holds at most a "
             "third of the blocks, from `frontier.json`")
-    goal = (f"Goal: ≥ {min_privacy_percent:g}% privacy, set-level within 5 points of its floor, ≤ {max_loss_points:g} "
-            "point of loss, the customer within a third of the blocks and of the compute, ≥ 3 points above its "
+    goal = (f"Goal: ≥ {min_privacy_percent:g}% privacy, set-level within 5 points of its floor, "
+            f"≤ {max_loss_points:g} point of loss, the customer within a third of the blocks and of the compute, ≥ 3 points above its "
             "local-only model: ")
     shown = best or min(_capped(data.get("points", [])), key=best_loss, default=None)
     if shown is None:
