@@ -197,10 +197,21 @@ def best_loss(p: dict) -> float:
     return p["passes_loss_pts"] if p.get("passes_loss_pts") is not None else p["loss_pts"]
 
 
+# the frontier goal's margins beyond privacy and loss (issue 33): set-level recovery within SET_MARGIN_PTS of its
+# public guess, the customer at most a third of the blocks and of the compute, the vendor MIN_VENDOR_GAIN_PTS above
+# the customer's local-only model
+SET_MARGIN_PTS = 5.0
+MIN_VENDOR_GAIN_PTS = 3.0
+
+
+def _within_block_cap(p: dict) -> bool:
+    return p.get("customer_blocks", 0) <= p.get("total_blocks", 0) / 3
+
+
 def _capped(points: list[dict]) -> list[dict]:
     """Private points (privacy > 0: a setting that sends clean vectors is a reference, not a candidate) where the
     customer holds at most a third of the blocks."""
-    return [p for p in points if p.get("privacy") and p.get("customer_blocks", 0) <= p.get("total_blocks", 0) / 3]
+    return [p for p in points if p.get("privacy") and _within_block_cap(p)]
 
 
 def best_point(points: list[dict]) -> dict | None:
@@ -228,16 +239,16 @@ def goal_misses(p: dict, *, min_privacy_percent: float = 90.0, max_loss_points: 
         misses.append(f"loss {best_loss(p):.1f} > {max_loss_points:g} pt")
     if p.get("set_recovery") is None:
         misses.append("set-level attack not run")
-    elif 100 * (p["set_recovery"] - p["set_floor"]) > 5:
-        misses.append(f"set-level {_pct(p['set_recovery'])}% > floor {_pct(p['set_floor'])}% + 5")
-    if p.get("customer_blocks", 0) > p.get("total_blocks", 0) / 3:
+    elif 100 * (p["set_recovery"] - p["set_floor"]) > SET_MARGIN_PTS:
+        misses.append(f"set-level {_pct(p['set_recovery'])}% > floor {_pct(p['set_floor'])}% + {SET_MARGIN_PTS:g}")
+    if not _within_block_cap(p):
         misses.append(f"customer holds {p['customer_blocks']}/{p['total_blocks']} blocks")
     if p.get("customer_compute_share") is None or p["customer_compute_share"] > 1 / 3 + 1e-9:
         misses.append(f"customer compute {_pct(p.get('customer_compute_share'))}% > 33.3%")
     if p.get("vendor_gain_pts") is None:
         misses.append("local-only model not measured")
-    elif p["vendor_gain_pts"] < 3:
-        misses.append(f"vendor gain {p['vendor_gain_pts']:.1f} < 3 pts over local-only")
+    elif p["vendor_gain_pts"] < MIN_VENDOR_GAIN_PTS:
+        misses.append(f"vendor gain {p['vendor_gain_pts']:.1f} < {MIN_VENDOR_GAIN_PTS:g} pts over local-only")
     return misses
 
 
@@ -281,7 +292,8 @@ def frontier_section(results_dir: str | Path, *, quick: bool = False) -> list[st
     best = data.get("best")
     if best:
         lines += ["", "Most private point within 1 point of loss under the block cap: "
-                  f"**{best['experiment']}: {best['setting']}**, privacy {_pct(best['privacy'])}% (strongest attack: {best['strongest_attack']}), loss "
+                  f"**{best['experiment']}: {best['setting']}**, privacy {_pct(best['privacy'])}% (strongest attack: "
+                  f"{best['strongest_attack']}), loss "
                   f"{best['loss_pts']:.2f} pts{'' if best.get('within_1pt') else ' (estimate; the paired test does not confirm it)'}. "
                   f"Reproduce: `{best['train_args']}`."]
     return lines + [""]
@@ -299,9 +311,9 @@ def headline(results_dir: str | Path, *, min_privacy_percent: float, max_loss_po
     best = data.get("best")
     rule = ("the most private point within 1 point of its equal-passes reference where the customer holds at most a "
             "third of the blocks, from `frontier.json`")
-    goal = (f"Goal: ≥ {min_privacy_percent:g}% privacy, set-level within 5 points of its floor, "
-            f"≤ {max_loss_points:g} point of loss, the customer within a third of the blocks and of the compute, ≥ 3 points above its "
-            "local-only model: ")
+    goal = (f"Goal: ≥ {min_privacy_percent:g}% privacy, set-level within {SET_MARGIN_PTS:g} points of its floor, "
+            f"≤ {max_loss_points:g} point of loss, the customer within a third of the blocks and of the compute, "
+            f"≥ {MIN_VENDOR_GAIN_PTS:g} points above its local-only model: ")
     shown = best or min(_capped(data.get("points", [])), key=best_loss, default=None)
     if shown is None:
         return [f"Best frontier point ({rule}): none, and no private point under the cap. {goal}**not met**.", ""]
